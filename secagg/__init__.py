@@ -1,0 +1,49 @@
+"""secagg: secure summation of integer vectors in Z_{2^b}. Knows nothing of DP or torch."""
+
+from __future__ import annotations
+
+from secagg.encoding import EncodingPlan, FixedPointEncoder, plan_encoding
+from secagg.errors import (
+    ConfigurationError,
+    EncodingOverflowError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    SecAggError,
+    TooFewSurvivorsError,
+)
+from secagg.plain import PlainSum
+from secagg.protocol import (
+    SERVER,
+    ClientId,
+    ClientSession,
+    Message,
+    RandomSource,
+    SecureSum,
+    ServerSession,
+)
+from secagg.ring import RingSpec, RingVector
+from secagg.simulation import RoundOutcome, run_round
+
+__all__ = [
+    "SERVER",
+    "ClientId",
+    "ClientSession",
+    "ConfigurationError",
+    "EncodingOverflowError",
+    "EncodingPlan",
+    "FixedPointEncoder",
+    "LocalProtocolError",
+    "Message",
+    "PlainSum",
+    "RandomSource",
+    "RemoteProtocolError",
+    "RingSpec",
+    "RingVector",
+    "RoundOutcome",
+    "SecAggError",
+    "SecureSum",
+    "ServerSession",
+    "TooFewSurvivorsError",
+    "plan_encoding",
+    "run_round",
+]

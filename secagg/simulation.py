@@ -1,0 +1,148 @@
+"""In-process message pump that runs one secure-sum round between sessions.
+
+It moves messages only (the sessions are sans-I/O), simulates clients that drop
+out after a given number of stages, meters bytes and CPU time per party, and
+lets tests tamper with messages in flight. It knows nothing of torch or DP; the
+federated round loop and the benchmarks both drive backends through it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from secagg.errors import LocalProtocolError, SecAggError
+from secagg.protocol import SERVER, ClientId, ClientSession, Message, RandomSource, SecureSum
+from secagg.ring import RingVector
+
+__all__ = ["RoundOutcome", "run_round"]
+
+Tamper = Callable[[Message], list[Message]]
+
+
+@dataclass(slots=True)
+class RoundOutcome:
+    """What one simulated round produced, and what it cost.
+
+    ``total`` is None when the round aborted; ``error`` then holds the typed error.
+    """
+
+    total: RingVector | None
+    survivors: frozenset[ClientId]
+    error: SecAggError | None
+    bytes_up: dict[ClientId, int] = field(default_factory=dict)
+    bytes_down: dict[ClientId, int] = field(default_factory=dict)
+    client_cpu_s: dict[ClientId, float] = field(default_factory=dict)
+    server_cpu_s: float = 0.0
+    stages: int = 0
+
+
+def run_round(
+    secure_sum: SecureSum,
+    inputs: Mapping[ClientId, RingVector],
+    *,
+    round_id: int,
+    rng_for: Callable[[ClientId], RandomSource],
+    stages_completed: Mapping[ClientId, int] | None = None,
+    tamper: Tamper | None = None,
+    max_steps: int = 64,
+) -> RoundOutcome:
+    """Run one round of ``secure_sum`` over the cohort ``inputs.keys()``.
+
+    Args:
+        secure_sum: the backend.
+        inputs: each cohort member's ring vector.
+        round_id: the round number bound into every message.
+        rng_for: the random source of each client.
+        stages_completed: client -> number of stages it takes part in before it
+            vanishes (0: never starts; 1: only sends its first message; ...).
+            Clients not listed never drop.
+        tamper: called on every message in flight; returns the messages to
+            deliver instead (empty list drops it). For security tests.
+        max_steps: guard against a backend that never finishes.
+
+    Returns:
+        The outcome; a typed :class:`SecAggError` raised by the server while
+        finishing (e.g. too few survivors) is captured in ``error``. Errors raised
+        while processing a message propagate, so tests see who raised them.
+    """
+    drops = dict(stages_completed or {})
+    cohort = sorted(inputs)
+    outcome = RoundOutcome(total=None, survivors=frozenset(), error=None)
+    for c in cohort:
+        outcome.bytes_up[c] = 0
+        outcome.bytes_down[c] = 0
+        outcome.client_cpu_s[c] = 0.0
+
+    def alive(c: ClientId, step: int) -> bool:
+        return step < drops.get(c, max_steps + 1)
+
+    def in_flight(msg: Message) -> list[Message]:
+        return tamper(msg) if tamper is not None else [msg]
+
+    t0 = time.process_time()
+    server = secure_sum.server(cohort, round_id)
+    outcome.server_cpu_s += time.process_time() - t0
+    clients: dict[ClientId, ClientSession] = {}
+    to_clients: list[Message] = []
+
+    def to_server(msgs: list[Message], sender: ClientId) -> None:
+        for m in msgs:
+            if m.recipient != SERVER:
+                raise LocalProtocolError(f"client {sender} addressed {m.recipient}; clients talk to the server only")
+            outcome.bytes_up[sender] += m.size
+            for d in in_flight(m):
+                t = time.process_time()
+                replies = server.receive(d)
+                outcome.server_cpu_s += time.process_time() - t
+                to_clients.extend(replies)
+
+    # Stage 0: every live client starts with its input.
+    for c in cohort:
+        if not alive(c, 0):
+            continue
+        t = time.process_time()
+        clients[c] = secure_sum.client(c, round_id, rng_for(c))
+        out = clients[c].start(inputs[c])
+        outcome.client_cpu_s[c] += time.process_time() - t
+        to_server(out, c)
+
+    step = 0
+    idle = 0
+    while not server.done:
+        if not to_clients:
+            t = time.process_time()
+            to_clients.extend(server.close_stage())
+            outcome.server_cpu_s += time.process_time() - t
+            if server.done:
+                break
+            if not to_clients:
+                idle += 1
+                if idle > 2:
+                    raise LocalProtocolError("server session stalled: closed a stage and sent nothing")
+                continue
+        idle = 0
+        step += 1
+        if step > max_steps:
+            raise LocalProtocolError(f"round did not finish within {max_steps} stages")
+        batch, to_clients[:] = list(to_clients), []
+        for m in batch:
+            rcpt = m.recipient
+            if rcpt not in clients or not alive(rcpt, step):
+                continue
+            outcome.bytes_down[rcpt] += m.size
+            for d in in_flight(m):
+                t = time.process_time()
+                replies = clients[rcpt].receive(d)
+                outcome.client_cpu_s[rcpt] += time.process_time() - t
+                to_server(replies, rcpt)
+    outcome.stages = step + 1
+    t = time.process_time()
+    try:
+        outcome.total = server.result()
+        outcome.survivors = server.survivors
+    except SecAggError as exc:
+        outcome.error = exc
+    outcome.server_cpu_s += time.process_time() - t
+    return outcome
