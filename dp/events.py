@@ -1,0 +1,147 @@
+"""Immutable privacy events: one record per round of what noise was really present.
+
+An event says which mechanism ran, with what sensitivity and noise, under which
+sampling scheme, over how many clients (cohort and survivors). Accountants
+compose events; the ledger stores them; epsilon is recomputable from events alone.
+
+Security:
+    For distributed noise the event carries the noise of the clients that
+    completed the round minus the assumed colluders (``noise_variance`` is what
+    an adversary who knows the colluders' shares still faces), never the
+    planned cohort's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any
+
+from dp.errors import ConfigurationError
+
+__all__ = ["DPMode", "Mechanism", "Sampling", "RoundEvent"]
+
+
+class DPMode(str, Enum):
+    """Where the client-level noise is added."""
+
+    NONE = "none"
+    CENTRAL = "central"  # the server adds Gaussian noise to the exact sum
+    DISTRIBUTED = "distributed"  # clients add integer noise shares inside the secure sum
+    LOCAL = "local"  # each client's update is noised to stand alone
+
+
+class Mechanism(str, Enum):
+    NONE = "none"
+    GAUSSIAN = "gaussian"
+    DISCRETE_GAUSSIAN = "discrete_gaussian"
+    SKELLAM = "skellam"
+
+
+class Sampling(str, Enum):
+    """How the round's cohort was drawn from the population."""
+
+    POISSON = "poisson"  # each client independently with probability q
+    FIXED_SIZE = "fixed_size"  # exactly K clients uniformly without replacement
+    FULL = "full"  # every client, every round (q = 1)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundEvent:
+    """What one round did, in the units of the mechanism.
+
+    Attributes:
+        round: 1-based round number.
+        mode: where the noise was added.
+        mechanism: the noise distribution.
+        l2_sensitivity: L2 sensitivity of the released sum to one client (for
+            distributed integer noise: in integer units, including the rounding
+            inflation).
+        l1_sensitivity: L1 sensitivity (needed by the Skellam bound; 0 if unused).
+        noise_variance: variance per coordinate of the noise present in the
+            released sum, in the same units as the sensitivities.
+        clip_norm: the L2 clip applied to each update, in float units.
+        clip_query_noise_multiplier: noise multiplier of the adaptive-clipping
+            quantile query (0 when the clip is fixed).
+        sampling: how the cohort was drawn.
+        sampling_rate: q for Poisson; K/N for fixed-size; 1 for full.
+        population: N, the number of clients that could be sampled.
+        cohort: how many were sampled.
+        survivors: how many completed the round (their updates are in the sum).
+        colluders: clients assumed to collude with the server (their noise is not counted).
+        dim: model dimension.
+    """
+
+    round: int
+    mode: DPMode
+    mechanism: Mechanism
+    l2_sensitivity: float
+    noise_variance: float
+    clip_norm: float
+    sampling: Sampling
+    sampling_rate: float
+    population: int
+    cohort: int
+    survivors: int
+    l1_sensitivity: float = 0.0
+    clip_query_noise_multiplier: float = 0.0
+    colluders: int = 0
+    dim: int = 0
+
+    def __post_init__(self) -> None:
+        if self.round < 1:
+            raise ConfigurationError(f"round must be >= 1, got {self.round}")
+        for name in ("l2_sensitivity", "noise_variance", "clip_norm", "l1_sensitivity",
+                     "clip_query_noise_multiplier"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ConfigurationError(f"{name} must be finite and >= 0, got {v!r}")
+        if not 0.0 <= self.sampling_rate <= 1.0:
+            raise ConfigurationError(f"sampling_rate must be in [0, 1], got {self.sampling_rate}")
+        if self.sampling is Sampling.FULL and self.sampling_rate != 1.0:
+            raise ConfigurationError("full participation must have sampling_rate 1")
+        for name in ("population", "cohort", "survivors", "colluders", "dim"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"{name} must be >= 0")
+        if self.survivors > self.cohort or self.cohort > self.population:
+            raise ConfigurationError("need survivors <= cohort <= population")
+        if self.mechanism is not Mechanism.NONE and self.l2_sensitivity <= 0:
+            raise ConfigurationError("a noisy mechanism needs l2_sensitivity > 0")
+
+    @property
+    def noise_multiplier(self) -> float:
+        """sigma / Delta_2 of the noise actually present (inf when noise-free sensitivity is 0)."""
+        if self.mechanism is Mechanism.NONE:
+            return 0.0
+        return math.sqrt(self.noise_variance) / self.l2_sensitivity
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mode"] = self.mode.value
+        d["mechanism"] = self.mechanism.value
+        d["sampling"] = self.sampling.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoundEvent:
+        try:
+            return cls(
+                round=int(d["round"]),
+                mode=DPMode(d["mode"]),
+                mechanism=Mechanism(d["mechanism"]),
+                l2_sensitivity=float(d["l2_sensitivity"]),
+                noise_variance=float(d["noise_variance"]),
+                clip_norm=float(d["clip_norm"]),
+                sampling=Sampling(d["sampling"]),
+                sampling_rate=float(d["sampling_rate"]),
+                population=int(d["population"]),
+                cohort=int(d["cohort"]),
+                survivors=int(d["survivors"]),
+                l1_sensitivity=float(d.get("l1_sensitivity", 0.0)),
+                clip_query_noise_multiplier=float(d.get("clip_query_noise_multiplier", 0.0)),
+                colluders=int(d.get("colluders", 0)),
+                dim=int(d.get("dim", 0)),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ConfigurationError(f"malformed event record: {exc}") from exc
