@@ -1,0 +1,131 @@
+"""Run configuration: one frozen record of every ``privagg run`` option, loadable from TOML.
+
+Precedence: an option given on the command line, then the ``--config`` file, then
+the default here. TOML keys are the option names with ``-`` or ``_``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fl_core.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["RunConfig", "load_config_file", "CHOICES"]
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": ("digits", "fashion-mnist"),
+    "partition": ("iid", "dirichlet", "shards"),
+    "model": ("logreg", "mlp", "cnn"),
+    "secure_sum": ("plain", "masking", "paillier"),
+    "graph": ("complete", "sparse"),
+    "dp": ("none", "central", "distributed", "local"),
+    "mechanism": ("skellam", "discrete_gaussian"),
+    "buffers": ("local", "aggregate"),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every option of ``privagg run``; see ``privagg run --help`` for their meaning."""
+
+    dataset: str = "digits"
+    clients: int = 100
+    rounds: int = 20
+    per_round: int | None = None
+    sampling_rate: float | None = None
+    partition: str = "iid"
+    alpha: float = 0.5
+    model: str = "logreg"
+    local_epochs: int = 2
+    lr: float = 0.5
+    batch_size: int = 16
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+    secure_sum: str = "plain"
+    graph: str = "complete"
+    bits: int = 32
+    dp: str = "none"
+    mechanism: str = "skellam"
+    clip: float | None = None
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    colluders: int = 0
+    ledger: str | None = None
+    dropout: float = 0.0
+    buffers: str = "local"
+    seed: int | None = None
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        for key, allowed in CHOICES.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ConfigError(
+                    f"--{key.replace('_', '-')} {value!r} is not valid; choose one of {', '.join(allowed)}",
+                    option=key,
+                )
+        positive_ints = ("clients", "rounds", "local_epochs", "batch_size", "threads")
+        for key in positive_ints:
+            v = getattr(self, key)
+            if not isinstance(v, int) or v < (0 if key == "rounds" else 1):
+                raise ConfigError(f"--{key.replace('_', '-')} must be a positive integer, got {v!r}", option=key)
+        if self.per_round is not None and self.sampling_rate is not None:
+            raise ConfigError("give either --per-round or --sampling-rate, not both", option="per_round")
+        if self.per_round is not None and not 1 <= self.per_round <= self.clients:
+            raise ConfigError(f"--per-round must be in 1..{self.clients}, got {self.per_round}", option="per_round")
+        if self.sampling_rate is not None and not 0 < self.sampling_rate <= 1:
+            raise ConfigError(f"--sampling-rate must be in (0, 1], got {self.sampling_rate}", option="sampling_rate")
+        for key in ("lr", "server_lr", "alpha"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"--{key.replace('_', '-')} must be > 0", option=key)
+        if self.clip is not None and not self.clip > 0:
+            raise ConfigError("--clip must be > 0", option="clip")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"--delta must be in (0, 1), got {self.delta}", option="delta")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}", option="dropout")
+        if self.noise_multiplier is not None and self.noise_multiplier < 0:
+            raise ConfigError("--noise-multiplier must be >= 0", option="noise_multiplier")
+        if self.target_epsilon is not None and not self.target_epsilon > 0:
+            raise ConfigError("--target-epsilon must be > 0", option="target_epsilon")
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML file of run options (top level or a ``[run]`` table).
+
+    Raises:
+        ConfigError: unreadable file, bad TOML, or an unknown key.
+    """
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}", option="config") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}", option="config") from exc
+    table = raw.get("run", raw)
+    known = {f.name for f in fields(RunConfig)}
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(
+                f"unknown option {key!r} in {path}; known options: {', '.join(sorted(known))}", option="config"
+            )
+        out[name] = value
+    return out

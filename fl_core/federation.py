@@ -1,0 +1,277 @@
+"""The federated round loop around a user's model and training function.
+
+A round either completes - the new global model is published and the round is
+charged to the ledger - or raises a typed error and leaves the model, the server
+optimizer, the privacy events and the ledger exactly as they were.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from secagg import RingVector, SecAggError, SecureSum, run_round
+
+from fl_core.backends import BackendRequest, build_secure_sum
+from fl_core.client import TrainFn, compute_update
+from fl_core.errors import ConfigError, RoundFailedError
+from fl_core.evaluation import EvalFn
+from fl_core.params import BufferPolicy, ParamCodec
+from fl_core.pipeline import ClientPipeline, NoPrivacy, PrivacyPolicy, ServerPipeline, plan_for
+from fl_core.sampling import Sampler
+from fl_core.server import ServerOptimizer
+
+__all__ = ["Federation", "RoundResult"]
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What one committed round did and measured."""
+
+    round: int
+    cohort: tuple[int, ...]
+    survivors: tuple[int, ...]
+    metrics: dict[str, float]
+    epsilon: float | None
+    delta: float | None
+    bytes_up_per_client: float
+    bytes_down_per_client: float
+    clipped_fraction: float
+    wall_s: float
+    event: Any = None
+    skipped: bool = False
+
+
+@dataclass
+class _Accounting:
+    """Optional DP bookkeeping hooks, filled by :mod:`fl_core.privacy` when DP is on."""
+
+    epsilon_fn: Callable[[Sequence[Any]], float] | None = None
+    ledger: Any = None  # has .append(event, epsilon=, delta=)
+    budget: Any = None  # has .check(events, next_event) -> float, raises BudgetExceededError
+    events: list[Any] = field(default_factory=list)
+
+
+class Federation:
+    """Federated training of ``model`` with private aggregation.
+
+    Args:
+        model: the global model (updated in place after each committed round).
+        train_fn: the user's unchanged ``train_fn(model, client_data)``.
+        client_data: one entry per client; client ``i`` (1-based) gets ``client_data[i-1]``.
+        secure_sum: a backend name (``"plain"``, ``"masking"``, ``"paillier"``) or a built SecureSum.
+        secure_sum_options: backend options (e.g. ``{"graph": "sparse"}``).
+        sampler: how cohorts are drawn (default: every client every round).
+        privacy: the DP policy (default :class:`NoPrivacy`, clip 10).
+        server_lr, server_momentum: the server optimizer (FedAvg / FedAvgM).
+        bits: ring width of the encoding.
+        eval_fn: called on the global model after each round; its dict lands in ``metrics``.
+        rng: the random source (OS CSPRNG in production; seeded for reproducible runs).
+        dropout: fraction of each cohort that drops out after sending its masked input (simulation).
+        buffers: ``"local"`` or ``"aggregate"`` (see :mod:`fl_core.params`).
+        epsilon_fn, ledger, budget: DP accounting hooks (see :mod:`fl_core.privacy`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_fn: TrainFn,
+        client_data: Sequence[Any],
+        *,
+        rng: Any,
+        secure_sum: str | SecureSum = "plain",
+        secure_sum_options: dict[str, Any] | None = None,
+        sampler: Sampler | None = None,
+        privacy: PrivacyPolicy | None = None,
+        server_lr: float = 1.0,
+        server_momentum: float = 0.0,
+        bits: int = 32,
+        eval_fn: EvalFn | None = None,
+        dropout: float = 0.0,
+        buffers: BufferPolicy = "local",
+        epsilon_fn: Callable[[Sequence[Any]], float] | None = None,
+        ledger: Any = None,
+        budget: Any = None,
+    ) -> None:
+        if len(client_data) == 0:
+            raise ConfigError("client_data is empty: at least one client is needed", option="clients")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}", option="dropout")
+        self.model = model
+        self.train_fn = train_fn
+        self.client_data = list(client_data)
+        self.codec = ParamCodec(model, buffers=buffers)
+        self.sampler = sampler or Sampler.full(len(self.client_data))
+        if self.sampler.population != len(self.client_data):
+            raise ConfigError(
+                f"sampler population {self.sampler.population} != {len(self.client_data)} clients",
+                option="clients",
+            )
+        self.privacy: PrivacyPolicy = privacy or NoPrivacy()
+        self.optimizer = ServerOptimizer(lr=server_lr, momentum=server_momentum)
+        self.rng = rng
+        self.plan = plan_for(self.privacy, self.sampler, self.codec.dim, bits)
+        from secagg import FixedPointEncoder
+
+        self.encoder = FixedPointEncoder(self.plan)
+        if isinstance(secure_sum, str):
+            self.secure_sum = build_secure_sum(
+                secure_sum,
+                BackendRequest(
+                    ring=self.plan.ring,
+                    dim=self.codec.dim,
+                    max_clients=self.sampler.max_cohort(),
+                    rng=rng.spawn("secure-sum-setup"),
+                    options=dict(secure_sum_options or {}),
+                ),
+            )
+        else:
+            self.secure_sum = secure_sum
+        self.client_pipeline = ClientPipeline(self.privacy, self.encoder, self.sampler)
+        self.server_pipeline = ServerPipeline(self.privacy, self.encoder, self.sampler)
+        self.eval_fn = eval_fn
+        self.dropout = dropout
+        self.accounting = _Accounting(epsilon_fn=epsilon_fn, ledger=ledger, budget=budget)
+        self.round = 0
+        self.history: list[RoundResult] = []
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return self.codec.dim
+
+    @property
+    def events(self) -> list[Any]:
+        return list(self.accounting.events)
+
+    def rounds(self, n: int) -> Iterator[RoundResult]:
+        """Run ``n`` rounds, yielding each committed round's result (the step-by-step form)."""
+        if n < 0:
+            raise ConfigError(f"rounds must be >= 0, got {n}", option="rounds")
+        for _ in range(n):
+            yield self.run_round()
+
+    def fit(self, n: int, *, on_round: Callable[[RoundResult], None] | None = None) -> list[RoundResult]:
+        """Run ``n`` rounds; returns their results (also kept in ``self.history``)."""
+        out = []
+        for res in self.rounds(n):
+            out.append(res)
+            if on_round is not None:
+                on_round(res)
+        return out
+
+    def run_round(self) -> RoundResult:
+        """Run one round. On any error the model, optimizer, events and ledger are unchanged."""
+        t0 = time.perf_counter()
+        r = self.round + 1
+        cohort = self.sampler.sample(self.rng.spawn(f"sample/{r}"))
+        acc = self.accounting
+        if not cohort.members:
+            # Nobody sampled: no data is touched and nothing is released.
+            self.round = r
+            res = RoundResult(r, (), (), self._evaluate(), self._current_epsilon(), self.privacy.delta,
+                              0.0, 0.0, 0.0, time.perf_counter() - t0, None, skipped=True)
+            self.history.append(res)
+            return res
+        if acc.budget is not None:
+            planned = self.privacy.round_event(
+                round=r, cohort=cohort, survivors=len(cohort.members), scale=self.plan.scale,
+                dim=self.dim, planned=True,
+            )
+            if planned is not None:
+                acc.budget.check(acc.events, planned)
+
+        global_vec = self.codec.flatten(self.model)
+        inputs: dict[int, RingVector] = {}
+        clipped = 0
+        for c in cohort.members:
+            delta = compute_update(
+                self.model, global_vec, self.codec, self.train_fn, self.client_data[c - 1], client_id=c
+            )
+            vec, clip = self.client_pipeline.run(delta, self.rng.spawn(f"client/{c}/round/{r}"))
+            inputs[c] = vec
+            clipped += int(clip.clipped)
+
+        drops = self._dropouts(cohort.members, r)
+        try:
+            outcome = run_round(
+                self.secure_sum,
+                inputs,
+                round_id=r,
+                rng_for=lambda c: self.rng.spawn(f"secagg/{c}/round/{r}"),
+                stages_completed=drops,
+            )
+        except SecAggError as exc:
+            raise RoundFailedError(f"round {r}: secure sum failed: {exc}", round=r) from exc
+        if outcome.error is not None or outcome.total is None:
+            raise RoundFailedError(
+                f"round {r} aborted, model unchanged: {outcome.error}", round=r
+            ) from outcome.error
+        survivors = tuple(sorted(outcome.survivors))
+        avg = self.server_pipeline.run(outcome.total, len(survivors), self.rng.spawn(f"server-noise/{r}"))
+        new_vec, velocity = self.optimizer.step(global_vec, avg)
+
+        event = self.privacy.round_event(
+            round=r, cohort=cohort, survivors=len(survivors), scale=self.plan.scale, dim=self.dim,
+            planned=False,
+        )
+        events_after = acc.events + ([event] if event is not None else [])
+        epsilon = acc.epsilon_fn(events_after) if (acc.epsilon_fn is not None and event is not None) else self._current_epsilon()
+        if acc.ledger is not None and event is not None:
+            acc.ledger.append(event, epsilon=epsilon, delta=self.privacy.delta)  # commit point (fsync)
+        # Commit: nothing below can fail on valid state.
+        self.codec.unflatten_into(self.model, new_vec)
+        self.optimizer.commit(velocity)
+        if event is not None:
+            acc.events.append(event)
+        self._last_epsilon = epsilon
+        self.round = r
+        self.privacy.after_round(clipped / len(cohort.members))
+
+        n = len(cohort.members)
+        res = RoundResult(
+            round=r,
+            cohort=cohort.members,
+            survivors=survivors,
+            metrics=self._evaluate(),
+            epsilon=epsilon,
+            delta=self.privacy.delta,
+            bytes_up_per_client=sum(outcome.bytes_up.values()) / n,
+            bytes_down_per_client=sum(outcome.bytes_down.values()) / n,
+            clipped_fraction=clipped / n,
+            wall_s=time.perf_counter() - t0,
+            event=event,
+        )
+        self.history.append(res)
+        return res
+
+    # -- internals ----------------------------------------------------------
+
+    _last_epsilon: float | None = None
+
+    def _current_epsilon(self) -> float | None:
+        if self.privacy.mode == "none":
+            return None
+        return self._last_epsilon if self._last_epsilon is not None else 0.0
+
+    def _evaluate(self) -> dict[str, float]:
+        return dict(self.eval_fn(self.model)) if self.eval_fn is not None else {}
+
+    def _dropouts(self, members: tuple[int, ...], r: int) -> dict[int, int]:
+        if self.dropout <= 0:
+            return {}
+        k = int(round(self.dropout * len(members)))
+        if k == 0:
+            return {}
+        g = self.rng.spawn(f"dropout/{r}")
+        pool = list(members)
+        for i in range(k):
+            j = i + g.randbelow(len(pool) - i)
+            pool[i], pool[j] = pool[j], pool[i]
+        stage = int(getattr(self.secure_sum, "input_stage", 0)) + 1
+        return {c: stage for c in pool[:k]}

@@ -1,0 +1,175 @@
+"""The per-round pipeline stages between a client's float update and the server's average.
+
+client:  delta -> clip -> (+ local noise) -> encode into Z_2^b -> (+ integer noise share) -> secure sum
+server:  ring sum -> decode -> (+ central noise) -> divide by the denominator -> average update
+
+Each DP-dependent step is delegated to a :class:`PrivacyPolicy`; :class:`NoPrivacy`
+is the non-private policy (it still clips, because the encoding needs a bound).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from secagg import EncodingPlan, FixedPointEncoder, RandomSource, RingVector, plan_encoding
+
+from fl_core.errors import ConfigError
+from fl_core.sampling import Cohort, Sampler, SamplingScheme
+
+__all__ = ["ClipOutcome", "PrivacyPolicy", "NoPrivacy", "ClientPipeline", "ServerPipeline", "l2_clip"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClipOutcome:
+    vector: npt.NDArray[np.float64]
+    norm: float
+    clipped: bool
+
+
+def l2_clip(vec: npt.NDArray[Any], clip_norm: float) -> ClipOutcome:
+    """Scale ``vec`` down to L2 norm ``clip_norm`` if it is longer (the non-DP clip)."""
+    v = np.asarray(vec, dtype=np.float64)
+    norm = float(np.linalg.norm(v))
+    if norm > clip_norm:
+        return ClipOutcome(v * (clip_norm / norm), norm, True)
+    return ClipOutcome(v.copy(), norm, False)
+
+
+class PrivacyPolicy(Protocol):
+    """What the round loop asks of the DP layer. Implementations: NoPrivacy, fl_core.privacy.DPPolicy."""
+
+    @property
+    def mode(self) -> str: ...
+
+    @property
+    def clip_norm(self) -> float: ...
+
+    @property
+    def delta(self) -> float | None: ...
+
+    def clip(self, vec: npt.NDArray[Any]) -> ClipOutcome: ...
+
+    def encoding_noise_std(self, sampler: Sampler) -> float:
+        """Per-client integer-noise std per coordinate, in float units (0 if none): sizes the ring."""
+        ...
+
+    def local_noise(self, dim: int, rng: RandomSource) -> npt.NDArray[np.float64] | None: ...
+
+    def client_integer_noise(self, dim: int, scale: float, sampler: Sampler, rng: RandomSource) -> npt.NDArray[np.int64] | None: ...
+
+    def server_noise(self, dim: int, sampler: Sampler, rng: RandomSource) -> npt.NDArray[np.float64] | None: ...
+
+    def round_event(self, *, round: int, cohort: Cohort, survivors: int, scale: float, dim: int, planned: bool) -> Any:  # noqa: A002
+        """The dp.events.RoundEvent for this round (``planned``: before it runs, worst case), or None."""
+        ...
+
+    def after_round(self, clipped_fraction_estimate: float) -> None: ...
+
+
+@dataclass
+class NoPrivacy:
+    """No differential privacy: updates are clipped to ``clip_norm`` only so they can be encoded.
+
+    How many updates were clipped is reported each round (no silent saturation).
+    """
+
+    clip_norm: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.clip_norm > 0:
+            raise ConfigError(f"clip norm must be > 0, got {self.clip_norm}", option="clip")
+
+    @property
+    def mode(self) -> str:
+        return "none"
+
+    @property
+    def delta(self) -> float | None:
+        return None
+
+    def clip(self, vec: npt.NDArray[Any]) -> ClipOutcome:
+        return l2_clip(vec, self.clip_norm)
+
+    def encoding_noise_std(self, sampler: Sampler) -> float:
+        return 0.0
+
+    def local_noise(self, dim: int, rng: RandomSource) -> None:
+        return None
+
+    def client_integer_noise(self, dim: int, scale: float, sampler: Sampler, rng: RandomSource) -> None:
+        return None
+
+    def server_noise(self, dim: int, sampler: Sampler, rng: RandomSource) -> None:
+        return None
+
+    def round_event(self, **kwargs: Any) -> None:
+        return None
+
+    def after_round(self, clipped_fraction_estimate: float) -> None:
+        return None
+
+
+@dataclass
+class ClientPipeline:
+    """clip -> local noise -> encode -> integer noise, for one client's update."""
+
+    policy: PrivacyPolicy
+    encoder: FixedPointEncoder
+    sampler: Sampler
+
+    def run(self, delta: npt.NDArray[np.float32], rng: RandomSource) -> tuple[RingVector, ClipOutcome]:
+        clip = self.policy.clip(delta)
+        v = clip.vector
+        local = self.policy.local_noise(v.shape[0], rng.spawn("local-noise"))
+        if local is not None:
+            v = v + local
+            # Local noise is unbounded; keep the encoding bound, and count it.
+            v = np.clip(v, -self.encoder.plan.bound, self.encoder.plan.bound)
+        ring_vec = self.encoder.encode(v, rng.spawn("rounding"))
+        noise = self.policy.client_integer_noise(
+            v.shape[0], self.encoder.plan.scale, self.sampler, rng.spawn("integer-noise")
+        )
+        if noise is not None:
+            self.encoder.ring.add_into(ring_vec, self.encoder.encode_integers(noise))
+        return ring_vec, clip
+
+
+@dataclass
+class ServerPipeline:
+    """decode -> central noise -> divide by the denominator."""
+
+    policy: PrivacyPolicy
+    encoder: FixedPointEncoder
+    sampler: Sampler
+
+    def denominator(self, survivors: int) -> float:
+        """Without DP: the number of survivors (plain FedAvg mean). With DP: the
+        expected cohort size, a data-independent constant (the fixed-denominator
+        estimator of DP-FedAvg), so the average is post-processing of the noisy sum."""
+        if self.policy.mode == "none":
+            return float(max(survivors, 1))
+        if self.sampler.scheme is SamplingScheme.POISSON:
+            return max(self.sampler.expected_cohort(), 1.0)
+        return float(self.sampler.size)
+
+    def run(self, total: RingVector, survivors: int, rng: RandomSource) -> npt.NDArray[np.float64]:
+        s = self.encoder.decode(total)
+        noise = self.policy.server_noise(s.shape[0], self.sampler, rng)
+        if noise is not None:
+            s = s + noise
+        return s / self.denominator(survivors)
+
+
+def plan_for(policy: PrivacyPolicy, sampler: Sampler, dim: int, bits: int) -> EncodingPlan:
+    """Size the fixed-point encoding for this run; typed error if it could overflow."""
+    return plan_encoding(
+        clip_norm=policy.clip_norm,
+        dim=dim,
+        max_clients=sampler.max_cohort(),
+        bits=bits,
+        noise_std=policy.encoding_noise_std(sampler),
+    )
