@@ -1,0 +1,133 @@
+"""MaskingSecureSum: the SecAgg / SecAgg+ backend object that makes client and server sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+
+from secagg.errors import ConfigurationError, LocalProtocolError
+from secagg.masking.client import MaskingClient
+from secagg.masking.graph import neighbour_graph
+from secagg.masking.params import GraphKind, MaskingParameters, choose_parameters
+from secagg.masking.server import MaskingServer
+from secagg.primitives.signatures import SigningKey, generate_signing_key
+from secagg.protocol import SERVER, ClientId, RandomSource
+from secagg.ring import RingSpec
+
+__all__ = ["MaskingSecureSum", "generate_identities"]
+
+
+def generate_identities(
+    clients: Sequence[ClientId], rng: RandomSource
+) -> tuple[dict[ClientId, bytes], dict[ClientId, SigningKey]]:
+    """Fresh Ed25519 identity keys: (public directory, each client's signing key).
+
+    In a deployment each client keeps its own signing key and the directory is
+    distributed by a PKI; this helper is for simulations and tests.
+    """
+    keys = {c: generate_signing_key(rng.spawn(f"identity-{c}")) for c in clients}
+    return {c: k.public for c, k in keys.items()}, keys
+
+
+class MaskingSecureSum:
+    """Double-masking secure sum (Bonawitz et al. 2017) on a complete or sparse graph (Bell 2020).
+
+    Args:
+        ring: the ring Z_{2^b} of the inputs.
+        dim: vector length.
+        graph: ``"sparse"`` (default: a Harary graph of degree k chosen by
+            :func:`~secagg.masking.params.choose_parameters`, which falls back to
+            the complete graph when k would reach n - 1) or ``"complete"``.
+        degree: force the sparse degree k (even).
+        threshold: force the Shamir threshold t (default: majority of holders).
+        corrupt_fraction, dropout_rate, security_bits, correctness_bits: inputs of
+            the parameter choice (see :mod:`secagg.masking.params`).
+        public_seed: public randomness mixed into the graph derivation (e.g. a
+            beacon value agreed out of band); empty by default.
+        identities: client -> Ed25519 public key. When given, advertisements and
+            consistency-check lists must be signed by these keys.
+        signing_keys: client -> its Ed25519 signing key, for in-process clients.
+
+    Security:
+        Honest-but-curious server: learns only the sum over survivors and the
+        survivor set, provided fewer than t clients collude with it in any
+        neighbourhood (Bonawitz et al. 2017, Theorem 6.3; Bell et al. 2020,
+        Theorem 3.6). With ``identities`` the server cannot forge keys or
+        survivor lists (semi-malicious model, Bonawitz et al. 2017 section 6.3).
+        See docs/security-masking.md for the claims and their tests.
+    """
+
+    name = "masking"
+
+    def __init__(
+        self,
+        ring: RingSpec,
+        dim: int,
+        *,
+        graph: GraphKind | str = GraphKind.SPARSE,
+        degree: int | None = None,
+        threshold: int | None = None,
+        corrupt_fraction: float = 0.05,
+        dropout_rate: float = 0.1,
+        security_bits: int = 40,
+        correctness_bits: int = 20,
+        public_seed: bytes = b"",
+        identities: Mapping[ClientId, bytes] | None = None,
+        signing_keys: Mapping[ClientId, SigningKey] | None = None,
+    ) -> None:
+        if not isinstance(dim, int) or dim < 1:
+            raise ConfigurationError(f"dim must be a positive int, got {dim!r}")
+        try:
+            self.graph_kind = GraphKind(graph)
+        except ValueError:
+            raise ConfigurationError(
+                f"graph must be 'complete' or 'sparse', got {graph!r}"
+            ) from None
+        self.ring = ring
+        self.dim = dim
+        self.degree = degree
+        self.threshold = threshold
+        self.corrupt_fraction = corrupt_fraction
+        self.dropout_rate = dropout_rate
+        self.security_bits = security_bits
+        self.correctness_bits = correctness_bits
+        self.public_seed = bytes(public_seed)
+        self.identities = dict(identities) if identities is not None else None
+        self.signing_keys = dict(signing_keys or {})
+        if self.identities is not None:
+            for c, key in self.signing_keys.items():
+                if self.identities.get(c) != key.public:
+                    raise ConfigurationError(
+                        f"signing key of client {c} does not match its identity public key"
+                    )
+
+    @lru_cache(maxsize=64)  # noqa: B019 - bounded, and the object lives as long as its cache
+    def parameters(self, n: int) -> MaskingParameters:
+        """The (k, t) every party recomputes for a cohort of ``n``."""
+        return choose_parameters(
+            n,
+            graph=self.graph_kind,
+            degree=self.degree,
+            threshold=self.threshold,
+            corrupt_fraction=self.corrupt_fraction,
+            dropout_rate=self.dropout_rate,
+            security_bits=self.security_bits,
+            correctness_bits=self.correctness_bits,
+        )
+
+    def neighbours(self, cohort: Sequence[ClientId], round_id: int) -> Mapping[int, frozenset[int]]:
+        """The round's graph, recomputed from public data."""
+        return neighbour_graph(
+            self.parameters(len(cohort)), cohort, round_id=round_id, public_seed=self.public_seed
+        )
+
+    def client(self, me: ClientId, round_id: int, rng: RandomSource) -> MaskingClient:
+        if me == SERVER or me < 0:
+            raise LocalProtocolError(f"client ids are >= 1, got {me}")
+        key = self.signing_keys.get(me)
+        if self.identities is not None and key is None:
+            raise LocalProtocolError(f"identity keys are configured but client {me} has none")
+        return MaskingClient(self, me, round_id, rng, signing_key=key)
+
+    def server(self, cohort: Sequence[ClientId], round_id: int) -> MaskingServer:
+        return MaskingServer(self, cohort, round_id)

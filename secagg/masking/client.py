@@ -1,0 +1,355 @@
+"""The client side of the masking protocol: a sans-I/O state machine driven by CLIENT_TRANSITIONS.
+
+Security:
+    The client enforces the checks that make a curious or lying server harmless
+    (Bonawitz et al., CCS 2017, figure 4 and section 6; Bell et al., CCS 2020,
+    section 4): the neighbour list must match the graph recomputed from the
+    round's public data; with identity keys every neighbour's key advertisement
+    and the consistency-check signatures must verify; every share ciphertext must
+    authenticate under associated data binding version, round, sender and
+    recipient; and an unmasking request may ask, per neighbour, for either the
+    self-mask share (neighbour survived) or the key share (neighbour dropped),
+    never both, consistently with the survivor list it signed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from secagg.errors import ConfigurationError, LocalProtocolError, RemoteProtocolError
+from secagg.masking import wire
+from secagg.masking._derive import pairwise_seed, self_mask_commitment, self_mask_seed, share_key
+from secagg.masking.states import CLIENT_TRANSITIONS, ClientState, Stage
+from secagg.primitives import PrimitiveError, aead, key_agreement, prg, shamir, signatures
+from secagg.protocol import SERVER, ClientId, Message, RandomSource
+from secagg.ring import RingVector
+
+if TYPE_CHECKING:
+    from secagg.masking.backend import MaskingSecureSum
+    from secagg.primitives.signatures import SigningKey
+
+__all__ = ["MaskingClient"]
+
+
+def _strictly_increasing(ids: tuple[int, ...]) -> bool:
+    return all(a < b for a, b in zip(ids, ids[1:], strict=False))
+
+
+class MaskingClient:
+    """One client's session for one round. Create it with :meth:`MaskingSecureSum.client`."""
+
+    def __init__(
+        self,
+        spec: MaskingSecureSum,
+        me: ClientId,
+        round_id: int,
+        rng: RandomSource,
+        *,
+        signing_key: SigningKey | None,
+    ) -> None:
+        self._spec = spec
+        self._me = me
+        self._round = round_id
+        self._rng = rng
+        self._signing_key = signing_key
+        self._state = ClientState.INIT
+        self._x: RingVector | None = None
+        self._c: key_agreement.KeyPair | None = None
+        self._s: key_agreement.KeyPair | None = None
+        self._b = b""
+        self._cohort: tuple[int, ...] = ()
+        self._t = 0
+        self._peers: dict[int, wire.Advertisement] = {}
+        self._held: dict[int, wire.SharePlaintext] = {}
+        self._survivors: tuple[int, ...] = ()
+        self.revealed_b: frozenset[int] = frozenset()
+        """Dealers whose self-mask shares this client revealed (for audits and tests)."""
+        self.revealed_sk: frozenset[int] = frozenset()
+        """Dealers whose key shares this client revealed."""
+
+    @property
+    def state(self) -> ClientState:
+        return self._state
+
+    def _keys(self) -> tuple[key_agreement.KeyPair, key_agreement.KeyPair]:
+        if self._c is None or self._s is None:  # pragma: no cover - unreachable after start()
+            raise LocalProtocolError("keys are not generated before start()")
+        return self._c, self._s
+
+    def _msg(self, stage: Stage, payload: bytes) -> Message:
+        return Message(self._me, SERVER, self._round, stage.value, payload)
+
+    def start(self, x: RingVector) -> list[Message]:
+        """Take the input and advertise two fresh X25519 public keys (stage AdvertiseKeys)."""
+        if self._state is not ClientState.INIT:
+            raise LocalProtocolError("start() called twice")
+        self._spec.ring.check(x, self._spec.dim, what="client input")
+        self._c = key_agreement.generate_keypair(self._rng)
+        self._s = key_agreement.generate_keypair(self._rng)
+        self._b = self._rng.random_bytes(shamir.SECRET_BYTES)
+        sig = b""
+        if self._signing_key is not None:
+            sig = self._signing_key.sign(
+                wire.advertisement_signed_bytes(
+                    self._round, self._me, self._c.public, self._s.public
+                )
+            )
+        self._x = x
+        self._state = ClientState.ADVERTISED
+        adv = wire.Advertisement(self._c.public, self._s.public, sig)
+        return [self._msg(Stage.ADVERTISE_KEYS, wire.encode_advertisement(adv))]
+
+    def receive(self, msg: Message) -> list[Message]:
+        """Handle one server message; refuses anything the transition table does not allow.
+
+        Raises:
+            LocalProtocolError: called before :meth:`start`.
+            RemoteProtocolError: the message is misaddressed, from another round,
+                out of order, malformed, or fails a security check. The session is
+                left unchanged.
+        """
+        if self._state is ClientState.INIT:
+            raise LocalProtocolError("receive() before start()")
+        if msg.sender != SERVER:
+            raise RemoteProtocolError(
+                "clients accept messages from the server only", peer=msg.sender
+            )
+        if msg.recipient != self._me:
+            raise RemoteProtocolError(
+                f"message for client {msg.recipient} delivered to {self._me}", peer=SERVER
+            )
+        if msg.round_id != self._round:
+            raise RemoteProtocolError(
+                f"message for round {msg.round_id} in round {self._round} (replayed?)", peer=SERVER
+            )
+        try:
+            stage = Stage(msg.stage)
+        except ValueError:
+            raise RemoteProtocolError(f"unknown stage {msg.stage!r}", peer=SERVER) from None
+        nxt = CLIENT_TRANSITIONS.get((self._state, stage))
+        if nxt is None:
+            raise RemoteProtocolError(
+                f"unexpected {stage.value} message in client state {self._state.value}", peer=SERVER
+            )
+        try:
+            out = self._HANDLERS[stage](self, msg.payload)
+        except wire.WireFormatError as exc:
+            raise RemoteProtocolError(
+                f"malformed {stage.value} message: {exc}", peer=SERVER
+            ) from exc
+        self._state = nxt
+        return out
+
+    # -- ShareKeys: check the neighbour list and keys, deal sealed shares ------------------
+
+    def _on_share_keys(self, payload: bytes) -> list[Message]:
+        req = wire.decode_share_keys_request(payload)
+        cohort = req.cohort
+        if not _strictly_increasing(cohort) or self._me not in cohort or SERVER in cohort:
+            raise RemoteProtocolError(
+                "cohort list is not sorted, or misses this client", peer=SERVER
+            )
+        try:
+            params = self._spec.parameters(len(cohort))
+        except ConfigurationError as exc:
+            raise RemoteProtocolError(f"unusable cohort: {exc}", peer=SERVER) from exc
+        mine = self._spec.neighbours(cohort, self._round)[self._me]
+        ids = tuple(v for v, _ in req.peers)
+        if len(set(ids)) != len(ids) or not set(ids) <= mine:
+            raise RemoteProtocolError(
+                "neighbour list differs from the graph derived from the round seed", peer=SERVER
+            )
+        if len(ids) < params.threshold:
+            raise RemoteProtocolError(
+                f"only {len(ids)} neighbours, the threshold is {params.threshold}", peer=SERVER
+            )
+        c, s = self._keys()
+        seen = {c.public, s.public}
+        for v, adv in req.peers:
+            if adv.c_pk in seen or adv.s_pk in seen or adv.c_pk == adv.s_pk:
+                raise RemoteProtocolError(
+                    f"client {v}'s public keys repeat other keys", peer=SERVER
+                )
+            seen |= {adv.c_pk, adv.s_pk}
+            self._check_advertisement(v, adv)
+        holders = sorted(ids)
+        b_shares = shamir.split(self._b, holders, params.threshold, self._rng)
+        sk_shares = shamir.split(s.private, holders, params.threshold, self._rng)
+        peers = dict(req.peers)
+        records = []
+        for v in holders:
+            pt = wire.encode_share_plaintext(
+                wire.SharePlaintext(self._me, v, b_shares[v], sk_shares[v])
+            )
+            try:
+                key = share_key(
+                    c.private, peers[v].c_pk, round_id=self._round, sender=self._me, recipient=v
+                )
+            except PrimitiveError as exc:
+                raise RemoteProtocolError(f"client {v}'s key: {exc}", peer=SERVER) from exc
+            ad = aead.associated_data(
+                version=wire.VERSION, round_id=self._round, sender=self._me, recipient=v
+            )
+            records.append((v, aead.seal(key, self._rng.random_bytes(aead.NONCE_BYTES), pt, ad)))
+        self._cohort, self._t, self._peers = cohort, params.threshold, peers
+        return [
+            self._msg(
+                Stage.SHARE_KEYS, wire.encode_sealed_shares(wire.SealedShares(tuple(records)))
+            )
+        ]
+
+    def _check_advertisement(self, v: int, adv: wire.Advertisement) -> None:
+        ids = self._spec.identities
+        if ids is None:
+            return
+        public = ids.get(v)
+        if public is None:
+            raise RemoteProtocolError(f"client {v} has no identity key", peer=SERVER)
+        try:
+            signatures.verify(
+                public,
+                wire.advertisement_signed_bytes(self._round, v, adv.c_pk, adv.s_pk),
+                adv.signature,
+            )
+        except PrimitiveError as exc:
+            raise RemoteProtocolError(
+                f"key advertisement of client {v} is not signed by its identity key", peer=SERVER
+            ) from exc
+
+    # -- MaskedInputCollection: open the shares held, send the double-masked input ---------
+
+    def _on_masked_input(self, payload: bytes) -> list[Message]:
+        sealed = wire.decode_sealed_shares(payload).records
+        dealers = [u for u, _ in sealed]
+        if len(set(dealers)) != len(dealers) or not set(dealers) <= self._peers.keys():
+            raise RemoteProtocolError("shares from clients that are not neighbours", peer=SERVER)
+        if len(dealers) < self._t:
+            raise RemoteProtocolError(
+                f"only {len(dealers)} neighbours hold shares, the threshold is {self._t}",
+                peer=SERVER,
+            )
+        c, s = self._keys()
+        if self._x is None:  # pragma: no cover - the transition table makes this unreachable
+            raise LocalProtocolError("input already consumed")
+        held: dict[int, wire.SharePlaintext] = {}
+        for u, ct in sealed:
+            ad = aead.associated_data(
+                version=wire.VERSION, round_id=self._round, sender=u, recipient=self._me
+            )
+            try:
+                key = share_key(
+                    c.private,
+                    self._peers[u].c_pk,
+                    round_id=self._round,
+                    sender=u,
+                    recipient=self._me,
+                )
+                pt = wire.decode_share_plaintext(aead.open_sealed(key, ct, ad))
+            except (PrimitiveError, wire.WireFormatError) as exc:
+                raise RemoteProtocolError(
+                    f"share ciphertext from client {u} rejected: {exc}", peer=SERVER
+                ) from exc
+            if pt.dealer != u or pt.holder != self._me:
+                raise RemoteProtocolError(
+                    f"share from client {u} names the wrong parties", peer=SERVER
+                )
+            held[u] = pt
+        ring = self._spec.ring
+        y = self._x.copy()
+        prg.add_mask_into(y, self_mask_seed(self._b, round_id=self._round, owner=self._me), ring)
+        for v in dealers:
+            try:
+                seed = pairwise_seed(
+                    s.private, self._peers[v].s_pk, round_id=self._round, me=self._me, peer=v
+                )
+            except PrimitiveError as exc:
+                raise RemoteProtocolError(f"client {v}'s mask key: {exc}", peer=SERVER) from exc
+            prg.add_mask_into(y, seed, ring, op="add" if self._me < v else "sub")
+        commitment = self_mask_commitment(self._b, round_id=self._round, owner=self._me)
+        payload_out = wire.encode_masked_input(commitment, ring.to_bytes(y))
+        self._held, self._x = held, None
+        return [self._msg(Stage.MASKED_INPUT, payload_out)]
+
+    # -- ConsistencyCheck: sign the survivor list -----------------------------------------
+
+    def _on_consistency(self, payload: bytes) -> list[Message]:
+        survivors = wire.decode_id_list(payload)
+        if not _strictly_increasing(survivors) or not set(survivors) <= set(self._cohort):
+            raise RemoteProtocolError(
+                "survivor list is not a sorted subset of the cohort", peer=SERVER
+            )
+        if self._me not in survivors:
+            raise RemoteProtocolError("survivor list omits this client", peer=SERVER)
+        if len(survivors) < self._t:
+            raise RemoteProtocolError(
+                f"{len(survivors)} survivors, below the threshold {self._t}", peer=SERVER
+            )
+        sig = b""
+        if self._signing_key is not None:
+            sig = self._signing_key.sign(wire.consistency_signed_bytes(self._round, survivors))
+        self._survivors = survivors
+        return [self._msg(Stage.CONSISTENCY_CHECK, wire.encode_signature(sig))]
+
+    # -- Unmasking: reveal one share per neighbour -----------------------------------------
+
+    def _on_unmasking(self, payload: bytes) -> list[Message]:
+        req = wire.decode_unmask_request(payload)
+        if req.survivors != self._survivors:
+            raise RemoteProtocolError(
+                "unmasking request's survivor list differs from the consistency check", peer=SERVER
+            )
+        if self._spec.identities is not None:
+            self._check_consistency_signatures(req)
+        b_ids, sk_ids = set(req.b_ids), set(req.sk_ids)
+        if len(b_ids) != len(req.b_ids) or len(sk_ids) != len(req.sk_ids):
+            raise RemoteProtocolError("unmasking request repeats a client", peer=SERVER)
+        both = b_ids & sk_ids
+        if both:
+            raise RemoteProtocolError(
+                f"server asked for both the self-mask share and the key share of {sorted(both)}",
+                peer=SERVER,
+            )
+        alive = set(self._survivors)
+        if not b_ids <= alive:
+            raise RemoteProtocolError(
+                "self-mask share asked for a client that dropped", peer=SERVER
+            )
+        if sk_ids & alive:
+            raise RemoteProtocolError("key share asked for a client that survived", peer=SERVER)
+        if not (b_ids | sk_ids) <= self._held.keys():
+            raise RemoteProtocolError(
+                "share asked for a client this one holds none of", peer=SERVER
+            )
+        resp = wire.UnmaskResponse(
+            tuple((u, self._held[u].b_share) for u in req.b_ids),
+            tuple((u, self._held[u].sk_share) for u in req.sk_ids),
+        )
+        self.revealed_b, self.revealed_sk = frozenset(b_ids), frozenset(sk_ids)
+        self._held = {}
+        return [self._msg(Stage.UNMASKING, wire.encode_unmask_response(resp))]
+
+    def _check_consistency_signatures(self, req: wire.UnmaskRequest) -> None:
+        ids = self._spec.identities or {}
+        signers = [v for v, _ in req.signatures]
+        if len(set(signers)) != len(signers) or not set(signers) <= set(self._survivors):
+            raise RemoteProtocolError("consistency signatures from non-survivors", peer=SERVER)
+        if len(signers) < self._t:
+            raise RemoteProtocolError(
+                f"{len(signers)} consistency signatures, the threshold is {self._t}", peer=SERVER
+            )
+        message = wire.consistency_signed_bytes(self._round, self._survivors)
+        for v, sig in req.signatures:
+            try:
+                signatures.verify(ids.get(v, b""), message, sig)
+            except PrimitiveError as exc:
+                raise RemoteProtocolError(
+                    f"consistency signature of client {v} is invalid", peer=SERVER
+                ) from exc
+
+    _HANDLERS: dict[Stage, Callable[[MaskingClient, bytes], list[Message]]] = {
+        Stage.SHARE_KEYS: _on_share_keys,
+        Stage.MASKED_INPUT: _on_masked_input,
+        Stage.CONSISTENCY_CHECK: _on_consistency,
+        Stage.UNMASKING: _on_unmasking,
+    }

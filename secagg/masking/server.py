@@ -1,0 +1,393 @@
+"""The server side of the masking protocol: a sans-I/O state machine over SERVER_ACCEPTS/NEXT.
+
+Security:
+    The server relays keys and sealed shares it cannot read, accumulates masked
+    inputs as they arrive (never holding more than one running sum), and
+    unmasks only when every needed secret has at least t shares: otherwise the
+    round ends in ``TooFewSurvivorsError`` and no vector is released (Bonawitz et
+    al., CCS 2017, section 4, round 4). Reconstructed secrets are checked against
+    public commitments (the advertised s_pk, the committed b_u) before use, so a
+    holder sending a wrong share causes an abort, never a wrong sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from secagg.errors import (
+    LocalProtocolError,
+    RemoteProtocolError,
+    SecAggError,
+    TooFewSurvivorsError,
+)
+from secagg.masking import wire
+from secagg.masking._derive import pairwise_seed, self_mask_commitment, self_mask_seed
+from secagg.masking.states import SERVER_ACCEPTS, SERVER_NEXT, ServerState, Stage
+from secagg.primitives import PrimitiveError, key_agreement, prg, shamir, signatures
+from secagg.protocol import SERVER, ClientId, Message
+from secagg.ring import RingVector
+
+if TYPE_CHECKING:
+    from secagg.masking.backend import MaskingSecureSum
+
+__all__ = ["MaskingServer"]
+
+
+class MaskingServer:
+    """The server's session for one round. Create it with :meth:`MaskingSecureSum.server`."""
+
+    def __init__(self, spec: MaskingSecureSum, cohort: Sequence[ClientId], round_id: int) -> None:
+        ids = tuple(sorted(cohort))
+        if len(set(ids)) != len(ids) or any(c <= SERVER for c in ids):
+            raise LocalProtocolError("cohort must be distinct client ids >= 1")
+        self._spec = spec
+        self._cohort = ids
+        self._round = round_id
+        self.params = spec.parameters(len(ids))
+        self._graph = spec.neighbours(ids, round_id)
+        self._t = self.params.threshold
+        self._state = ServerState.ADVERTISE
+        self._expected: frozenset[int] = frozenset(ids)
+        self._got: dict[int, object] = {}
+        self._adv: dict[int, wire.Advertisement] = {}
+        self._u1: frozenset[int] = frozenset()
+        self._uploads: dict[int, dict[int, bytes]] = {}
+        self._u2: frozenset[int] = frozenset()
+        self._commitments: dict[int, bytes] = {}
+        self._acc: RingVector = spec.ring.zeros(spec.dim)
+        self._u3: tuple[int, ...] = ()
+        self._sigs: dict[int, bytes] = {}
+        self._requests: dict[int, wire.UnmaskRequest] = {}
+        self._b_shares: dict[int, dict[int, int]] = {}
+        self._sk_shares: dict[int, dict[int, int]] = {}
+        self._result: RingVector | None = None
+        self._error: SecAggError | None = None
+        self.unmask_cpu_s = 0.0
+        """Process time spent in the final unmasking computation (for benchmarks)."""
+        self.unmask_prg_expansions = 0
+        """PRG expansions the unmasking needed: survivors' self masks + dropped clients' pairs."""
+
+    @property
+    def state(self) -> ServerState:
+        return self._state
+
+    @property
+    def done(self) -> bool:
+        return self._state is ServerState.DONE
+
+    @property
+    def survivors(self) -> frozenset[ClientId]:
+        return frozenset(self._u3) if self._result is not None else frozenset()
+
+    def result(self) -> RingVector:
+        """The sum over the survivors.
+
+        Raises:
+            LocalProtocolError: the round is not finished.
+            TooFewSurvivorsError: too few clients survived some stage, or some
+                needed secret has fewer than t shares; nothing is released.
+            RemoteProtocolError: a reconstructed secret failed its commitment.
+        """
+        if not self.done:
+            raise LocalProtocolError(f"result() in server state {self._state.value}")
+        if self._error is not None:
+            raise self._error
+        if self._result is None:  # pragma: no cover - done implies one of the two
+            raise LocalProtocolError("no result")
+        return self._result
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    def receive(self, msg: Message) -> list[Message]:
+        """Handle one client message; close the stage once every expected client answered.
+
+        Raises:
+            RemoteProtocolError: misaddressed, unknown sender, another round,
+                wrong stage (late or replayed), duplicate, malformed, or failing a
+                check. The session is left unchanged.
+        """
+        if msg.recipient != SERVER:
+            raise RemoteProtocolError(
+                f"message for {msg.recipient} delivered to the server", peer=msg.sender
+            )
+        if msg.sender not in self._graph:
+            raise RemoteProtocolError("sender is not in the cohort", peer=msg.sender)
+        if msg.round_id != self._round:
+            raise RemoteProtocolError(
+                f"message for round {msg.round_id} in round {self._round} (replayed?)",
+                peer=msg.sender,
+            )
+        if self._state is ServerState.DONE:
+            raise RemoteProtocolError("the round is over", peer=msg.sender)
+        expected_stage = SERVER_ACCEPTS[self._state]
+        if msg.stage != expected_stage.value:
+            raise RemoteProtocolError(
+                f"{msg.stage} message while the server is in stage {expected_stage.value}",
+                peer=msg.sender,
+            )
+        if msg.sender not in self._expected:
+            raise RemoteProtocolError(
+                f"client is not a participant of stage {msg.stage}", peer=msg.sender
+            )
+        if msg.sender in self._got:
+            raise RemoteProtocolError(f"duplicate {msg.stage} message", peer=msg.sender)
+        try:
+            self._got[msg.sender] = self._HANDLERS[expected_stage](self, msg.sender, msg.payload)
+        except wire.WireFormatError as exc:
+            raise RemoteProtocolError(
+                f"malformed {msg.stage} message: {exc}", peer=msg.sender
+            ) from exc
+        if len(self._got) == len(self._expected):
+            return self._close()
+        return []
+
+    def close_stage(self) -> list[Message]:
+        """The stage deadline passed: whoever answered survives this stage."""
+        if self._state is ServerState.DONE:
+            return []
+        return self._close()
+
+    def _close(self) -> list[Message]:
+        answered = frozenset(self._got)
+        state = self._state
+        self._state = SERVER_NEXT[state]
+        self._got = {}
+        try:
+            if len(answered) < self._t:
+                self._abort(
+                    len(answered),
+                    f"only {len(answered)} clients answered stage {SERVER_ACCEPTS[state].value}",
+                )
+            return self._CLOSERS[state](self, answered)
+        except TooFewSurvivorsError as exc:
+            self._error = exc
+            self._state = ServerState.DONE
+            return []
+
+    def _abort(self, survivors: int, why: str) -> None:
+        raise TooFewSurvivorsError(
+            f"{why}; the threshold is {self._t}: round aborted, nothing unmasked",
+            survivors=survivors,
+            required=self._t,
+        )
+
+    def _prune(self, alive: frozenset[int]) -> frozenset[int]:
+        """Drop clients with fewer than t live neighbours until none is left (fixpoint)."""
+        changed = True
+        while changed:
+            changed = False
+            for u in sorted(alive):
+                if len(self._graph[u] & alive) < self._t:
+                    alive = alive - {u}
+                    changed = True
+        return alive
+
+    def _to(self, v: int, stage: Stage, payload: bytes) -> Message:
+        return Message(SERVER, v, self._round, stage.value, payload)
+
+    # -- AdvertiseKeys ----------------------------------------------------------------
+
+    def _on_advertise(self, sender: int, payload: bytes) -> object:
+        adv = wire.decode_advertisement(payload)
+        ids = self._spec.identities
+        if ids is not None:
+            try:
+                signatures.verify(
+                    ids.get(sender, b""),
+                    wire.advertisement_signed_bytes(self._round, sender, adv.c_pk, adv.s_pk),
+                    adv.signature,
+                )
+            except PrimitiveError as exc:
+                raise RemoteProtocolError(
+                    "key advertisement is not signed by the sender's identity key", peer=sender
+                ) from exc
+        self._adv[sender] = adv
+        return adv
+
+    def _close_advertise(self, answered: frozenset[int]) -> list[Message]:
+        u1 = self._prune(answered)
+        if len(u1) < self._t:
+            self._abort(len(u1), f"{len(u1)} clients advertised keys with enough live neighbours")
+        self._u1 = self._expected = u1
+        out = []
+        for u in sorted(u1):
+            peers = tuple((v, self._adv[v]) for v in sorted(self._graph[u] & u1))
+            req = wire.ShareKeysRequest(self._cohort, peers)
+            out.append(self._to(u, Stage.SHARE_KEYS, wire.encode_share_keys_request(req)))
+        return out
+
+    # -- ShareKeys --------------------------------------------------------------------
+
+    def _on_share_keys(self, sender: int, payload: bytes) -> object:
+        records = wire.decode_sealed_shares(payload).records
+        targets = [v for v, _ in records]
+        if sorted(targets) != sorted(self._graph[sender] & self._u1) or len(set(targets)) != len(
+            targets
+        ):
+            raise RemoteProtocolError(
+                "shares not addressed to exactly the sender's neighbours", peer=sender
+            )
+        self._uploads[sender] = dict(records)
+        return None
+
+    def _close_share_keys(self, answered: frozenset[int]) -> list[Message]:
+        u2 = self._prune(answered)
+        if len(u2) < self._t:
+            self._abort(len(u2), f"{len(u2)} clients shared keys with enough live neighbours")
+        self._u2 = self._expected = u2
+        out = []
+        for v in sorted(u2):
+            recs = tuple((u, self._uploads[u][v]) for u in sorted(self._graph[v] & u2))
+            out.append(
+                self._to(v, Stage.MASKED_INPUT, wire.encode_sealed_shares(wire.SealedShares(recs)))
+            )
+        return out
+
+    # -- MaskedInputCollection -------------------------------------------------------
+
+    def _on_masked_input(self, sender: int, payload: bytes) -> object:
+        head, body = wire.decode_masked_input(payload)
+        ring = self._spec.ring
+        want = self._spec.dim * ring.bytes_per_element()
+        if len(body) != want:
+            raise RemoteProtocolError(
+                f"masked input has {len(body)} bytes, expected {want}",
+                peer=sender,
+            )
+        vec = np.frombuffer(body, dtype=ring.dtype.newbyteorder("<"))
+        if not ring.native and int(vec.max()) > ring.mask:
+            raise RemoteProtocolError(
+                f"masked input has elements outside Z_2^{ring.bits}", peer=sender
+            )
+        np.add(self._acc, vec, out=self._acc)  # streamed: no per-client vector is kept
+        self._commitments[sender] = head.commitment
+        return None
+
+    def _close_masked_input(self, answered: frozenset[int]) -> list[Message]:
+        self._u3 = tuple(sorted(answered))
+        self._expected = answered
+        payload = wire.encode_id_list(self._u3)
+        return [self._to(v, Stage.CONSISTENCY_CHECK, payload) for v in self._u3]
+
+    # -- ConsistencyCheck ---------------------------------------------------------------
+
+    def _on_consistency(self, sender: int, payload: bytes) -> object:
+        sig = wire.decode_signature(payload)
+        ids = self._spec.identities
+        if ids is not None:
+            try:
+                signatures.verify(
+                    ids.get(sender, b""), wire.consistency_signed_bytes(self._round, self._u3), sig
+                )
+            except PrimitiveError as exc:
+                raise RemoteProtocolError(
+                    "consistency signature does not verify", peer=sender
+                ) from exc
+            self._sigs[sender] = sig
+        return None
+
+    def _close_consistency(self, answered: frozenset[int]) -> list[Message]:
+        self._expected = answered
+        alive = frozenset(self._u3)
+        sigs = tuple(sorted(self._sigs.items()))
+        out = []
+        for v in sorted(answered):
+            dealers = self._graph[v] & self._u2
+            req = wire.UnmaskRequest(
+                survivors=self._u3,
+                b_ids=tuple(sorted(dealers & alive)),
+                sk_ids=tuple(sorted(dealers - alive)),
+                signatures=sigs,
+            )
+            self._requests[v] = req
+            out.append(self._to(v, Stage.UNMASKING, wire.encode_unmask_request(req)))
+        return out
+
+    # -- Unmasking ----------------------------------------------------------------------
+
+    def _on_unmasking(self, sender: int, payload: bytes) -> object:
+        resp = wire.decode_unmask_response(payload)
+        req = self._requests[sender]
+        if (
+            tuple(u for u, _ in resp.b_shares) != req.b_ids
+            or tuple(u for u, _ in resp.sk_shares) != req.sk_ids
+        ):
+            raise RemoteProtocolError("unmasking response does not answer the request", peer=sender)
+        for u, y in resp.b_shares:
+            self._b_shares.setdefault(u, {})[sender] = y
+        for u, y in resp.sk_shares:
+            self._sk_shares.setdefault(u, {})[sender] = y
+        return None
+
+    def _close_unmasking(self, answered: frozenset[int]) -> list[Message]:
+        import time
+
+        t0 = time.process_time()
+        try:
+            self._result = self._unmask()
+        except (TooFewSurvivorsError, RemoteProtocolError) as exc:
+            self._error = exc
+        self.unmask_cpu_s = time.process_time() - t0
+        return []
+
+    def _unmask(self) -> RingVector:
+        ring, t = self._spec.ring, self._t
+        alive = frozenset(self._u3)
+        dropped = [u for u in sorted(self._u2 - alive) if self._graph[u] & alive]
+        for u in self._u3:  # check every needed secret before touching the sum
+            if len(self._b_shares.get(u, {})) < t:
+                self._abort(
+                    len(self._b_shares.get(u, {})), f"survivor {u}'s self mask has too few shares"
+                )
+        for u in dropped:
+            if len(self._sk_shares.get(u, {})) < t:
+                self._abort(
+                    len(self._sk_shares.get(u, {})), f"dropped client {u}'s key has too few shares"
+                )
+        acc = self._acc.copy()
+        for u in self._u3:
+            b = self._recover(u, self._b_shares[u])
+            if self_mask_commitment(b, round_id=self._round, owner=u) != self._commitments[u]:
+                raise RemoteProtocolError(
+                    f"shares of client {u}'s self-mask seed do not match its commitment", peer=u
+                )
+            prg.add_mask_into(acc, self_mask_seed(b, round_id=self._round, owner=u), ring, op="sub")
+            self.unmask_prg_expansions += 1
+        for u in dropped:
+            sk = self._recover(u, self._sk_shares[u])
+            if key_agreement.keypair_from_private(sk).public != self._adv[u].s_pk:
+                raise RemoteProtocolError(
+                    f"shares of client {u}'s mask key do not match its public key", peer=u
+                )
+            for v in sorted(self._graph[u] & alive):
+                seed = pairwise_seed(sk, self._adv[v].s_pk, round_id=self._round, me=u, peer=v)
+                # v added the pair mask when v < u and subtracted it when v > u: undo that.
+                prg.add_mask_into(acc, seed, ring, op="sub" if v < u else "add")
+                self.unmask_prg_expansions += 1
+        return ring.reduce(acc)
+
+    def _recover(self, owner: int, shares: dict[int, int]) -> bytes:
+        try:
+            return shamir.reconstruct(shares, self._t)
+        except PrimitiveError as exc:
+            raise RemoteProtocolError(
+                f"shares of client {owner}'s secret are invalid: {exc}", peer=owner
+            ) from exc
+
+    _HANDLERS: dict[Stage, Callable[[MaskingServer, int, bytes], object]] = {
+        Stage.ADVERTISE_KEYS: _on_advertise,
+        Stage.SHARE_KEYS: _on_share_keys,
+        Stage.MASKED_INPUT: _on_masked_input,
+        Stage.CONSISTENCY_CHECK: _on_consistency,
+        Stage.UNMASKING: _on_unmasking,
+    }
+    _CLOSERS: dict[ServerState, Callable[[MaskingServer, frozenset[int]], list[Message]]] = {
+        ServerState.ADVERTISE: _close_advertise,
+        ServerState.SHARE: _close_share_keys,
+        ServerState.MASKED: _close_masked_input,
+        ServerState.CONSISTENCY: _close_consistency,
+        ServerState.UNMASK: _close_unmasking,
+    }
