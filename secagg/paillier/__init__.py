@@ -1,0 +1,68 @@
+"""Packed Paillier secure sum: keys, packing, wire format, client/server/key-holder sessions."""
+
+from __future__ import annotations
+
+from secagg.paillier.backend import (
+    HolderLink,
+    KeyHolder,
+    PaillierSecureSum,
+    ThresholdDecryptor,
+)
+from secagg.paillier.errors import (
+    CiphertextOutOfRangeError,
+    CorruptDecryptionShareError,
+    KeyFormatError,
+    KeyMismatchError,
+    MalformedCiphertextError,
+    TooFewDecryptionSharesError,
+    WrongRoundError,
+)
+from secagg.paillier.keys import (
+    dump_key_share,
+    dump_private_key,
+    dump_public_key,
+    dump_threshold_params,
+    load_key_share,
+    load_private_key,
+    load_public_key,
+    load_threshold_params,
+)
+from secagg.paillier.packing import PackingPlan, plan_packing
+from secagg.primitives.paillier_core import (
+    EncryptionMode,
+    PaillierPrivateKey,
+    PaillierPublicKey,
+    generate_keypair,
+)
+from secagg.primitives.paillier_threshold import KeyShare, ThresholdParams, generate_threshold_key
+
+__all__ = [
+    "CiphertextOutOfRangeError",
+    "CorruptDecryptionShareError",
+    "EncryptionMode",
+    "HolderLink",
+    "KeyFormatError",
+    "KeyHolder",
+    "KeyMismatchError",
+    "KeyShare",
+    "MalformedCiphertextError",
+    "PackingPlan",
+    "PaillierPrivateKey",
+    "PaillierPublicKey",
+    "PaillierSecureSum",
+    "ThresholdDecryptor",
+    "ThresholdParams",
+    "TooFewDecryptionSharesError",
+    "WrongRoundError",
+    "dump_key_share",
+    "dump_private_key",
+    "dump_public_key",
+    "dump_threshold_params",
+    "generate_keypair",
+    "generate_threshold_key",
+    "load_key_share",
+    "load_private_key",
+    "load_public_key",
+    "load_threshold_params",
+    "plan_packing",
+]
