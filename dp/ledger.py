@@ -26,7 +26,8 @@ and every later line is a round record::
 its ``hash`` key; ``prev_hash`` is the previous line's ``hash`` (the header's
 ``prev_hash`` is :data:`GENESIS_HASH`, so the first hash binds the ledger id, the
 creation time and the run metadata). ``epsilon`` is the cumulative epsilon after
-this round at ``delta``; every record of a ledger has the same ``delta``.
+this round at ``delta`` (the string ``"inf"`` once a round had no finite
+guarantee); every record of a ledger has the same ``delta``.
 
 Torn tails: a record is written with one ``write`` of the whole line and then
 ``fsync``'d; the caller publishes the new model only after :meth:`Ledger.append`
@@ -250,7 +251,7 @@ def _round_dict(event: RoundEvent, *, epsilon: float, delta: float, accountant: 
         "survivors": int(event.survivors),
         "colluders": int(event.colluders),
         "delta": float(delta),
-        "epsilon": float(epsilon),
+        "epsilon": "inf" if math.isinf(epsilon) else float(epsilon),
         "accountant": {"name": accountant, "version": accountant_version},
         "prev_hash": prev_hash,
     }
@@ -382,7 +383,7 @@ def _inspect_bytes(data: bytes, path: str, *, expected_head: str | None) -> Ledg
                     raise _Stop(f"line {lineno} is not a round record", bad_round)
                 try:
                     event = _event_from_record(rec)
-                    eps = _as_float(rec["epsilon"])
+                    eps = math.inf if rec["epsilon"] == "inf" else _as_float(rec["epsilon"])
                     delta = _as_float(rec["delta"])
                     acc = rec["accountant"]
                     acc_name, acc_ver = acc["name"], acc["version"]
@@ -643,8 +644,9 @@ class Ledger:
         if event.round <= self.last_round:
             raise ConfigurationError(f"round {event.round} does not follow the ledger's last "
                                      f"round {self.last_round}")
-        if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon >= 0):
-            raise ConfigurationError(f"epsilon must be finite and >= 0, got {epsilon!r}")
+        if not (isinstance(epsilon, (int, float)) and not math.isnan(epsilon) and epsilon >= 0):
+            raise ConfigurationError(f"epsilon must be >= 0 (inf: no finite guarantee), "
+                                     f"got {epsilon!r}")
         if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
             raise ConfigurationError(f"delta must be in (0, 1), got {delta!r}")
         if self._records:

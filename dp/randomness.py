@@ -74,7 +74,7 @@ class SystemRandomSource(RandomSource):
 class SeededRandomSource(RandomSource):
     """Deterministic stream from a seed: for tests and reproducible experiments only.
 
-    The stream is SHAKE-256(seed-derived key || block counter), read in 64 KiB blocks;
+    The stream is SHAKE-256(seed-derived key || block counter), read in fixed 64 KiB blocks (so the stream does not depend on how it is consumed);
     children from :meth:`spawn` are keyed by (key, label) and are independent of
     the parent's stream position.
     """
@@ -106,8 +106,7 @@ class SeededRandomSource(RandomSource):
         chunks = [self._buf]
         have = len(self._buf)
         while have < n:
-            want = max(self._BLOCK, n - have)
-            block = hashlib.shake_256(self._key + self._counter.to_bytes(8, "little")).digest(want)
+            block = hashlib.shake_256(self._key + self._counter.to_bytes(8, "little")).digest(self._BLOCK)
             self._counter += 1
             chunks.append(block)
             have += len(block)

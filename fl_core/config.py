@@ -49,7 +49,7 @@ class RunConfig:
     lr: float = 0.5
     batch_size: int = 16
     server_lr: float = 1.0
-    server_momentum: float = 0.0
+    server_momentum: float = 0.5
     secure_sum: str = "plain"
     graph: str = "complete"
     bits: int = 32

@@ -153,7 +153,8 @@ def partition_labels(
     """Split example indices among ``num_clients`` clients.
 
     Schemes: ``iid`` (uniform shuffle, near-equal sizes); ``dirichlet`` (label skew:
-    each class split by proportions ~ Dirichlet(alpha)); ``shards`` (sort by label,
+    each class split by proportions ~ Dirichlet(alpha), redrawn up to 20 times until
+    no client is empty); ``shards`` (sort by label,
     cut into ``num_clients * shards_per_client`` shards, deal each client some).
 
     Raises:
@@ -171,13 +172,17 @@ def partition_labels(
     elif scheme == "dirichlet":
         if not alpha > 0:
             raise ConfigError(f"dirichlet alpha must be > 0, got {alpha}", option="alpha")
-        buckets: list[list[int]] = [[] for _ in range(num_clients)]
-        for cls in np.unique(labels):
-            idx = rng.permutation(np.flatnonzero(labels == cls))
-            props = rng.dirichlet(np.full(num_clients, alpha))
-            cuts = (np.cumsum(props)[:-1] * len(idx)).astype(int)
-            for b, chunk in zip(buckets, np.split(idx, cuts), strict=True):
-                b.extend(chunk.tolist())
+        # Redraw (up to 20 times) until every client has at least one example.
+        for _attempt in range(20):
+            buckets: list[list[int]] = [[] for _ in range(num_clients)]
+            for cls in np.unique(labels):
+                idx = rng.permutation(np.flatnonzero(labels == cls))
+                props = rng.dirichlet(np.full(num_clients, alpha))
+                cuts = (np.cumsum(props)[:-1] * len(idx)).astype(int)
+                for b, chunk in zip(buckets, np.split(idx, cuts), strict=True):
+                    b.extend(chunk.tolist())
+            if all(buckets):
+                break
         parts = [np.asarray(sorted(b), dtype=np.int64) for b in buckets]
     elif scheme == "shards":
         if shards_per_client < 1:

@@ -71,7 +71,8 @@ class Federation:
         bits: ring width of the encoding.
         eval_fn: called on the global model after each round; its dict lands in ``metrics``.
         rng: the random source (OS CSPRNG in production; seeded for reproducible runs).
-        dropout: fraction of each cohort that drops out after sending its masked input (simulation).
+        dropout: fraction of each cohort that drops out (simulation) after key setup and just
+            before sending its masked input: their updates and noise are not in the sum.
         buffers: ``"local"`` or ``"aggregate"`` (see :mod:`fl_core.params`).
         epsilon_fn, ledger, budget: DP accounting hooks (see :mod:`fl_core.privacy`).
     """
@@ -273,5 +274,7 @@ class Federation:
         for i in range(k):
             j = i + g.randbelow(len(pool) - i)
             pool[i], pool[j] = pool[j], pool[i]
-        stage = int(getattr(self.secure_sum, "input_stage", 0)) + 1
+        # The backend's ``input_stage`` is the stage in which a client sends its input;
+        # dropping clients complete every stage before it (key setup) and then vanish.
+        stage = int(getattr(self.secure_sum, "input_stage", 0))
         return {c: stage for c in pool[:k]}

@@ -61,13 +61,13 @@ class ParamCodec:
         slots: list[TensorSlot] = []
         offset = 0
         for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
             if not p.dtype.is_floating_point:
                 raise ModelError(
                     f"parameter {name!r} has dtype {p.dtype}; only floating-point parameters can be "
-                    "federated (set requires_grad=False on it or make it float)"
+                    "federated (register integer state with register_buffer instead)"
                 )
+            if not p.requires_grad:
+                continue
             slots.append(TensorSlot(name, tuple(p.shape), p.dtype, offset, p.numel(), False))
             offset += p.numel()
         if buffers == "aggregate":

@@ -50,7 +50,9 @@ class _Reader:
         if len(self.data) < 6 or self.data[:4] != _MAGIC:
             raise KeyFormatError("not a privagg Paillier key (bad magic)")
         if self.data[4] != _VERSION:
-            raise KeyFormatError(f"unsupported key format version {self.data[4]}, expected {_VERSION}")
+            raise KeyFormatError(
+                f"unsupported key format version {self.data[4]}, expected {_VERSION}"
+            )
         if self.data[5] != kind:
             raise KeyFormatError(f"key material of kind {self.data[5]}, expected kind {kind}")
         self.pos = 6
@@ -122,7 +124,14 @@ def load_private_key(data: bytes) -> PaillierPrivateKey:
 
 def dump_threshold_params(params: ThresholdParams) -> bytes:
     pub = dump_public_key(params.public_key)
-    out = [_header(_PARAMS), _u32(len(pub)), pub, _u32(params.threshold), _u32(params.parties), _int(params.v)]
+    out = [
+        _header(_PARAMS),
+        _u32(len(pub)),
+        pub,
+        _u32(params.threshold),
+        _u32(params.parties),
+        _int(params.v),
+    ]
     out.extend(_int(v) for v in params.verification_keys)
     return b"".join(out)
 

@@ -7,7 +7,7 @@ from secagg.errors import SecAggError
 __all__ = ["PrimitiveError", "AuthenticationError", "InvalidKeyError", "ShareError"]
 
 
-class PrimitiveError(SecAggError):
+class PrimitiveError(SecAggError, ValueError):
     """A primitive refused its input; the protocol layer decides whom to blame."""
 
 

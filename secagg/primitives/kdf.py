@@ -15,6 +15,8 @@ from __future__ import annotations
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from secagg.primitives._errors import PrimitiveError
+
 __all__ = [
     "LABEL_PAIRWISE_MASK",
     "LABEL_SELF_MASK",
@@ -63,5 +65,5 @@ def derive(secret: bytes, label: bytes, context: bytes = b"", *, length: int = 3
         already a uniformly random or Diffie-Hellman secret).
     """
     if label not in LABELS:
-        raise ValueError(f"unknown HKDF label {label!r}; use one of the LABEL_* constants")
+        raise PrimitiveError(f"unknown HKDF label {label!r}; use one of the LABEL_* constants")
     return hkdf_sha256(secret, salt=None, info=label + b"\x00" + context, length=length)

@@ -25,7 +25,6 @@ Security:
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -61,7 +60,13 @@ MIN_KEY_BITS = 2048
 DEFAULT_KEY_BITS = 2048
 
 # NIST SP 800-57 Part 1 Rev. 5, table 2: integer-factorisation modulus size -> security bits.
-_NIST_LEVELS: tuple[tuple[int, int], ...] = ((15360, 256), (7680, 192), (3072, 128), (2048, 112), (1024, 80))
+_NIST_LEVELS: tuple[tuple[int, int], ...] = (
+    (15360, 256),
+    (7680, 192),
+    (3072, 128),
+    (2048, 112),
+    (1024, 80),
+)
 
 
 class PaillierError(SecAggError):
@@ -123,7 +128,7 @@ def _random_bits(rng: RandomSource, bits: int) -> mpz:
     return mpz.from_bytes(rng.random_bytes(nbytes), "big") >> (8 * nbytes - bits)
 
 
-def _small_primes(limit: int) -> np.ndarray:  # type: ignore[type-arg]
+def _small_primes(limit: int) -> np.ndarray:
     sieve = np.ones(limit, dtype=bool)
     sieve[:2] = False
     for i in range(2, int(limit**0.5) + 1):
@@ -214,7 +219,9 @@ class FixedBaseTable:
     rows: tuple[tuple[mpz, ...], ...] = field(repr=False)
 
     @classmethod
-    def build(cls, base: mpz, modulus: mpz, *, exponent_bits: int, window: int = 8) -> FixedBaseTable:
+    def build(
+        cls, base: mpz, modulus: mpz, *, exponent_bits: int, window: int = 8
+    ) -> FixedBaseTable:
         if not 1 <= window <= 16:
             raise PaillierError(f"table window must be in 1..16 bits, got {window}")
         if exponent_bits < 1:
@@ -230,13 +237,15 @@ class FixedBaseTable:
             g = row[-1] * g % modulus  # g^(2^w)
         return cls(mpz(base), mpz(modulus), exponent_bits, window, tuple(rows))
 
-    def digits(self, exponents_bytes: bytes, count: int) -> np.ndarray:  # type: ignore[type-arg]
+    def digits(self, exponents_bytes: bytes, count: int) -> np.ndarray:
         """Split ``count`` big-endian exponents of ``ceil(exponent_bits/8)`` bytes into window digits.
 
         Returns an int array of shape ``(count, rows)``; digit ``i`` weighs ``2^(w i)``.
         """
         nbytes = (self.exponent_bits + 7) // 8
-        raw = np.frombuffer(exponents_bytes, dtype=np.uint8, count=count * nbytes).reshape(count, nbytes)
+        raw = np.frombuffer(exponents_bytes, dtype=np.uint8, count=count * nbytes).reshape(
+            count, nbytes
+        )
         bits = np.unpackbits(raw[:, ::-1], axis=1, bitorder="little")[:, : self.exponent_bits]
         nrows = len(self.rows)
         pad = nrows * self.window - self.exponent_bits
@@ -315,7 +324,9 @@ class PaillierPublicKey:
     @property
     def fingerprint(self) -> bytes:
         """16-byte SHA-256 digest of the modulus: binds messages to one key."""
-        return hashlib.sha256(b"privagg paillier n|" + self.n.to_bytes(self.plaintext_bytes, "big")).digest()[:16]
+        return hashlib.sha256(
+            b"privagg paillier n|" + self.n.to_bytes(self.plaintext_bytes, "big")
+        ).digest()[:16]
 
     def supports(self, mode: EncryptionMode) -> bool:
         return mode is EncryptionMode.STANDARD or self.hs is not None
@@ -337,7 +348,9 @@ class PaillierPublicKey:
 
     def check_plaintext(self, m: int) -> None:
         if not 0 <= m < self.n:
-            raise PaillierError(f"plaintext must be in [0, n), got a {int(m).bit_length()}-bit value")
+            raise PaillierError(
+                f"plaintext must be in [0, n), got a {int(m).bit_length()}-bit value"
+            )
 
     def check_ciphertext(self, c: int) -> None:
         """Range check ``0 < c < n^2`` (cheap; run on every received ciphertext)."""
@@ -463,7 +476,9 @@ class Encryptor:
     discarded.
     """
 
-    def __init__(self, pk: PaillierPublicKey, *, mode: EncryptionMode = EncryptionMode.DJN, window: int = 8) -> None:
+    def __init__(
+        self, pk: PaillierPublicKey, *, mode: EncryptionMode = EncryptionMode.DJN, window: int = 8
+    ) -> None:
         if not isinstance(mode, EncryptionMode):
             raise PaillierError(f"mode must be an EncryptionMode, got {mode!r}")
         if not pk.supports(mode):
@@ -480,7 +495,10 @@ class Encryptor:
             if self.pk.hs is None:  # pragma: no cover - guarded in __init__
                 raise PaillierError("no DJN base")
             self._table = FixedBaseTable.build(
-                self.pk.hs, self.pk.n_squared, exponent_bits=self.pk.djn_exponent_bits, window=self.window
+                self.pk.hs,
+                self.pk.n_squared,
+                exponent_bits=self.pk.djn_exponent_bits,
+                window=self.window,
             )
         return self._table
 

@@ -23,7 +23,13 @@ from secagg.primitives.paillier_core import (
 )
 from secagg.protocol import RandomSource
 
-__all__ = ["from_phe_public", "from_phe_private", "to_phe_public", "to_phe_private", "to_phe_ciphertext"]
+__all__ = [
+    "from_phe_public",
+    "from_phe_private",
+    "to_phe_public",
+    "to_phe_private",
+    "to_phe_ciphertext",
+]
 
 
 def to_phe_public(pk: PaillierPublicKey) -> Any:
@@ -71,7 +77,9 @@ def from_phe_private(
     phe_sk: Any, *, rng: RandomSource | None = None, insecure_small_key_for_tests: bool = False
 ) -> PaillierPrivateKey:
     """Import a ``phe`` private key (and its public key, see :func:`from_phe_public`)."""
-    pk = from_phe_public(phe_sk.public_key, rng=rng, insecure_small_key_for_tests=insecure_small_key_for_tests)
+    pk = from_phe_public(
+        phe_sk.public_key, rng=rng, insecure_small_key_for_tests=insecure_small_key_for_tests
+    )
     return PaillierPrivateKey(pk, mpz(int(phe_sk.p)), mpz(int(phe_sk.q)))
 
 

@@ -120,7 +120,9 @@ class KeyShare:
 
     def __post_init__(self) -> None:
         if not 1 <= self.index <= self.params.parties:
-            raise PaillierError(f"share index must be in 1..{self.params.parties}, got {self.index}")
+            raise PaillierError(
+                f"share index must be in 1..{self.params.parties}, got {self.index}"
+            )
 
     def __repr__(self) -> str:
         return f"KeyShare(index={self.index}, t={self.params.threshold}, m={self.params.parties}, secret=<hidden>)"
@@ -134,8 +136,10 @@ class ShareProof:
     z: mpz
 
 
-def deal(sk: PaillierPrivateKey, *, threshold: int, parties: int, rng: RandomSource) -> tuple[ThresholdParams, list[KeyShare]]:
-    """Split the decryption exponent of ``sk`` into ``parties`` shares, any ``threshold`` of which decrypt.
+def deal(
+    sk: PaillierPrivateKey, *, threshold: int, parties: int, rng: RandomSource
+) -> tuple[ThresholdParams, list[KeyShare]]:
+    """Split the decryption exponent of ``sk`` into ``parties`` shares; any ``threshold`` decrypt.
 
     Raises:
         PaillierError: ``p`` or ``q`` is not a safe prime, or t/m are out of range.
@@ -148,7 +152,9 @@ def deal(sk: PaillierPrivateKey, *, threshold: int, parties: int, rng: RandomSou
     p, q, n = sk.p, sk.q, sk.public_key.n
     pp, qq = (p - 1) // 2, (q - 1) // 2
     if not (gmpy2.is_prime(pp, 40) and gmpy2.is_prime(qq, 40)):
-        raise PaillierError("threshold dealing needs safe primes; generate the key with safe_primes=True")
+        raise PaillierError(
+            "threshold dealing needs safe primes; generate the key with safe_primes=True"
+        )
     mprime = pp * qq
     nm = n * mprime
     d = mprime * gmpy2.invert(mprime, n)  # 0 mod m', 1 mod n
@@ -181,7 +187,10 @@ def generate_threshold_key(
 ) -> tuple[ThresholdParams, list[KeyShare]]:
     """Trusted-dealer generation: a safe-prime key, dealt and then forgotten."""
     sk = generate_keypair(
-        rng, key_bits=key_bits, safe_primes=True, insecure_small_key_for_tests=insecure_small_key_for_tests
+        rng,
+        key_bits=key_bits,
+        safe_primes=True,
+        insecure_small_key_for_tests=insecure_small_key_for_tests,
     )
     return deal(sk, threshold=threshold, parties=parties, rng=rng)
 
@@ -201,7 +210,9 @@ def _int_bytes(x: int, width: int) -> bytes:
     return int(x).to_bytes(width, "big")
 
 
-def _batch(params: ThresholdParams, index: int, context: bytes, cs: Sequence[int], ds: Sequence[int]) -> tuple[bytes, mpz, mpz]:
+def _batch(
+    params: ThresholdParams, index: int, context: bytes, cs: Sequence[int], ds: Sequence[int]
+) -> tuple[bytes, mpz, mpz]:
     pk = params.public_key
     w = pk.ciphertext_bytes
     h = hashlib.sha256()
@@ -226,13 +237,22 @@ def _batch(params: ThresholdParams, index: int, context: bytes, cs: Sequence[int
 
 def _challenge(params: ThresholdParams, index: int, digest: bytes, elems: Sequence[mpz]) -> mpz:
     w = params.public_key.ciphertext_bytes
-    h = hashlib.sha256(b"privagg threshold paillier challenge v1|" + digest + index.to_bytes(4, "big"))
+    h = hashlib.sha256(
+        b"privagg threshold paillier challenge v1|" + digest + index.to_bytes(4, "big")
+    )
     for e in elems:
         h.update(_int_bytes(e, w))
     return mpz.from_bytes(h.digest(), "big") >> (256 - _CHALLENGE_BITS)
 
 
-def prove(share: KeyShare, ciphertexts: Sequence[int], shares: Sequence[int], rng: RandomSource, *, context: bytes) -> ShareProof:
+def prove(
+    share: KeyShare,
+    ciphertexts: Sequence[int],
+    shares: Sequence[int],
+    rng: RandomSource,
+    *,
+    context: bytes,
+) -> ShareProof:
     """Prove that ``shares`` were computed from ``ciphertexts`` with this decryptor's secret.
 
     ``context`` must bind the round and the key (the server and decryptors pass the same bytes).
@@ -251,17 +271,25 @@ def prove(share: KeyShare, ciphertexts: Sequence[int], shares: Sequence[int], rn
 
 
 def verify(
-    params: ThresholdParams, index: int, ciphertexts: Sequence[int], shares: Sequence[int], proof: ShareProof, *, context: bytes
+    params: ThresholdParams,
+    index: int,
+    ciphertexts: Sequence[int],
+    shares: Sequence[int],
+    proof: ShareProof,
+    *,
+    context: bytes,
 ) -> None:
     """Check a batch of decryption shares from decryptor ``index``.
 
     Raises:
-        InvalidDecryptionShareError: wrong count, a share out of range, or a proof that does not verify.
+        InvalidDecryptionShareError: wrong count, a share out of range, or a bad proof.
     """
     pk = params.public_key
     n2 = pk.n_squared
     if len(shares) != len(ciphertexts):
-        raise InvalidDecryptionShareError(f"{len(shares)} shares for {len(ciphertexts)} ciphertexts", index=index)
+        raise InvalidDecryptionShareError(
+            f"{len(shares)} shares for {len(ciphertexts)} ciphertexts", index=index
+        )
     for d in shares:
         if not 0 < d < n2:
             raise InvalidDecryptionShareError("decryption share out of range (0, n^2)", index=index)
@@ -274,24 +302,30 @@ def verify(
         a = gmpy2.powmod(x4, proof.z, n2) * gmpy2.powmod(y2, -proof.e, n2) % n2
         b = gmpy2.powmod(params.v, proof.z, n2) * gmpy2.powmod(vi, -proof.e, n2) % n2
     except ZeroDivisionError:
-        raise InvalidDecryptionShareError("decryption share is not a unit of Z_{n^2}", index=index) from None
+        raise InvalidDecryptionShareError(
+            "decryption share is not a unit of Z_{n^2}", index=index
+        ) from None
     if _challenge(params, index, digest, (params.v, vi, x4, y2, a, b)) != proof.e:
         raise InvalidDecryptionShareError("decryption share proof does not verify", index=index)
 
 
 def lagrange_times_delta(indices: Sequence[int], i: int, delta: int) -> int:
-    """``Delta * prod_{j != i} j / (j - i)``: an integer because Delta = m! (Shoup 2000, section 2)."""
+    """``Delta * prod_{j != i} j / (j - i)``: integral because Delta = m! (Shoup 2000, sec. 2)."""
     num, den = delta, 1
     for j in indices:
         if j != i:
             num *= j
             den *= j - i
     if num % den:
-        raise PaillierError("Lagrange coefficient is not integral: indices exceed the dealt parties")
+        raise PaillierError(
+            "Lagrange coefficient is not integral: indices exceed the dealt parties"
+        )
     return num // den
 
 
-def _combine_unchecked(params: ThresholdParams, shares: Mapping[int, Sequence[int]], count: int) -> list[mpz]:
+def _combine_unchecked(
+    params: ThresholdParams, shares: Mapping[int, Sequence[int]], count: int
+) -> list[mpz]:
     pk = params.public_key
     n, n2 = pk.n, pk.n_squared
     idx = sorted(shares)

@@ -21,20 +21,27 @@ from typing import Literal
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from secagg.primitives._errors import InvalidKeyError, PrimitiveError
 from secagg.ring import RingSpec, RingVector
 
-__all__ = ["SEED_BYTES", "CHUNK_BYTES", "add_mask_into", "expand"]
+__all__ = ["SEED_BYTES", "CHUNK_BYTES", "ZERO_COUNTER", "add_mask_into", "expand"]
 
 SEED_BYTES = 32
 """AES-256 key length: the PRG seed size."""
 CHUNK_BYTES = 1 << 18
 """Keystream produced per call (256 KiB: fits in L2 cache)."""
-_ZERO_IV = bytes(16)
+ZERO_COUNTER = bytes(16)
+"""The initial counter block: keys are single-use, so a fixed block is safe."""
 _ZEROS = bytes(CHUNK_BYTES)
 
 
 def add_mask_into(
-    acc: RingVector, seed: bytes, ring: RingSpec, *, op: Literal["add", "sub"] = "add"
+    acc: RingVector,
+    seed: bytes,
+    ring: RingSpec,
+    *,
+    op: Literal["add", "sub"] = "add",
+    counter_block: bytes = ZERO_COUNTER,
 ) -> RingVector:
     """``acc += PRG(seed)`` (or ``-=``) mod 2^bits, in place, streamed in chunks.
 
@@ -43,26 +50,29 @@ def add_mask_into(
         seed: a 32-byte single-use key (an HKDF output).
         ring: the ring.
         op: ``"add"`` or ``"sub"``.
+        counter_block: the initial 16-byte CTR block; the protocol always uses
+            the all-zero block (keys are single-use); known-answer tests set it.
 
     Returns:
         ``acc``.
 
     Raises:
-        ValueError: wrong seed length, dtype or op.
+        InvalidKeyError: the seed is not 32 bytes.
+        PrimitiveError: wrong accumulator dtype or shape, or unknown op.
 
     Security:
         See the module docstring: AES-256-CTR, NIST SP 800-38A; no modulo bias.
     """
     if len(seed) != SEED_BYTES:
-        raise ValueError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
+        raise InvalidKeyError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
     if acc.dtype != ring.dtype or acc.ndim != 1:
-        raise ValueError(f"accumulator must be a 1-D {ring.dtype} vector, got {acc.dtype}")
+        raise PrimitiveError(f"accumulator must be a 1-D {ring.dtype} vector, got {acc.dtype}")
     if op not in ("add", "sub"):
-        raise ValueError(f"op must be 'add' or 'sub', got {op!r}")
+        raise PrimitiveError(f"op must be 'add' or 'sub', got {op!r}")
     ufunc: np.ufunc = np.add if op == "add" else np.subtract
     itemsize = ring.dtype.itemsize
     per_chunk = CHUNK_BYTES // itemsize
-    enc = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_IV)).encryptor()
+    enc = Cipher(algorithms.AES(seed), modes.CTR(counter_block)).encryptor()
     buf = bytearray(CHUNK_BYTES + 15)  # update_into needs block_size - 1 spare bytes
     words = np.frombuffer(buf, dtype=ring.dtype.newbyteorder("<"), count=per_chunk)
     zeros = memoryview(_ZEROS)
@@ -75,6 +85,8 @@ def add_mask_into(
     return ring.reduce(acc)
 
 
-def expand(seed: bytes, ring: RingSpec, dim: int) -> RingVector:
+def expand(
+    seed: bytes, ring: RingSpec, dim: int, *, counter_block: bytes = ZERO_COUNTER
+) -> RingVector:
     """A fresh vector ``PRG(seed)`` of ``dim`` ring elements (allocates one vector)."""
-    return add_mask_into(ring.zeros(dim), seed, ring)
+    return add_mask_into(ring.zeros(dim), seed, ring, counter_block=counter_block)

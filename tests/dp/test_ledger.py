@@ -365,8 +365,8 @@ def test_append_validates_its_inputs(tmp_path: Path) -> None:
             led.append(make_event(2), epsilon=1.0, delta=1e-6)
         with pytest.raises(ConfigurationError, match="below the previous"):
             led.append(make_event(2), epsilon=0.5, delta=DELTA)
-        with pytest.raises(ConfigurationError, match="finite"):
-            led.append(make_event(2), epsilon=float("inf"), delta=DELTA)
+        with pytest.raises(ConfigurationError, match="epsilon must be"):
+            led.append(make_event(2), epsilon=float("nan"), delta=DELTA)
         with pytest.raises(ConfigurationError, match="delta must be in"):
             led.append(make_event(2), epsilon=2.0, delta=0.0)
         with pytest.raises(ConfigurationError, match="RoundEvent"):
@@ -444,3 +444,15 @@ def test_torn_tail_repair_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(LedgerError, match="cannot repair") as ei:
         Ledger.open(p)
     assert ei.value.round == 2
+
+
+def test_infinite_epsilon_is_recorded_and_stays_infinite(tmp_path: Path) -> None:
+    p = tmp_path / "l.jsonl"
+    with Ledger.open(p) as led:
+        led.append(make_event(1), epsilon=0.5, delta=DELTA)
+        led.append(make_event(2), epsilon=float("inf"), delta=DELTA)
+        with pytest.raises(ConfigurationError, match="below the previous"):
+            led.append(make_event(3), epsilon=1.0, delta=DELTA)
+    assert b'"epsilon":"inf"' in p.read_bytes()
+    rep = verify_ledger(p)
+    assert rep.epsilon == float("inf") and rep.records[0].epsilon == 0.5
