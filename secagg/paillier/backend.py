@@ -480,7 +480,8 @@ class PaillierServerSession:
             raise LocalProtocolError("cohort must be distinct client ids >= 1")
         if len(cohort) > spec.max_clients:
             raise EncodingOverflowError(
-                f"cohort of {len(cohort)} exceeds max_clients={spec.max_clients}: the packed sum could "
+                f"cohort of {len(cohort)} exceeds max_clients={spec.max_clients}: the packed sum "
+                "could "
                 "overflow a slot; build the backend with a larger max_clients",
                 knob="max_clients",
             )

@@ -1,4 +1,4 @@
-"""Typed errors of the Paillier backend, each a subclass of the secagg root errors with explicit blame."""
+"""Typed errors of the Paillier backend: subclasses of the secagg root errors, blame explicit."""
 
 from __future__ import annotations
 

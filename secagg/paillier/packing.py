@@ -83,7 +83,7 @@ class PackingPlan:
         return out
 
     def unpack(self, plaintexts: Sequence[int]) -> RingVector:
-        """Unpack (summed) plaintexts: each slot reduced mod 2^b, the ring sum of the packed vectors.
+        """Unpack (summed) plaintexts; each slot mod 2^b gives the ring sum of the packed vectors.
 
         Raises:
             EncodingOverflowError: a plaintext exceeds the packed range (some input was
@@ -119,7 +119,7 @@ class PackingPlan:
 
 
 def plan_packing(ring: RingSpec, dim: int, *, key_bits: int, max_clients: int) -> PackingPlan:
-    """Derive slot width and slots per plaintext so a sum of ``max_clients`` vectors cannot overflow.
+    """Derive slot width and slot count so a sum of ``max_clients`` vectors cannot overflow.
 
     Raises:
         EncodingOverflowError: ``dim`` or ``max_clients`` < 1, or a single slot does not

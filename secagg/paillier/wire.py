@@ -1,4 +1,4 @@
-"""Fixed-width wire format of Paillier messages: ciphertext vectors, plaintexts and decryption shares.
+"""Fixed-width wire format of Paillier messages: ciphertexts, plaintexts, decryption shares.
 
 Layout: version (1) | kind (1) | key fingerprint (16) | round id (8, signed) |
 sender (8, signed) | count (4) | ``count`` big-endian integers of a fixed width |
@@ -65,7 +65,7 @@ def encode(
     values: Sequence[int],
     trailer: bytes = b"",
 ) -> bytes:
-    """Serialize ``values`` with the header that binds them to ``pk``, ``round_id`` and ``sender``."""
+    """Serialize ``values`` under a header binding them to ``pk``, ``round_id``, ``sender``."""
     w = _width(pk, kind)
     head = _HEADER.pack(VERSION, int(kind), pk.fingerprint, round_id, sender, len(values))
     return head + b"".join(mpz(v).to_bytes(w, "big") for v in values) + trailer

@@ -238,7 +238,7 @@ class FixedBaseTable:
         return cls(mpz(base), mpz(modulus), exponent_bits, window, tuple(rows))
 
     def digits(self, exponents_bytes: bytes, count: int) -> np.ndarray:
-        """Split ``count`` big-endian exponents of ``ceil(exponent_bits/8)`` bytes into window digits.
+        """Split ``count`` big-endian exponents (``ceil(exponent_bits/8)`` bytes) into digits.
 
         Returns an int array of shape ``(count, rows)``; digit ``i`` weighs ``2^(w i)``.
         """
@@ -364,7 +364,7 @@ class PaillierPublicKey:
 
 @dataclass(frozen=True, slots=True)
 class PaillierPrivateKey:
-    """The factorisation ``n = p q`` with CRT constants for decryption (Paillier 1999, section 7)."""
+    """The factorisation ``n = p q`` with CRT constants for decryption (Paillier 1999, sec. 7)."""
 
     public_key: PaillierPublicKey
     p: mpz
@@ -525,7 +525,7 @@ class Encryptor:
         return out
 
     def precompute(self, count: int, rng: RandomSource) -> None:
-        """Offline phase: store ``count`` encryptions of zero for later :meth:`encrypt_many` calls."""
+        """Offline phase: store ``count`` encryptions of zero for later :meth:`encrypt_many`."""
         if count < 0:
             raise PaillierError(f"count must be >= 0, got {count}")
         self._pool.extend(self.randomizers(count, rng))

@@ -1,4 +1,4 @@
-"""Threshold Paillier decryption: dealing t-of-m key shares, decryption shares, their proofs, combination.
+"""Threshold Paillier decryption: t-of-m key dealing, decryption shares, proofs, combination.
 
 Written by hand because no maintained Python library offers threshold Paillier with
 share-correctness proofs; the construction follows Shoup, "Practical Threshold
@@ -125,7 +125,8 @@ class KeyShare:
             )
 
     def __repr__(self) -> str:
-        return f"KeyShare(index={self.index}, t={self.params.threshold}, m={self.params.parties}, secret=<hidden>)"
+        p = self.params
+        return f"KeyShare(index={self.index}, t={p.threshold}, m={p.parties}, secret=<hidden>)"
 
 
 @dataclass(frozen=True, slots=True)
