@@ -63,7 +63,7 @@ def _plain(req: BackendRequest) -> SecureSum:
 register_backend("plain", _plain)
 
 # Backends that live in their own modules register on import.
-_BUILTIN_MODULES: tuple[str, ...] = ()
+_BUILTIN_MODULES: tuple[str, ...] = ("fl_core.backend_paillier",)
 
 
 def _load_builtin() -> None:

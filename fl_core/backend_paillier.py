@@ -1,0 +1,69 @@
+"""Registers the packed-Paillier secure sum as the ``paillier`` backend (``--secure-sum paillier``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from secagg import SecAggError, SecureSum
+
+from fl_core.backends import BackendRequest, register_backend
+from fl_core.errors import ConfigError
+
+__all__ = ["build_paillier", "parse_threshold"]
+
+_OPTIONS = ("key_bits", "threshold", "mode", "window", "insecure_small_key_for_tests")
+
+
+def parse_threshold(value: object) -> tuple[int, int] | None:
+    """``"t/m"``, ``(t, m)`` or None -> ``(t, m)`` or None.
+
+    Raises:
+        ConfigError: not of the form t/m with 1 <= t <= m.
+    """
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, str):
+            t_str, m_str = value.split("/")
+            t, m = int(t_str), int(m_str)
+        else:
+            t, m = (int(x) for x in value)  # type: ignore[attr-defined]
+    except (ValueError, TypeError):
+        raise ConfigError(f"threshold must look like t/m (e.g. 2/3), got {value!r}", option="threshold") from None
+    if not 1 <= t <= m:
+        raise ConfigError(f"threshold t/m needs 1 <= t <= m, got {t}/{m}", option="threshold")
+    return t, m
+
+
+def build_paillier(req: BackendRequest) -> SecureSum:
+    """Generate a key (single key holder, or a dealt t-of-m threshold key) sized for ``req``.
+
+    Options (``req.options``; options of other backends are ignored): ``key_bits``
+    (default 2048), ``threshold`` (``"t/m"``), ``mode`` (``"djn"`` or ``"standard"``),
+    ``window``, ``insecure_small_key_for_tests``.
+    """
+    from secagg.paillier import EncryptionMode, PaillierSecureSum
+
+    opts: Mapping[str, Any] = {k: v for k, v in req.options.items() if k in _OPTIONS}
+    try:
+        mode = EncryptionMode(str(opts.get("mode", "djn")))
+    except ValueError:
+        raise ConfigError(f"mode must be djn or standard, got {opts.get('mode')!r}", option="mode") from None
+    try:
+        return PaillierSecureSum.generate(
+            req.ring,
+            req.dim,
+            rng=req.rng,
+            key_bits=int(opts.get("key_bits", 2048)),
+            max_clients=req.max_clients,
+            threshold=parse_threshold(opts.get("threshold")),
+            mode=mode,
+            window=int(opts.get("window", 8)),
+            insecure_small_key_for_tests=bool(opts.get("insecure_small_key_for_tests", False)),
+        )
+    except SecAggError as exc:
+        raise ConfigError(f"cannot build the paillier backend: {exc}", option="secure_sum") from exc
+
+
+register_backend("paillier", build_paillier)
