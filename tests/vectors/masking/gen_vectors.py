@@ -121,7 +121,13 @@ def lagrange_rational(points: list[tuple[int, int]]) -> int:
 
 def shamir_vectors() -> list[dict[str, object]]:
     out = []
-    for seed, t, xs in [(b"a", 1, [5]), (b"b", 2, [1, 2, 3]), (b"c", 3, [2, 7, 9, 40, 1000]), (b"d", 5, [3, 4, 5, 6, 7, 8, 9])]:
+    cases = [
+        (b"a", 1, [5]),
+        (b"b", 2, [1, 2, 3]),
+        (b"c", 3, [2, 7, 9, 40, 1000]),
+        (b"d", 5, [3, 4, 5, 6, 7, 8, 9]),
+    ]
+    for seed, t, xs in cases:
         secret = hashlib.sha256(b"privagg shamir secret " + seed).digest()
         s = int.from_bytes(secret, "little")
         coeffs = [s] + [
