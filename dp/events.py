@@ -92,8 +92,7 @@ class RoundEvent:
     def __post_init__(self) -> None:
         if self.round < 1:
             raise ConfigurationError(f"round must be >= 1, got {self.round}")
-        for name in ("l2_sensitivity", "noise_variance", "clip_norm", "l1_sensitivity",
-                     "clip_query_noise_multiplier"):
+        for name in ("l2_sensitivity", "noise_variance", "clip_norm", "l1_sensitivity", "clip_query_noise_multiplier"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ConfigurationError(f"{name} must be finite and >= 0, got {v!r}")

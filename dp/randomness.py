@@ -74,7 +74,8 @@ class SystemRandomSource(RandomSource):
 class SeededRandomSource(RandomSource):
     """Deterministic stream from a seed: for tests and reproducible experiments only.
 
-    The stream is SHAKE-256(seed-derived key || block counter), read in fixed 64 KiB blocks (so the stream does not depend on how it is consumed);
+    The stream is SHAKE-256(seed-derived key || block counter), read in fixed 64 KiB
+    blocks (so the stream does not depend on how it is consumed);
     children from :meth:`spawn` are keyed by (key, label) and are independent of
     the parent's stream position.
     """
@@ -115,9 +116,7 @@ class SeededRandomSource(RandomSource):
         return data[:n]
 
     def spawn(self, label: str) -> SeededRandomSource:
-        return SeededRandomSource._from_key(
-            hashlib.sha256(self._key + b"|spawn|" + label.encode()).digest()
-        )
+        return SeededRandomSource._from_key(hashlib.sha256(self._key + b"|spawn|" + label.encode()).digest())
 
     def __repr__(self) -> str:
         return "SeededRandomSource(<seed>)"

@@ -10,9 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from secagg import PlainSum, RandomSource, RingSpec, SecureSum
-
 from fl_core.errors import ConfigError
+from secagg import PlainSum, RandomSource, RingSpec, SecureSum
 
 __all__ = ["BackendRequest", "BACKENDS", "build_secure_sum", "register_backend"]
 

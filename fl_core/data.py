@@ -73,7 +73,9 @@ def _split(
     )
 
 
-def load_digits_data(*, test_fraction: float = 0.2, seed: int = 0) -> tuple[TensorDataset, TensorDataset, tuple[int, ...], int]:
+def load_digits_data(
+    *, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[TensorDataset, TensorDataset, tuple[int, ...], int]:
     """scikit-learn's 8x8 digits (1,797 images), scaled to [0, 1], split train/test by ``seed``."""
     from sklearn.datasets import load_digits
 

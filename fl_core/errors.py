@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["FLError", "ConfigError", "ModelError", "ClientTrainingError", "UpdateError", "DataError", "RoundFailedError"]
+__all__ = [
+    "FLError",
+    "ConfigError",
+    "ModelError",
+    "ClientTrainingError",
+    "UpdateError",
+    "DataError",
+    "RoundFailedError",
+]
 
 
 class FLError(Exception):

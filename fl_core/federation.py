@@ -14,8 +14,6 @@ from typing import Any
 
 from torch import nn
 
-from secagg import RingVector, SecAggError, SecureSum, run_round
-
 from fl_core.backends import BackendRequest, build_secure_sum
 from fl_core.client import TrainFn, compute_update
 from fl_core.errors import ConfigError, RoundFailedError
@@ -24,6 +22,7 @@ from fl_core.params import BufferPolicy, ParamCodec
 from fl_core.pipeline import ClientPipeline, NoPrivacy, PrivacyPolicy, ServerPipeline, plan_for
 from fl_core.sampling import Sampler
 from fl_core.server import ServerOptimizer
+from secagg import RingVector, SecAggError, SecureSum, run_round
 
 __all__ = ["Federation", "RoundResult"]
 
@@ -175,14 +174,30 @@ class Federation:
         if not cohort.members:
             # Nobody sampled: no data is touched and nothing is released.
             self.round = r
-            res = RoundResult(r, (), (), self._evaluate(), self._current_epsilon(), self.privacy.delta,
-                              0.0, 0.0, 0.0, time.perf_counter() - t0, None, skipped=True)
+            res = RoundResult(
+                r,
+                (),
+                (),
+                self._evaluate(),
+                self._current_epsilon(),
+                self.privacy.delta,
+                0.0,
+                0.0,
+                0.0,
+                time.perf_counter() - t0,
+                None,
+                skipped=True,
+            )
             self.history.append(res)
             return res
         if acc.budget is not None:
             planned = self.privacy.round_event(
-                round=r, cohort=cohort, survivors=len(cohort.members), scale=self.plan.scale,
-                dim=self.dim, planned=True,
+                round=r,
+                cohort=cohort,
+                survivors=len(cohort.members),
+                scale=self.plan.scale,
+                dim=self.dim,
+                planned=True,
             )
             if planned is not None:
                 acc.budget.check(acc.events, planned)
@@ -210,19 +225,25 @@ class Federation:
         except SecAggError as exc:
             raise RoundFailedError(f"round {r}: secure sum failed: {exc}", round=r) from exc
         if outcome.error is not None or outcome.total is None:
-            raise RoundFailedError(
-                f"round {r} aborted, model unchanged: {outcome.error}", round=r
-            ) from outcome.error
+            raise RoundFailedError(f"round {r} aborted, model unchanged: {outcome.error}", round=r) from outcome.error
         survivors = tuple(sorted(outcome.survivors))
         avg = self.server_pipeline.run(outcome.total, len(survivors), self.rng.spawn(f"server-noise/{r}"))
         new_vec, velocity = self.optimizer.step(global_vec, avg)
 
         event = self.privacy.round_event(
-            round=r, cohort=cohort, survivors=len(survivors), scale=self.plan.scale, dim=self.dim,
+            round=r,
+            cohort=cohort,
+            survivors=len(survivors),
+            scale=self.plan.scale,
+            dim=self.dim,
             planned=False,
         )
         events_after = acc.events + ([event] if event is not None else [])
-        epsilon = acc.epsilon_fn(events_after) if (acc.epsilon_fn is not None and event is not None) else self._current_epsilon()
+        epsilon = (
+            acc.epsilon_fn(events_after)
+            if (acc.epsilon_fn is not None and event is not None)
+            else self._current_epsilon()
+        )
         if acc.ledger is not None and event is not None:
             acc.ledger.append(event, epsilon=epsilon, delta=self.privacy.delta)  # commit point (fsync)
         # Commit: nothing below can fail on valid state.

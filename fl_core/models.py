@@ -24,9 +24,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
     if name == "logreg":
         return nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes))
     if name == "mlp":
-        return nn.Sequential(
-            nn.Flatten(), nn.Linear(features, 128), nn.ReLU(), nn.Linear(128, num_classes)
-        )
+        return nn.Sequential(nn.Flatten(), nn.Linear(features, 128), nn.ReLU(), nn.Linear(128, num_classes))
     if name == "cnn":
         if len(input_shape) != 3:
             raise ConfigError(f"the cnn needs (C, H, W) inputs, got {input_shape}", option="model")

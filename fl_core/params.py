@@ -88,9 +88,7 @@ class ParamCodec:
         for s in self.slots:
             t = (bufs if s.is_buffer else params).get(s.name)
             if t is None or tuple(t.shape) != s.shape or t.dtype != s.dtype:
-                raise ModelError(
-                    f"model does not match the codec at {s.name!r} (expected {s.shape} {s.dtype})"
-                )
+                raise ModelError(f"model does not match the codec at {s.name!r} (expected {s.shape} {s.dtype})")
             out.append(t)
         return out
 

@@ -15,10 +15,9 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from secagg import EncodingPlan, FixedPointEncoder, RandomSource, RingVector, plan_encoding
-
 from fl_core.errors import ConfigError
 from fl_core.sampling import Cohort, Sampler, SamplingScheme
+from secagg import EncodingPlan, FixedPointEncoder, RandomSource, RingVector, plan_encoding
 
 __all__ = ["ClipOutcome", "PrivacyPolicy", "NoPrivacy", "ClientPipeline", "ServerPipeline", "l2_clip"]
 
@@ -59,7 +58,9 @@ class PrivacyPolicy(Protocol):
 
     def local_noise(self, dim: int, rng: RandomSource) -> npt.NDArray[np.float64] | None: ...
 
-    def client_integer_noise(self, dim: int, scale: float, sampler: Sampler, rng: RandomSource) -> npt.NDArray[np.int64] | None: ...
+    def client_integer_noise(
+        self, dim: int, scale: float, sampler: Sampler, rng: RandomSource
+    ) -> npt.NDArray[np.int64] | None: ...
 
     def server_noise(self, dim: int, sampler: Sampler, rng: RandomSource) -> npt.NDArray[np.float64] | None: ...
 

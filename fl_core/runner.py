@@ -40,8 +40,15 @@ def load_federated_data(cfg: RunConfig) -> FederatedData:
     data_seed = 0 if cfg.seed is None else cfg.seed
     train, test, shape, classes = load_dataset(cfg.dataset, seed=data_seed)
     return federate(
-        train, test, num_clients=cfg.clients, input_shape=shape, num_classes=classes,
-        name=cfg.dataset, scheme=cfg.partition, alpha=cfg.alpha, seed=data_seed,
+        train,
+        test,
+        num_clients=cfg.clients,
+        input_shape=shape,
+        num_classes=classes,
+        name=cfg.dataset,
+        scheme=cfg.partition,
+        alpha=cfg.alpha,
+        seed=data_seed,
     )
 
 
@@ -84,13 +91,18 @@ class RunSummary:
             "dim": self.dim,
             "per_round_accuracy": [r.metrics.get("accuracy") for r in self.results],
             "seed": cfg.seed,
-            "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads()},
+            "machine": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+            },
             **self.extra,
         }
 
 
-def build_federation(cfg: RunConfig, data: FederatedData | None = None) -> tuple[Federation, FederatedData, dict[str, Any]]:
+def build_federation(
+    cfg: RunConfig, data: FederatedData | None = None
+) -> tuple[Federation, FederatedData, dict[str, Any]]:
     """Everything a run needs, built from ``cfg`` (no rounds run yet)."""
     torch.set_num_threads(cfg.threads)
     if cfg.seed is not None:
@@ -99,23 +111,34 @@ def build_federation(cfg: RunConfig, data: FederatedData | None = None) -> tuple
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     rng = make_rng(cfg.seed)
     sampler = make_sampler(cfg)
-    train_fn = make_sgd_train_fn(epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                                 seed=0 if cfg.seed is None else cfg.seed)
+    train_fn = make_sgd_train_fn(
+        epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=0 if cfg.seed is None else cfg.seed
+    )
     from fl_core.privacy import build_privacy
 
     privacy_kwargs, extra = build_privacy(cfg, sampler, model)
     fed = Federation(
-        model, train_fn, data.clients, rng=rng, secure_sum=cfg.secure_sum,
-        secure_sum_options={"graph": cfg.graph}, sampler=sampler, server_lr=cfg.server_lr,
-        server_momentum=cfg.server_momentum, bits=cfg.bits, eval_fn=make_evaluator(data.test),
-        dropout=cfg.dropout, buffers=cfg.buffers,  # type: ignore[arg-type]
+        model,
+        train_fn,
+        data.clients,
+        rng=rng,
+        secure_sum=cfg.secure_sum,
+        secure_sum_options={"graph": cfg.graph},
+        sampler=sampler,
+        server_lr=cfg.server_lr,
+        server_momentum=cfg.server_momentum,
+        bits=cfg.bits,
+        eval_fn=make_evaluator(data.test),
+        dropout=cfg.dropout,
+        buffers=cfg.buffers,  # type: ignore[arg-type]
         **privacy_kwargs,
     )
     return fed, data, extra
 
 
-def execute(cfg: RunConfig, *, on_round: Callable[[RoundResult], None] | None = None,
-            data: FederatedData | None = None) -> RunSummary:
+def execute(
+    cfg: RunConfig, *, on_round: Callable[[RoundResult], None] | None = None, data: FederatedData | None = None
+) -> RunSummary:
     fed, data, extra = build_federation(cfg, data)
     t0 = time.perf_counter()
     results: list[RoundResult] = []

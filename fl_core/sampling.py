@@ -10,9 +10,8 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
-from secagg import RandomSource
-
 from fl_core.errors import ConfigError
+from secagg import RandomSource
 
 __all__ = ["SamplingScheme", "Sampler", "Cohort"]
 

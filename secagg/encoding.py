@@ -123,9 +123,7 @@ def plan_encoding(
         raise EncodingOverflowError(f"failure_prob must be in (0, 1), got {failure_prob}", knob="failure_prob")
     bound = clip_norm if coordinate_bound is None else coordinate_bound
     if not (math.isfinite(bound) and 0 < bound <= clip_norm):
-        raise EncodingOverflowError(
-            f"coordinate_bound must be in (0, clip_norm], got {bound}", knob="coordinate_bound"
-        )
+        raise EncodingOverflowError(f"coordinate_bound must be in (0, clip_norm], got {bound}", knob="coordinate_bound")
     tail = _tail_multiplier(dim, failure_prob) if noise_std > 0 else 0.0
     limit = (1 << (bits - 1)) - 1
     n = max_clients
@@ -177,9 +175,7 @@ class FixedPointEncoder:
         """
         v = np.asarray(x, dtype=np.float64)
         if v.ndim != 1 or v.shape[0] != self.plan.dim:
-            raise EncodingOverflowError(
-                f"expected a vector of length {self.plan.dim}, got shape {v.shape}", knob="dim"
-            )
+            raise EncodingOverflowError(f"expected a vector of length {self.plan.dim}, got shape {v.shape}", knob="dim")
         if not np.all(np.isfinite(v)):
             raise EncodingOverflowError("input has NaN or Inf values", knob="input")
         peak = float(np.max(np.abs(v))) if v.size else 0.0

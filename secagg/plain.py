@@ -77,9 +77,7 @@ class _PlainServer:
         if msg.sender not in self._cohort:
             raise RemoteProtocolError("sender is not in the cohort", peer=msg.sender)
         if msg.round_id != self._round:
-            raise RemoteProtocolError(
-                f"message for round {msg.round_id} in round {self._round}", peer=msg.sender
-            )
+            raise RemoteProtocolError(f"message for round {msg.round_id} in round {self._round}", peer=msg.sender)
         if msg.stage != _STAGE or not msg.payload or msg.payload[0] != _VERSION:
             raise RemoteProtocolError("unexpected stage or version", peer=msg.sender)
         if msg.sender in self._inputs:

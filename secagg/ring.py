@@ -77,8 +77,7 @@ class RingSpec:
             raise LocalProtocolError(f"{what} must be a numpy array, got {type(v).__name__}")
         if v.dtype != self.dtype or v.ndim != 1:
             raise LocalProtocolError(
-                f"{what} must be a 1-D {self.dtype} array for a {self.bits}-bit ring, "
-                f"got {v.ndim}-D {v.dtype}"
+                f"{what} must be a 1-D {self.dtype} array for a {self.bits}-bit ring, got {v.ndim}-D {v.dtype}"
             )
         if dim is not None and v.shape[0] != dim:
             raise LocalProtocolError(f"{what} has length {v.shape[0]}, expected {dim}")

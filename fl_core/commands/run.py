@@ -33,7 +33,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Client batch size [16]."),
         server_lr: Optional[float] = typer.Option(None, "--server-lr", help="Server learning rate [1.0]."),
         server_momentum: Optional[float] = typer.Option(None, "--server-momentum", help="Server momentum [0.5]."),
-        secure_sum: Optional[str] = typer.Option(None, "--secure-sum", help="plain (insecure baseline), masking or paillier."),
+        secure_sum: Optional[str] = typer.Option(
+            None, "--secure-sum", help="plain (insecure baseline), masking or paillier."
+        ),
         graph: Optional[str] = typer.Option(None, help="Masking graph: complete or sparse."),
         bits: Optional[int] = typer.Option(None, help="Ring width of the encoding [32]."),
         dp: Optional[str] = typer.Option(None, help="none, central, distributed or local."),
@@ -44,9 +46,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         delta: Optional[float] = typer.Option(None, help="Privacy parameter delta [1e-5]."),
         colluders: Optional[int] = typer.Option(None, help="Clients assumed to collude with the server [0]."),
         ledger: Optional[Path] = typer.Option(None, help="Path of the epsilon ledger (JSONL)."),
-        dropout: Optional[float] = typer.Option(None, help="Simulated fraction of each cohort dropping out before sending its masked input."),
+        dropout: Optional[float] = typer.Option(
+            None, help="Simulated fraction of each cohort dropping out before sending its masked input."
+        ),
         buffers: Optional[str] = typer.Option(None, help="Model buffers: local or aggregate [local]."),
-        seed: Optional[int] = typer.Option(None, help="Seed for a reproducible run (experiments only: no privacy if published)."),
+        seed: Optional[int] = typer.Option(
+            None, help="Seed for a reproducible run (experiments only: no privacy if published)."
+        ),
         threads: Optional[int] = typer.Option(None, help="torch threads per process [1: fastest for small models]."),
         config: Optional[Path] = typer.Option(None, "--config", help="TOML file mirroring these options."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
@@ -56,16 +62,38 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from fl_core.errors import FLError
 
         given: dict[str, Any] = {
-            k: v for k, v in dict(
-                dataset=dataset, clients=clients, rounds=rounds, per_round=per_round,
-                sampling_rate=sampling_rate, partition=partition, alpha=alpha, model=model,
-                local_epochs=local_epochs, lr=lr, batch_size=batch_size, server_lr=server_lr,
-                server_momentum=server_momentum, secure_sum=secure_sum, graph=graph, bits=bits, dp=dp,
-                mechanism=mechanism, clip=clip, noise_multiplier=noise_multiplier,
-                target_epsilon=target_epsilon, delta=delta, colluders=colluders,
-                ledger=str(ledger) if ledger is not None else None, dropout=dropout, buffers=buffers,
-                seed=seed, threads=threads,
-            ).items() if v is not None
+            k: v
+            for k, v in dict(
+                dataset=dataset,
+                clients=clients,
+                rounds=rounds,
+                per_round=per_round,
+                sampling_rate=sampling_rate,
+                partition=partition,
+                alpha=alpha,
+                model=model,
+                local_epochs=local_epochs,
+                lr=lr,
+                batch_size=batch_size,
+                server_lr=server_lr,
+                server_momentum=server_momentum,
+                secure_sum=secure_sum,
+                graph=graph,
+                bits=bits,
+                dp=dp,
+                mechanism=mechanism,
+                clip=clip,
+                noise_multiplier=noise_multiplier,
+                target_epsilon=target_epsilon,
+                delta=delta,
+                colluders=colluders,
+                ledger=str(ledger) if ledger is not None else None,
+                dropout=dropout,
+                buffers=buffers,
+                seed=seed,
+                threads=threads,
+            ).items()
+            if v is not None
         }
         try:
             options = load_config_file(config) if config is not None else {}
@@ -88,8 +116,11 @@ def _execute(cfg: Any, as_json: bool) -> None:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
             with Progress(
-                TextColumn("[bold]round {task.completed}/{task.total}"), BarColumn(),
-                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=True,
+                TextColumn("[bold]round {task.completed}/{task.total}"),
+                BarColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                transient=True,
             ) as progress:
                 task = progress.add_task("rounds", total=cfg.rounds, status="")
 
@@ -118,7 +149,8 @@ def _execute(cfg: Any, as_json: bool) -> None:
         return
     acc = out["accuracy"]
     lines = [
-        f"privagg run: {cfg.dataset}, {cfg.clients} clients, {out['rounds']} rounds, model {cfg.model} ({out['dim']} parameters)",
+        f"privagg run: {cfg.dataset}, {cfg.clients} clients, {out['rounds']} rounds, "
+        f"model {cfg.model} ({out['dim']} parameters)",
         f"  secure sum: {cfg.secure_sum}    dp: {cfg.dp}",
         f"  test accuracy: {acc:.4f}   loss: {out['loss']:.4f}" if acc is not None else "  no evaluation",
         f"  upload per client per round: {out['bytes_per_client_per_round']:.0f} bytes   wall: {out['wall_s']:.1f} s",

@@ -17,8 +17,10 @@ def _json_tail(output: str) -> dict:
 
 
 def test_run_json_contract_small():
-    res = runner.invoke(app, ["run", "--dp", "none", "--secure-sum", "plain", "--json", "--rounds", "3",
-                              "--clients", "10", "--seed", "1"])
+    res = runner.invoke(
+        app,
+        ["run", "--dp", "none", "--secure-sum", "plain", "--json", "--rounds", "3", "--clients", "10", "--seed", "1"],
+    )
     assert res.exit_code == 0, res.output
     out = _json_tail(res.output)
     for key in ("accuracy", "loss", "rounds", "clients", "secure_sum", "dp", "wall_s", "bytes_per_client_per_round"):

@@ -101,7 +101,9 @@ def test_fashion_mnist_missing_says_how_to_install(tmp_path):
 
 
 def test_fashion_mnist_corrupt_files(tmp_path):
-    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + struct.pack(">III", 5, 28, 28) + b"\x00" * 10)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(
+        b"\x00\x00\x08\x03" + struct.pack(">III", 5, 28, 28) + b"\x00" * 10
+    )
     with pytest.raises(DataError, match="truncated"):
         load_fashion_mnist(tmp_path)
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x01\x02")

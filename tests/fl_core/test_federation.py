@@ -30,8 +30,7 @@ def _data(n_clients=4, per=10, seed=0):
 def _fed(train_fn=None, data=None, **kw):
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
-    return Federation(model, train_fn or make_sgd_train_fn(lr=0.5), data or _data(),
-                      rng=SeededRandomSource(1), **kw)
+    return Federation(model, train_fn or make_sgd_train_fn(lr=0.5), data or _data(), rng=SeededRandomSource(1), **kw)
 
 
 def _snapshot(fed):

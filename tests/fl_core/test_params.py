@@ -18,8 +18,11 @@ def _model(sizes, dtype):
     return nn.Sequential(*layers)
 
 
-@given(st.lists(st.integers(1, 6), min_size=2, max_size=4), st.sampled_from([torch.float32, torch.float64]),
-       st.integers(0, 2**31))
+@given(
+    st.lists(st.integers(1, 6), min_size=2, max_size=4),
+    st.sampled_from([torch.float32, torch.float64]),
+    st.integers(0, 2**31),
+)
 def test_round_trip_is_exact(sizes, dtype, seed):
     torch.manual_seed(seed % 1000)
     model = _model(sizes, dtype)

@@ -32,8 +32,12 @@ def test_fixed_size_is_uniform_without_replacement():
 def test_full_and_errors():
     assert Sampler.fixed_size(4, 4).scheme is SamplingScheme.FULL
     assert Sampler.full(3).sample(SeededRandomSource(0)).members == (1, 2, 3)
-    for bad in (lambda: Sampler.poisson(10, 0), lambda: Sampler.poisson(10, 1.5),
-                lambda: Sampler.fixed_size(10, 11), lambda: Sampler.full(0)):
+    for bad in (
+        lambda: Sampler.poisson(10, 0),
+        lambda: Sampler.poisson(10, 1.5),
+        lambda: Sampler.fixed_size(10, 11),
+        lambda: Sampler.full(0),
+    ):
         with pytest.raises(ConfigError):
             bad()
 

@@ -39,8 +39,12 @@ def test_ring_sum_decodes_within_n_quanta(n, dim, bits, seed):
 
 
 @given(
-    st.floats(1e-3, 1e3), st.integers(1, 10**6), st.integers(1, 10**5), st.integers(2, 64),
-    st.one_of(st.none(), st.floats(1e-6, 1e12)), st.floats(0, 10),
+    st.floats(1e-3, 1e3),
+    st.integers(1, 10**6),
+    st.integers(1, 10**5),
+    st.integers(2, 64),
+    st.one_of(st.none(), st.floats(1e-6, 1e12)),
+    st.floats(0, 10),
 )
 def test_solver_never_accepts_a_wrapping_configuration(clip, dim, n, bits, scale, noise):
     try:

@@ -28,8 +28,9 @@ def _inputs(n, dim, seed=0):
 def test_plain_sum_equals_sum_of_survivors(n, dim, data):
     inputs = _inputs(n, dim)
     drops = data.draw(st.dictionaries(st.integers(1, n), st.just(0)))
-    out = run_round(PlainSum(RING, dim), inputs, round_id=1, rng_for=lambda c: SeededRandomSource(c),
-                    stages_completed=drops)
+    out = run_round(
+        PlainSum(RING, dim), inputs, round_id=1, rng_for=lambda c: SeededRandomSource(c), stages_completed=drops
+    )
     survivors = set(inputs) - set(drops)
     if not survivors:
         assert isinstance(out.error, TooFewSurvivorsError) and out.total is None
@@ -41,8 +42,13 @@ def test_plain_sum_equals_sum_of_survivors(n, dim, data):
 
 
 def test_min_survivors_abort_is_typed():
-    out = run_round(PlainSum(RING, 2, min_survivors=3), _inputs(3, 2), round_id=1,
-                    rng_for=SeededRandomSource, stages_completed={1: 0})
+    out = run_round(
+        PlainSum(RING, 2, min_survivors=3),
+        _inputs(3, 2),
+        round_id=1,
+        rng_for=SeededRandomSource,
+        stages_completed={1: 0},
+    )
     assert isinstance(out.error, TooFewSurvivorsError)
     assert out.error.survivors == 2 and out.error.required == 3
 
@@ -93,8 +99,13 @@ def test_session_misuse_is_local_error():
 
 
 def test_tamper_hook_can_drop_and_simulation_meters():
-    dropped = run_round(PlainSum(RING, 3), _inputs(3, 3), round_id=1, rng_for=SeededRandomSource,
-                        tamper=lambda m: [] if m.sender == 2 else [m])
+    dropped = run_round(
+        PlainSum(RING, 3),
+        _inputs(3, 3),
+        round_id=1,
+        rng_for=SeededRandomSource,
+        tamper=lambda m: [] if m.sender == 2 else [m],
+    )
     assert dropped.survivors == frozenset({1, 3})
     assert dropped.server_cpu_s >= 0 and set(dropped.client_cpu_s) == {1, 2, 3}
 

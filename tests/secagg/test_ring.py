@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 from secagg import ConfigurationError, LocalProtocolError, RingSpec
 
 
-@pytest.mark.parametrize("bits,dtype", [(1, np.uint8), (8, np.uint8), (9, np.uint16), (32, np.uint32), (33, np.uint64), (64, np.uint64)])
+@pytest.mark.parametrize(
+    "bits,dtype", [(1, np.uint8), (8, np.uint8), (9, np.uint16), (32, np.uint32), (33, np.uint64), (64, np.uint64)]
+)
 def test_dtype_is_narrowest(bits, dtype):
     assert RingSpec(bits).dtype == np.dtype(dtype)
 
@@ -35,7 +37,9 @@ def test_signed_round_trip_mod_2b(bits, values):
         assert y == expected
 
 
-@given(st.integers(1, 64), st.lists(st.lists(st.integers(0, 2**64 - 1), min_size=3, max_size=3), min_size=1, max_size=8))
+@given(
+    st.integers(1, 64), st.lists(st.lists(st.integers(0, 2**64 - 1), min_size=3, max_size=3), min_size=1, max_size=8)
+)
 def test_sum_matches_python_modular_sum(bits, rows):
     ring = RingSpec(bits)
     vecs = [np.asarray([x & ring.mask for x in r], dtype=np.uint64).astype(ring.dtype) for r in rows]
