@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from secagg import SecAggError, SecureSum
-
 from fl_core.backends import BackendRequest, register_backend
 from fl_core.errors import ConfigError
+from secagg import SecAggError, SecureSum
 
 __all__ = ["build_paillier", "parse_threshold"]
 
@@ -59,7 +58,7 @@ def build_paillier(req: BackendRequest) -> SecureSum:
             max_clients=req.max_clients,
             threshold=parse_threshold(opts.get("threshold")),
             mode=mode,
-            window=int(opts.get("window", 8)),
+            window=int(opts.get("window", 10)),
             insecure_small_key_for_tests=bool(opts.get("insecure_small_key_for_tests", False)),
         )
     except SecAggError as exc:

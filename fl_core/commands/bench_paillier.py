@@ -45,7 +45,7 @@ def bench_paillier(
     max_clients: int = 100,
     threshold: tuple[int, int] | None = None,
     mode: str = "djn",
-    window: int = 8,
+    window: int = 10,
     precompute: bool = False,
     seed: int = 0,
     insecure_small_key_for_tests: bool = False,
@@ -169,7 +169,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         max_clients: int = typer.Option(100, "--max-clients", help="Headroom: clients a sum may hold."),
         threshold: Optional[str] = typer.Option(None, "--threshold", help="t/m threshold decryption."),
         mode: str = typer.Option("djn", "--mode", help="djn (fast, default) or standard (r^n)."),
-        window: int = typer.Option(8, "--window", help="DJN fixed-base table window in bits."),
+        window: int = typer.Option(10, "--window", help="DJN fixed-base table window in bits."),
         precompute: bool = typer.Option(False, "--precompute", help="Make encryptions of zero offline first."),
         seed: int = typer.Option(0, "--seed", help="Seed for keys and inputs (benchmarks only)."),
         insecure_small_key: bool = typer.Option(

@@ -39,6 +39,7 @@ from secagg.protocol import RandomSource
 __all__ = [
     "MIN_KEY_BITS",
     "DEFAULT_KEY_BITS",
+    "DEFAULT_WINDOW",
     "EncryptionMode",
     "PaillierError",
     "PaillierPublicKey",
@@ -58,6 +59,8 @@ __all__ = [
 MIN_KEY_BITS = 2048
 """Smallest modulus accepted without the testing flag (NIST SP 800-57: 112-bit security)."""
 DEFAULT_KEY_BITS = 2048
+DEFAULT_WINDOW = 10
+"""DJN table window: ceil(1024/10) = 103 multiplications per encryption, ~57 MB at 2048 bits."""
 
 # NIST SP 800-57 Part 1 Rev. 5, table 2: integer-factorisation modulus size -> security bits.
 _NIST_LEVELS: tuple[tuple[int, int], ...] = (
@@ -477,7 +480,7 @@ class Encryptor:
     """
 
     def __init__(
-        self, pk: PaillierPublicKey, *, mode: EncryptionMode = EncryptionMode.DJN, window: int = 8
+        self, pk: PaillierPublicKey, *, mode: EncryptionMode = EncryptionMode.DJN, window: int = DEFAULT_WINDOW
     ) -> None:
         if not isinstance(mode, EncryptionMode):
             raise PaillierError(f"mode must be an EncryptionMode, got {mode!r}")
