@@ -1,0 +1,174 @@
+"""End-to-end masking rounds: exact sums, dropouts at every stage, typed aborts, slow references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_masking_support import make_inputs, rngs, slow_sum, survival_oracle
+
+from dp.randomness import SeededRandomSource
+from secagg.errors import ConfigurationError, LocalProtocolError, TooFewSurvivorsError
+from secagg.masking import GraphKind, MaskingSecureSum, generate_identities
+from secagg.masking._derive import pairwise_seed, self_mask_seed
+from secagg.primitives import prg
+from secagg.protocol import SERVER
+from secagg.ring import RingSpec
+from secagg.simulation import run_round
+
+RING = RingSpec(32)
+
+
+@pytest.mark.parametrize("graph,n", [("complete", 3), ("complete", 8), ("sparse", 30)])
+@pytest.mark.parametrize("with_identities", [False, True])
+def test_exact_sum_without_dropouts(graph: str, n: int, with_identities: bool) -> None:
+    ids = list(range(1, n + 1))
+    kw = {}
+    if with_identities:
+        pub, sec = generate_identities(ids, SeededRandomSource("ids"))
+        kw = {"identities": pub, "signing_keys": sec}
+    spec = MaskingSecureSum(RING, 17, graph=graph, **kw)
+    inputs = make_inputs(RING, 17, ids, n)
+    out = run_round(spec, inputs, round_id=3, rng_for=rngs(n))
+    assert out.error is None
+    assert out.survivors == frozenset(ids)
+    assert np.array_equal(out.total, slow_sum(RING, inputs, ids))
+
+
+def test_sparse_graph_is_really_sparse_at_n30() -> None:
+    spec = MaskingSecureSum(RING, 4, graph="sparse", corrupt_fraction=0.02, dropout_rate=0.05, security_bits=20)
+    p = spec.parameters(30)
+    assert p.graph is GraphKind.SPARSE and p.degree < 29
+    graph = spec.neighbours(list(range(1, 31)), 0)
+    assert all(len(nb) == p.degree for nb in graph.values())
+
+
+STAGE_NAMES = ["before advertising", "after advertising", "after sharing", "after masked input", "during unmasking"]
+
+
+@pytest.mark.parametrize("stage", range(5), ids=STAGE_NAMES)
+@pytest.mark.parametrize("graph", ["complete", "sparse"])
+def test_one_dropout_at_each_stage(stage: int, graph: str) -> None:
+    n = 12
+    ids = list(range(1, n + 1))
+    spec = MaskingSecureSum(RING, 9, graph=graph, degree=8 if graph == "sparse" else None)
+    inputs = make_inputs(RING, 9, ids, stage)
+    drops = {5: stage}
+    out = run_round(spec, inputs, round_id=1, rng_for=rngs(stage), stages_completed=drops)
+    assert out.error is None
+    expected = [c for c in ids if c != 5 or stage >= 3]  # in the sum once its masked input arrived
+    assert out.survivors == frozenset(expected)
+    assert np.array_equal(out.total, slow_sum(RING, inputs, expected))
+
+
+@pytest.mark.parametrize("stage", range(5), ids=STAGE_NAMES)
+def test_too_many_dropouts_at_each_stage_abort_typed(stage: int) -> None:
+    ids = list(range(1, 8))
+    spec = MaskingSecureSum(RING, 5, graph="complete")  # t = 4 of 6 holders
+    inputs = make_inputs(RING, 5, ids, 0)
+    drops = {c: stage for c in (1, 2, 3, 4)}
+    out = run_round(spec, inputs, round_id=1, rng_for=rngs(0), stages_completed=drops)
+    assert out.total is None
+    assert isinstance(out.error, TooFewSurvivorsError)
+    assert out.error.required == 4 and out.error.survivors < 4
+    assert out.survivors == frozenset()
+
+
+def test_never_partial_sum_when_exactly_below_threshold() -> None:
+    """With t-1 holders left for one dropped client's key, the round aborts instead of unmasking."""
+    ids = list(range(1, 6))  # complete, k = 4, t = 3
+    spec = MaskingSecureSum(RING, 3, graph="complete")
+    inputs = make_inputs(RING, 3, ids, 1)
+    drops = {1: 3, 2: 4, 3: 4}  # 1 leaves after masked input; 2, 3 leave before unmasking
+    ok, _ = survival_oracle(spec, ids, 1, drops)
+    out = run_round(spec, inputs, round_id=1, rng_for=rngs(1), stages_completed=drops)
+    assert not ok
+    assert isinstance(out.error, TooFewSurvivorsError) and out.total is None
+
+
+def test_masked_input_matches_slow_reference() -> None:
+    """The streamed, in-place masking equals x + PRG(b) +- PRG(s_uv) computed element by element."""
+    ring = RingSpec(20)
+    ids = [1, 2, 3, 4]
+    spec = MaskingSecureSum(ring, 11, graph="complete")
+    inputs = make_inputs(ring, 11, ids, 2)
+    server = spec.server(ids, 9)
+    clients = {c: spec.client(c, 9, rngs(2)(c)) for c in ids}
+    pending = []
+    for c in ids:
+        pending += clients[c].start(inputs[c])
+    captured = {}
+    while pending:
+        replies = []
+        for m in pending:
+            if m.recipient == SERVER:
+                if m.stage == "masked-input":
+                    captured[m.sender] = m.payload
+                replies += server.receive(m)
+            else:
+                replies += clients[m.recipient].receive(m)
+        pending = replies
+    me = clients[2]
+    b, s = me._b, me._s
+    assert s is not None
+    expect = [int(v) for v in inputs[2]]
+    masks = [prg.expand(self_mask_seed(b, round_id=9, owner=2), ring, 11)]
+    signs = [1]
+    for v in (1, 3, 4):
+        seed = pairwise_seed(s.private, me._peers[v].s_pk, round_id=9, me=2, peer=v)
+        masks.append(prg.expand(seed, ring, 11))
+        signs.append(1 if 2 < v else -1)
+    for mask, sign in zip(masks, signs):
+        expect = [(e + sign * int(m)) % ring.modulus for e, m in zip(expect, mask)]
+    got = ring.from_bytes(captured[2][1 + 32 :], 11)
+    assert [int(v) for v in got] == expect
+    assert np.array_equal(server.result(), slow_sum(ring, inputs, ids))
+
+
+@pytest.mark.parametrize("bits", [1, 8, 13, 32, 64])
+def test_ring_widths(bits: int) -> None:
+    ring = RingSpec(bits)
+    ids = [1, 2, 3, 4, 5]
+    spec = MaskingSecureSum(ring, 7, graph="complete")
+    inputs = make_inputs(ring, 7, ids, bits)
+    out = run_round(spec, inputs, round_id=2, rng_for=rngs(bits), stages_completed={3: 3})
+    assert np.array_equal(out.total, slow_sum(ring, inputs, ids))
+
+
+def test_upload_is_under_4_1_bytes_per_parameter() -> None:
+    dim = 20_000
+    ids = list(range(1, 11))
+    spec = MaskingSecureSum(RING, dim, graph="complete")
+    out = run_round(spec, make_inputs(RING, dim, ids, 0), round_id=0, rng_for=rngs(0))
+    assert max(out.bytes_up.values()) / dim <= 4.1
+
+
+def test_bad_options_are_configuration_errors() -> None:
+    with pytest.raises(ConfigurationError, match="graph must be"):
+        MaskingSecureSum(RING, 3, graph="ring")
+    with pytest.raises(ConfigurationError, match="dim"):
+        MaskingSecureSum(RING, 0)
+    pub, sec = generate_identities([1, 2], SeededRandomSource(0))
+    with pytest.raises(ConfigurationError, match="does not match"):
+        MaskingSecureSum(RING, 3, identities=pub, signing_keys={1: sec[2]})
+    with pytest.raises(ConfigurationError, match="threshold"):
+        MaskingSecureSum(RING, 3, graph="complete", threshold=5).server([1, 2, 3], 0)
+
+
+def test_session_misuse_is_local_error() -> None:
+    spec = MaskingSecureSum(RING, 3, graph="complete")
+    with pytest.raises(LocalProtocolError):
+        spec.client(0, 0, SeededRandomSource(0))
+    with pytest.raises(LocalProtocolError):
+        spec.server([1, 1, 2], 0)
+    pub, sec = generate_identities([1, 2, 3], SeededRandomSource(0))
+    with pytest.raises(LocalProtocolError, match="has none"):
+        MaskingSecureSum(RING, 3, identities=pub, signing_keys={1: sec[1]}).client(2, 0, SeededRandomSource(0))
+    c = spec.client(1, 0, SeededRandomSource(0))
+    with pytest.raises(LocalProtocolError):
+        c.start(np.zeros(4, dtype=np.uint32))
+    c.start(np.zeros(3, dtype=np.uint32))
+    with pytest.raises(LocalProtocolError, match="twice"):
+        c.start(np.zeros(3, dtype=np.uint32))
+    server = spec.server([1, 2, 3], 0)
+    with pytest.raises(LocalProtocolError, match="result"):
+        server.result()

@@ -1,0 +1,98 @@
+"""Shared helpers for the masking tests: inputs, a slow sum oracle and a survival oracle."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from dp.randomness import SeededRandomSource
+from secagg.masking import MaskingSecureSum
+from secagg.protocol import Message, RandomSource
+from secagg.ring import RingSpec
+
+
+def make_inputs(ring: RingSpec, dim: int, ids: Sequence[int], seed: int) -> dict[int, np.ndarray]:
+    g = SeededRandomSource(f"inputs-{seed}")
+    out = {}
+    for c in ids:
+        words = g.uint64(dim)
+        out[c] = (words & np.uint64(ring.mask)).astype(ring.dtype)
+    return out
+
+
+def rngs(seed: int) -> Callable[[int], RandomSource]:
+    root = SeededRandomSource(f"clients-{seed}")
+    return lambda c: root.spawn(f"client-{c}")
+
+
+def slow_sum(ring: RingSpec, inputs: Mapping[int, np.ndarray], survivors: Sequence[int]) -> np.ndarray:
+    """Oracle: Python-int sum mod 2^bits, element by element."""
+    dim = len(next(iter(inputs.values())))
+    vals = [sum(int(inputs[c][i]) for c in survivors) % ring.modulus for i in range(dim)]
+    return np.array(vals, dtype=ring.dtype)
+
+
+def survival_oracle(
+    spec: MaskingSecureSum, cohort: Sequence[int], round_id: int, drops: Mapping[int, int]
+) -> tuple[bool, frozenset[int]]:
+    """Independent model of who survives and whether unmasking is possible.
+
+    A client with ``drops[c] = s`` takes part in stages 0..s-1 (0: advertise,
+    1: share keys, 2: masked input, 3: consistency check, 4: unmasking).
+    Returns (round succeeds, survivor set U3).
+    """
+    params = spec.parameters(len(cohort))
+    t = params.threshold
+    graph = spec.neighbours(cohort, round_id)
+
+    def reaches(c: int, stage: int) -> bool:
+        return drops.get(c, 99) > stage
+
+    def prune(alive: set[int]) -> set[int]:
+        while True:
+            weak = {u for u in alive if len(graph[u] & alive) < t}
+            if not weak:
+                return alive
+            alive = alive - {min(weak)}
+
+    u1 = prune({c for c in cohort if reaches(c, 0)})
+    if len(u1) < t:
+        return False, frozenset()
+    u2 = prune({c for c in u1 if reaches(c, 1)})
+    if len(u2) < t:
+        return False, frozenset()
+    u3 = {c for c in u2 if reaches(c, 2)}
+    u4 = {c for c in u3 if reaches(c, 3)}
+    u5 = {c for c in u4 if reaches(c, 4)}
+    if min(len(u3), len(u4), len(u5)) < t:
+        return False, frozenset()
+    for u in u3:
+        if len(graph[u] & u2 & u5) < t:
+            return False, frozenset()
+    for u in u2 - u3:
+        if graph[u] & u3 and len(graph[u] & u2 & u5) < t:
+            return False, frozenset()
+    return True, frozenset(u3)
+
+
+class Recorder:
+    """A tamper hook that records every message and optionally rewrites some."""
+
+    def __init__(self, rewrite: Callable[[Message], list[Message] | None] | None = None) -> None:
+        self.messages: list[Message] = []
+        self._rewrite = rewrite
+
+    def __call__(self, msg: Message) -> list[Message]:
+        self.messages.append(msg)
+        if self._rewrite is not None:
+            out = self._rewrite(msg)
+            if out is not None:
+                return out
+        return [msg]
+
+
+def test_survival_oracle_agrees_on_trivial_cases() -> None:
+    spec = MaskingSecureSum(RingSpec(16), 2, graph="complete")
+    assert survival_oracle(spec, [1, 2, 3], 0, {}) == (True, frozenset({1, 2, 3}))
+    assert survival_oracle(spec, [1, 2, 3], 0, {1: 0, 2: 0}) == (False, frozenset())
