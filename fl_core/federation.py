@@ -22,7 +22,8 @@ from fl_core.params import BufferPolicy, ParamCodec
 from fl_core.pipeline import ClientPipeline, NoPrivacy, PrivacyPolicy, ServerPipeline, plan_for
 from fl_core.sampling import Sampler
 from fl_core.server import ServerOptimizer
-from secagg import RingVector, SecAggError, SecureSum, run_round
+from fl_core.transport import InProcessTransport, Transport
+from secagg import RingVector, SecAggError, SecureSum
 
 __all__ = ["Federation", "RoundResult"]
 
@@ -74,6 +75,7 @@ class Federation:
             before sending its masked input: their updates and noise are not in the sum.
         buffers: ``"local"`` or ``"aggregate"`` (see :mod:`fl_core.params`).
         epsilon_fn, ledger, budget: DP accounting hooks (see :mod:`fl_core.privacy`).
+        transport: carries each secure-sum round (default: in-process simulation).
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class Federation:
         epsilon_fn: Callable[[Sequence[Any]], float] | None = None,
         ledger: Any = None,
         budget: Any = None,
+        transport: Transport | None = None,
     ) -> None:
         if len(client_data) == 0:
             raise ConfigError("client_data is empty: at least one client is needed", option="clients")
@@ -135,6 +138,7 @@ class Federation:
         self.server_pipeline = ServerPipeline(self.privacy, self.encoder, self.sampler)
         self.eval_fn = eval_fn
         self.dropout = dropout
+        self.transport: Transport = transport or InProcessTransport()
         self.accounting = _Accounting(epsilon_fn=epsilon_fn, ledger=ledger, budget=budget)
         self.round = 0
         self.history: list[RoundResult] = []
@@ -215,7 +219,7 @@ class Federation:
 
         drops = self._dropouts(cohort.members, r)
         try:
-            outcome = run_round(
+            outcome = self.transport.run(
                 self.secure_sum,
                 inputs,
                 round_id=r,

@@ -59,6 +59,13 @@ class RunSummary:
     wall_s: float
     dim: int
     extra: dict[str, Any] = field(default_factory=dict)
+    sizes: list[int] = field(default_factory=list)
+
+    def extra_sizes(self) -> dict[str, float]:
+        if not self.sizes:
+            return {}
+        s = sorted(self.sizes)
+        return {"min": s[0], "median": s[len(s) // 2], "max": s[-1], "total": sum(s)}
 
     def final_metrics(self) -> dict[str, float]:
         for r in reversed(self.results):
@@ -91,6 +98,8 @@ class RunSummary:
             "dim": self.dim,
             "per_round_accuracy": [r.metrics.get("accuracy") for r in self.results],
             "seed": cfg.seed,
+            "partition": cfg.partition,
+            "client_sizes": self.extra_sizes(),
             "machine": {
                 "python": platform.python_version(),
                 "torch": torch.__version__,
@@ -155,4 +164,4 @@ def execute(
     extra = dict(extra)
     if stop_reason is not None:
         extra["stopped"] = stop_reason
-    return RunSummary(cfg, results, time.perf_counter() - t0, fed.dim, extra)
+    return RunSummary(cfg, results, time.perf_counter() - t0, fed.dim, extra, sizes=list(data.client_sizes))

@@ -112,3 +112,15 @@ def test_fashion_mnist_corrupt_files(tmp_path):
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x0d\x01" + struct.pack(">I", 1) + b"\x00" * 4)
     with pytest.raises(DataError, match="unsigned-byte"):
         load_fashion_mnist(tmp_path)
+
+
+@pytest.mark.skipif(
+    not __import__("fl_core.data", fromlist=["FASHION_MNIST_DIR"]).FASHION_MNIST_DIR.is_dir()
+    and not __import__("os").environ.get("CI"),
+    reason="dataset-fashion-mnist not installed (CI installs it and runs this test)",
+)
+def test_real_fashion_mnist_from_the_debian_package():
+    train, test, shape, classes = load_fashion_mnist()
+    assert len(train) == 60_000 and len(test) == 10_000 and shape == (1, 28, 28) and classes == 10
+    labels = train.tensors[1].numpy()
+    assert np.bincount(labels).tolist() == [6000] * 10
