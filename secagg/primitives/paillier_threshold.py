@@ -302,7 +302,7 @@ def verify(
     try:
         a = gmpy2.powmod(x4, proof.z, n2) * gmpy2.powmod(y2, -proof.e, n2) % n2
         b = gmpy2.powmod(params.v, proof.z, n2) * gmpy2.powmod(vi, -proof.e, n2) % n2
-    except ZeroDivisionError:
+    except (ValueError, ZeroDivisionError):
         raise InvalidDecryptionShareError(
             "decryption share is not a unit of Z_{n^2}", index=index
         ) from None
@@ -343,7 +343,7 @@ def _combine_unchecked(
                 neg = neg * gmpy2.powmod(mpz(shares[i][j]), -mu, n2) % n2
         try:
             cp = pos * gmpy2.invert(neg, n2) % n2
-        except ZeroDivisionError:
+        except (ValueError, ZeroDivisionError):
             raise PaillierError("decryption shares do not combine: a share is not a unit") from None
         if (cp - 1) % n:
             raise PaillierError("decryption shares are inconsistent: combined value is not 1 mod n")
