@@ -79,8 +79,13 @@ def _binom_sf(k: int, p: float, t: int) -> float:
     return min(1.0, sum(math.comb(k, i) * p**i * (1 - p) ** (k - i) for i in range(t, k + 1)))
 
 
+def _binom_below(k: int, p: float, t: int) -> float:
+    """P[Bin(k, p) < t], summed directly (no 1 - sf cancellation)."""
+    return min(1.0, sum(math.comb(k, i) * p**i * (1 - p) ** (k - i) for i in range(0, min(t, k + 1))))
+
+
 def _bounds(n: int, k: int, t: int, gamma: float, delta: float) -> tuple[float, float]:
-    fail = min(1.0, n * (1.0 - _binom_sf(k, 1.0 - delta, t)))
+    fail = min(1.0, n * _binom_below(k, 1.0 - delta, t))
     priv = n * _binom_sf(k, gamma, t)
     if k < n - 1:  # a complete graph cannot be disconnected by removing vertices
         priv += n * (gamma + delta) ** (k // 2)
