@@ -62,7 +62,7 @@ def _plain(req: BackendRequest) -> SecureSum:
 register_backend("plain", _plain)
 
 # Backends that live in their own modules register on import.
-_BUILTIN_MODULES: tuple[str, ...] = ("fl_core.backend_paillier",)
+_BUILTIN_MODULES: tuple[str, ...] = ("fl_core.backend_paillier", "fl_core.backend_masking")
 
 
 def _load_builtin() -> None:

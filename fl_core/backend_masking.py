@@ -1,0 +1,92 @@
+"""Registers the pairwise-masking secure sum (SecAgg / SecAgg+) as the ``masking`` backend.
+
+Options (``BackendRequest.options``; options of other backends are ignored):
+
+* ``graph``: ``"sparse"`` (default) or ``"complete"``. Sparse picks the smallest
+  Harary-graph degree k meeting the privacy and correctness targets and falls
+  back to the complete graph by itself whenever that k would reach n - 1 (small
+  cohorts), so it is never worse than complete; ``"complete"`` forces classic SecAgg.
+* ``degree``, ``threshold``: force k (even) or t.
+* ``corrupt_fraction`` (default 0.05), ``dropout_rate`` (0.1), ``security_bits`` (40),
+  ``correctness_bits`` (20): the inputs of the (k, t) choice.
+* ``public_seed``: hex string mixed into the graph derivation (e.g. a beacon).
+* ``identity_keys``: when true, Ed25519 identity keys are generated for clients
+  1..max_clients from the request's random source (in-process simulation of a PKI);
+  advertisements and survivor lists are then signed and checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fl_core.backends import BackendRequest, register_backend
+from fl_core.errors import ConfigError
+from secagg import SecAggError, SecureSum
+
+__all__ = ["build_masking"]
+
+_OPTIONS = (
+    "graph",
+    "degree",
+    "threshold",
+    "corrupt_fraction",
+    "dropout_rate",
+    "security_bits",
+    "correctness_bits",
+    "public_seed",
+    "identity_keys",
+)
+
+
+def _opt_int(opts: Mapping[str, Any], name: str) -> int | None:
+    value = opts.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be an integer, got {value!r}", option=name) from None
+
+
+def build_masking(req: BackendRequest) -> SecureSum:
+    """Build a :class:`secagg.masking.MaskingSecureSum` for ``req`` (see the module docstring)."""
+    from secagg.masking import GraphKind, MaskingSecureSum, generate_identities
+
+    opts: Mapping[str, Any] = {k: v for k, v in req.options.items() if k in _OPTIONS}
+    graph = opts.get("graph") or "sparse"
+    try:
+        kind = GraphKind(str(graph))
+    except ValueError:
+        raise ConfigError(f"graph must be complete or sparse, got {graph!r}", option="graph") from None
+    try:
+        public_seed = bytes.fromhex(str(opts.get("public_seed") or ""))
+    except ValueError:
+        raise ConfigError("public_seed must be a hex string", option="public_seed") from None
+    identities = signing_keys = None
+    if opts.get("identity_keys"):
+        identities, signing_keys = generate_identities(
+            range(1, req.max_clients + 1), req.rng.spawn("masking-identities")
+        )
+    try:
+        ss = MaskingSecureSum(
+            req.ring,
+            req.dim,
+            graph=kind,
+            degree=_opt_int(opts, "degree"),
+            threshold=_opt_int(opts, "threshold"),
+            corrupt_fraction=float(opts.get("corrupt_fraction", 0.05)),
+            dropout_rate=float(opts.get("dropout_rate", 0.1)),
+            security_bits=int(opts.get("security_bits", 40)),
+            correctness_bits=int(opts.get("correctness_bits", 20)),
+            public_seed=public_seed,
+            identities=identities,
+            signing_keys=signing_keys,
+        )
+        ss.parameters(max(req.max_clients, 2))  # refuse an unusable (k, t) before the first round
+    except SecAggError as exc:
+        raise ConfigError(f"cannot build the masking backend: {exc}", option="secure_sum") from exc
+    return ss
+
+
+register_backend("masking", build_masking)
