@@ -105,23 +105,15 @@ def _proof_context(pk: PaillierPublicKey, round_id: int) -> bytes:
     return _PROOF_CONTEXT + pk.fingerprint + round_id.to_bytes(8, "big", signed=True)
 
 
-def _check_request(
-    msg: Message, pk: PaillierPublicKey, round_id: int, holder_id: int, count: int
-) -> list[mpz]:
+def _check_request(msg: Message, pk: PaillierPublicKey, round_id: int, holder_id: int, count: int) -> list[mpz]:
     if msg.sender != SERVER:
-        raise RemoteProtocolError(
-            "key holders accept decryption requests from the server only", peer=msg.sender
-        )
+        raise RemoteProtocolError("key holders accept decryption requests from the server only", peer=msg.sender)
     if msg.recipient != holder_id:
-        raise RemoteProtocolError(
-            f"request addressed to {msg.recipient}, not to {holder_id}", peer=msg.sender
-        )
+        raise RemoteProtocolError(f"request addressed to {msg.recipient}, not to {holder_id}", peer=msg.sender)
     if msg.stage != STAGE_DECRYPT:
         raise MalformedCiphertextError(f"unexpected stage {msg.stage!r}", peer=msg.sender)
     if msg.round_id != round_id:
-        raise WrongRoundError(
-            f"request for round {msg.round_id} in round {round_id}", peer=msg.sender
-        )
+        raise WrongRoundError(f"request for round {msg.round_id} in round {round_id}", peer=msg.sender)
     return wire.decode(
         msg.payload,
         wire.Kind.DECRYPT_REQUEST,
@@ -142,9 +134,7 @@ class KeyHolder:
 
     def __init__(self, private_key: PaillierPrivateKey, *, holder_id: int = -1) -> None:
         if holder_id >= 0:
-            raise ConfigurationError(
-                f"key-holder ids are negative (clients are >= 1, the server 0), got {holder_id}"
-            )
+            raise ConfigurationError(f"key-holder ids are negative (clients are >= 1, the server 0), got {holder_id}")
         self.private_key = private_key
         self.holder_id = holder_id
 
@@ -173,15 +163,11 @@ class KeyHolderSession:
         """
         h = self._holder
         if self._answered:
-            raise RemoteProtocolError(
-                "a second decryption request in one round is refused", peer=msg.sender
-            )
+            raise RemoteProtocolError("a second decryption request in one round is refused", peer=msg.sender)
         cts = _check_request(msg, h.public_key, self._round, h.holder_id, self._count)
         self._answered = True
         pts = [h.private_key.decrypt(c) for c in cts]
-        payload = wire.encode(
-            wire.Kind.PLAINTEXTS, h.public_key, round_id=self._round, sender=h.holder_id, values=pts
-        )
+        payload = wire.encode(wire.Kind.PLAINTEXTS, h.public_key, round_id=self._round, sender=h.holder_id, values=pts)
         return [Message(h.holder_id, SERVER, self._round, STAGE_PLAINTEXT, payload)]
 
 
@@ -234,15 +220,11 @@ class ThresholdDecryptorSession:
     def receive(self, msg: Message) -> list[Message]:
         d = self._dec
         if self._answered:
-            raise RemoteProtocolError(
-                "a second decryption request in one round is refused", peer=msg.sender
-            )
+            raise RemoteProtocolError("a second decryption request in one round is refused", peer=msg.sender)
         cts = _check_request(msg, d.public_key, self._round, d.holder_id, self._count)
         self._answered = True
         shares = decryption_shares(d.share, cts)
-        proof = prove(
-            d.share, cts, shares, d.rng, context=_proof_context(d.public_key, self._round)
-        )
+        proof = prove(d.share, cts, shares, d.rng, context=_proof_context(d.public_key, self._round))
         payload = wire.encode(
             wire.Kind.DECRYPTION_SHARES,
             d.public_key,
@@ -311,25 +293,19 @@ class PaillierSecureSum:
         if not isinstance(mode, EncryptionMode):
             raise ConfigurationError(f"mode must be an EncryptionMode, got {mode!r}")
         if not public_key.supports(mode):
-            raise ConfigurationError(
-                "the public key has no DJN base; pass mode=EncryptionMode.STANDARD"
-            )
+            raise ConfigurationError("the public key has no DJN base; pass mode=EncryptionMode.STANDARD")
         if min_survivors < 1:
             raise ConfigurationError(f"min_survivors must be >= 1, got {min_survivors}")
         if not 1 <= window <= 12:
             raise ConfigurationError(f"window must be in 1..12 bits, got {window}")
         if (key_holder is None) == (decryptors is None):
-            raise ConfigurationError(
-                "pass exactly one of key_holder= (single) or decryptors= (threshold)"
-            )
+            raise ConfigurationError("pass exactly one of key_holder= (single) or decryptors= (threshold)")
         self.ring = ring
         self.dim = dim
         self.public_key = public_key
         self.mode = mode
         self.min_survivors = min_survivors
-        self.plan: PackingPlan = plan_packing(
-            ring, dim, key_bits=public_key.bits, max_clients=max_clients
-        )
+        self.plan: PackingPlan = plan_packing(ring, dim, key_bits=public_key.bits, max_clients=max_clients)
         self.max_clients = max_clients
         self.encryptor = Encryptor(public_key, mode=mode, window=window)
         self.holder_link: HolderLink = holder_link or _deliver
@@ -352,9 +328,7 @@ class PaillierSecureSum:
                 raise ConfigurationError("two decryptors hold the same share index")
             for d in decs:
                 if d.share.params.public_key.n != public_key.n:
-                    raise ConfigurationError(
-                        f"decryptor {d.share.index} holds a share of another key"
-                    )
+                    raise ConfigurationError(f"decryptor {d.share.index} holds a share of another key")
             self.decryptors = decs
 
     @classmethod
@@ -408,9 +382,7 @@ class PaillierSecureSum:
             key_bits=key_bits,
             insecure_small_key_for_tests=insecure_small_key_for_tests,
         )
-        decs = [
-            ThresholdDecryptor(s, rng=rng.spawn(f"paillier decryptor {s.index}")) for s in shares
-        ]
+        decs = [ThresholdDecryptor(s, rng=rng.spawn(f"paillier decryptor {s.index}")) for s in shares]
         return cls(
             ring,
             dim,
@@ -440,9 +412,7 @@ class PaillierSecureSum:
 class PaillierClientSession:
     """Sans-I/O client: pack, encrypt, send once; expects nothing back."""
 
-    def __init__(
-        self, spec: PaillierSecureSum, me: ClientId, round_id: int, rng: RandomSource
-    ) -> None:
+    def __init__(self, spec: PaillierSecureSum, me: ClientId, round_id: int, rng: RandomSource) -> None:
         self._spec = spec
         self._me = me
         self._round = round_id
@@ -509,9 +479,7 @@ class PaillierServerSession:
         if msg.sender not in self._cohort:
             raise RemoteProtocolError("sender is not in the cohort", peer=msg.sender)
         if msg.round_id != self._round:
-            raise WrongRoundError(
-                f"message for round {msg.round_id} in round {self._round}", peer=msg.sender
-            )
+            raise WrongRoundError(f"message for round {msg.round_id} in round {self._round}", peer=msg.sender)
         if msg.stage != STAGE_INPUT:
             raise MalformedCiphertextError(f"unexpected stage {msg.stage!r}", peer=msg.sender)
         if msg.sender in self._inputs:
@@ -588,12 +556,8 @@ class PaillierServerSession:
         acc = self._acc
         for c in acc:
             if gmpy2.gcd(c, pk.n) != 1:
-                raise PaillierError(
-                    "the aggregate is not a unit of Z_{n^2}: an input was not a valid ciphertext"
-                )
-        request = wire.encode(
-            wire.Kind.DECRYPT_REQUEST, pk, round_id=self._round, sender=SERVER, values=acc
-        )
+                raise PaillierError("the aggregate is not a unit of Z_{n^2}: an input was not a valid ciphertext")
+        request = wire.encode(wire.Kind.DECRYPT_REQUEST, pk, round_id=self._round, sender=SERVER, values=acc)
         if spec.setting is _Setting.SINGLE:
             holder = spec.key_holder
             if holder is None:  # pragma: no cover - guarded in the constructor
@@ -615,9 +579,7 @@ class PaillierServerSession:
             try:
                 replies = session.receive(m)
             finally:
-                self.holder_cpu_s[holder_id] = (
-                    self.holder_cpu_s.get(holder_id, 0.0) + time.process_time() - t
-                )
+                self.holder_cpu_s[holder_id] = self.holder_cpu_s.get(holder_id, 0.0) + time.process_time() - t
             for r in replies:
                 self.holder_bytes[holder_id] += r.size
                 out.extend(link(r))
@@ -633,9 +595,7 @@ class PaillierServerSession:
         if msg.stage != stage:
             raise MalformedCiphertextError(f"unexpected stage {msg.stage!r}", peer=holder_id)
         if msg.round_id != self._round:
-            raise WrongRoundError(
-                f"reply for round {msg.round_id} in round {self._round}", peer=holder_id
-            )
+            raise WrongRoundError(f"reply for round {msg.round_id} in round {self._round}", peer=holder_id)
         return msg
 
     def _single_result(self, holder_id: int, replies: list[Message]) -> RingVector:
@@ -688,8 +648,7 @@ class PaillierServerSession:
             valid[dec.share.index] = payload.values
         if len(valid) < params.threshold:
             raise TooFewDecryptionSharesError(
-                f"{len(valid)} valid decryption shares, {params.threshold} needed "
-                f"(rejected: {sorted(self.rejected)})",
+                f"{len(valid)} valid decryption shares, {params.threshold} needed (rejected: {sorted(self.rejected)})",
                 survivors=len(valid),
                 required=params.threshold,
             )

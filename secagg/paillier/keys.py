@@ -50,9 +50,7 @@ class _Reader:
         if len(self.data) < 6 or self.data[:4] != _MAGIC:
             raise KeyFormatError("not a privagg Paillier key (bad magic)")
         if self.data[4] != _VERSION:
-            raise KeyFormatError(
-                f"unsupported key format version {self.data[4]}, expected {_VERSION}"
-            )
+            raise KeyFormatError(f"unsupported key format version {self.data[4]}, expected {_VERSION}")
         if self.data[5] != kind:
             raise KeyFormatError(f"key material of kind {self.data[5]}, expected kind {kind}")
         self.pos = 6
@@ -145,10 +143,7 @@ def load_threshold_params(data: bytes) -> ThresholdParams:
     v = r.required("the verification base")
     vks: Sequence[mpz] = [r.required("a verification key") for _ in range(m)]
     r.end()
-    try:
-        return ThresholdParams(pk, t, m, v, tuple(vks))
-    except PaillierError as exc:
-        raise KeyFormatError(f"invalid threshold parameters: {exc}") from exc
+    return ThresholdParams(pk, t, m, v, tuple(vks))  # t, m and the key count are checked above
 
 
 def dump_key_share(share: KeyShare) -> bytes:

@@ -107,9 +107,7 @@ class PackingPlan:
         for start in range(0, len(plaintexts), chunk):
             part = plaintexts[start : start + chunk]
             k = len(part)
-            raw = np.frombuffer(
-                b"".join(int(m).to_bytes(nbytes, "little") for m in part), dtype=np.uint8
-            )
+            raw = np.frombuffer(b"".join(int(m).to_bytes(nbytes, "little") for m in part), dtype=np.uint8)
             bits = np.unpackbits(raw.reshape(k, nbytes), axis=1, bitorder="little")[:, : s * w]
             low = np.zeros((k, s, item * 8), dtype=np.uint8)
             low[:, :, :b] = bits.reshape(k, s, w)[:, :, :b]
@@ -128,9 +126,7 @@ def plan_packing(ring: RingSpec, dim: int, *, key_bits: int, max_clients: int) -
     if dim < 1:
         raise EncodingOverflowError(f"dim must be >= 1, got {dim}", knob="dim")
     if max_clients < 1:
-        raise EncodingOverflowError(
-            f"max_clients must be >= 1, got {max_clients}", knob="max_clients"
-        )
+        raise EncodingOverflowError(f"max_clients must be >= 1, got {max_clients}", knob="max_clients")
     w = (max_clients * ring.mask).bit_length()
     slots = (key_bits - 1) // w
     if slots < 1:

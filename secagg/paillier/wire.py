@@ -91,24 +91,18 @@ def decode(
         CiphertextOutOfRangeError: a ciphertext or share outside (0, n^2), or a plaintext >= n.
     """
     if len(payload) < HEADER_BYTES:
-        raise MalformedCiphertextError(
-            f"payload of {len(payload)} bytes is shorter than the header", peer=peer
-        )
+        raise MalformedCiphertextError(f"payload of {len(payload)} bytes is shorter than the header", peer=peer)
     version, k, fp, rid, snd, cnt = _HEADER.unpack_from(payload)
     if version != VERSION:
         raise MalformedCiphertextError(f"wire version {version}, expected {VERSION}", peer=peer)
     if k != kind:
-        raise MalformedCiphertextError(
-            f"payload kind {k}, expected {int(kind)} ({kind.name})", peer=peer
-        )
+        raise MalformedCiphertextError(f"payload kind {k}, expected {int(kind)} ({kind.name})", peer=peer)
     if fp != pk.fingerprint:
         raise KeyMismatchError("payload was made under a different Paillier public key", peer=peer)
     if rid != round_id:
         raise WrongRoundError(f"payload for round {rid} received in round {round_id}", peer=peer)
     if snd != sender:
-        raise MalformedCiphertextError(
-            f"payload names sender {snd} but came from {sender}", peer=peer
-        )
+        raise MalformedCiphertextError(f"payload names sender {snd} but came from {sender}", peer=peer)
     if cnt != count:
         raise MalformedCiphertextError(f"payload has {cnt} values, expected {count}", peer=peer)
     w = _width(pk, kind)

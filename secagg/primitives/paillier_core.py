@@ -222,9 +222,7 @@ class FixedBaseTable:
     rows: tuple[tuple[mpz, ...], ...] = field(repr=False)
 
     @classmethod
-    def build(
-        cls, base: mpz, modulus: mpz, *, exponent_bits: int, window: int = 8
-    ) -> FixedBaseTable:
+    def build(cls, base: mpz, modulus: mpz, *, exponent_bits: int, window: int = 8) -> FixedBaseTable:
         if not 1 <= window <= 16:
             raise PaillierError(f"table window must be in 1..16 bits, got {window}")
         if exponent_bits < 1:
@@ -246,9 +244,7 @@ class FixedBaseTable:
         Returns an int array of shape ``(count, rows)``; digit ``i`` weighs ``2^(w i)``.
         """
         nbytes = (self.exponent_bits + 7) // 8
-        raw = np.frombuffer(exponents_bytes, dtype=np.uint8, count=count * nbytes).reshape(
-            count, nbytes
-        )
+        raw = np.frombuffer(exponents_bytes, dtype=np.uint8, count=count * nbytes).reshape(count, nbytes)
         bits = np.unpackbits(raw[:, ::-1], axis=1, bitorder="little")[:, : self.exponent_bits]
         nrows = len(self.rows)
         pad = nrows * self.window - self.exponent_bits
@@ -327,9 +323,7 @@ class PaillierPublicKey:
     @property
     def fingerprint(self) -> bytes:
         """16-byte SHA-256 digest of the modulus: binds messages to one key."""
-        return hashlib.sha256(
-            b"privagg paillier n|" + self.n.to_bytes(self.plaintext_bytes, "big")
-        ).digest()[:16]
+        return hashlib.sha256(b"privagg paillier n|" + self.n.to_bytes(self.plaintext_bytes, "big")).digest()[:16]
 
     def supports(self, mode: EncryptionMode) -> bool:
         return mode is EncryptionMode.STANDARD or self.hs is not None
@@ -351,9 +345,7 @@ class PaillierPublicKey:
 
     def check_plaintext(self, m: int) -> None:
         if not 0 <= m < self.n:
-            raise PaillierError(
-                f"plaintext must be in [0, n), got a {int(m).bit_length()}-bit value"
-            )
+            raise PaillierError(f"plaintext must be in [0, n), got a {int(m).bit_length()}-bit value")
 
     def check_ciphertext(self, c: int) -> None:
         """Range check ``0 < c < n^2`` (cheap; run on every received ciphertext)."""

@@ -77,9 +77,7 @@ def from_phe_private(
     phe_sk: Any, *, rng: RandomSource | None = None, insecure_small_key_for_tests: bool = False
 ) -> PaillierPrivateKey:
     """Import a ``phe`` private key (and its public key, see :func:`from_phe_public`)."""
-    pk = from_phe_public(
-        phe_sk.public_key, rng=rng, insecure_small_key_for_tests=insecure_small_key_for_tests
-    )
+    pk = from_phe_public(phe_sk.public_key, rng=rng, insecure_small_key_for_tests=insecure_small_key_for_tests)
     return PaillierPrivateKey(pk, mpz(int(phe_sk.p)), mpz(int(phe_sk.q)))
 
 

@@ -120,9 +120,7 @@ class KeyShare:
 
     def __post_init__(self) -> None:
         if not 1 <= self.index <= self.params.parties:
-            raise PaillierError(
-                f"share index must be in 1..{self.params.parties}, got {self.index}"
-            )
+            raise PaillierError(f"share index must be in 1..{self.params.parties}, got {self.index}")
 
     def __repr__(self) -> str:
         p = self.params
@@ -153,9 +151,7 @@ def deal(
     p, q, n = sk.p, sk.q, sk.public_key.n
     pp, qq = (p - 1) // 2, (q - 1) // 2
     if not (gmpy2.is_prime(pp, 40) and gmpy2.is_prime(qq, 40)):
-        raise PaillierError(
-            "threshold dealing needs safe primes; generate the key with safe_primes=True"
-        )
+        raise PaillierError("threshold dealing needs safe primes; generate the key with safe_primes=True")
     mprime = pp * qq
     nm = n * mprime
     d = mprime * gmpy2.invert(mprime, n)  # 0 mod m', 1 mod n
@@ -238,9 +234,7 @@ def _batch(
 
 def _challenge(params: ThresholdParams, index: int, digest: bytes, elems: Sequence[mpz]) -> mpz:
     w = params.public_key.ciphertext_bytes
-    h = hashlib.sha256(
-        b"privagg threshold paillier challenge v1|" + digest + index.to_bytes(4, "big")
-    )
+    h = hashlib.sha256(b"privagg threshold paillier challenge v1|" + digest + index.to_bytes(4, "big"))
     for e in elems:
         h.update(_int_bytes(e, w))
     return mpz.from_bytes(h.digest(), "big") >> (256 - _CHALLENGE_BITS)
@@ -288,9 +282,7 @@ def verify(
     pk = params.public_key
     n2 = pk.n_squared
     if len(shares) != len(ciphertexts):
-        raise InvalidDecryptionShareError(
-            f"{len(shares)} shares for {len(ciphertexts)} ciphertexts", index=index
-        )
+        raise InvalidDecryptionShareError(f"{len(shares)} shares for {len(ciphertexts)} ciphertexts", index=index)
     for d in shares:
         if not 0 < d < n2:
             raise InvalidDecryptionShareError("decryption share out of range (0, n^2)", index=index)
@@ -303,9 +295,7 @@ def verify(
         a = gmpy2.powmod(x4, proof.z, n2) * gmpy2.powmod(y2, -proof.e, n2) % n2
         b = gmpy2.powmod(params.v, proof.z, n2) * gmpy2.powmod(vi, -proof.e, n2) % n2
     except (ValueError, ZeroDivisionError):
-        raise InvalidDecryptionShareError(
-            "decryption share is not a unit of Z_{n^2}", index=index
-        ) from None
+        raise InvalidDecryptionShareError("decryption share is not a unit of Z_{n^2}", index=index) from None
     if _challenge(params, index, digest, (params.v, vi, x4, y2, a, b)) != proof.e:
         raise InvalidDecryptionShareError("decryption share proof does not verify", index=index)
 
@@ -318,15 +308,11 @@ def lagrange_times_delta(indices: Sequence[int], i: int, delta: int) -> int:
             num *= j
             den *= j - i
     if num % den:
-        raise PaillierError(
-            "Lagrange coefficient is not integral: indices exceed the dealt parties"
-        )
+        raise PaillierError("Lagrange coefficient is not integral: indices exceed the dealt parties")
     return num // den
 
 
-def _combine_unchecked(
-    params: ThresholdParams, shares: Mapping[int, Sequence[int]], count: int
-) -> list[mpz]:
+def _combine_unchecked(params: ThresholdParams, shares: Mapping[int, Sequence[int]], count: int) -> list[mpz]:
     pk = params.public_key
     n, n2 = pk.n, pk.n_squared
     idx = sorted(shares)

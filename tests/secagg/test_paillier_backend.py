@@ -32,8 +32,8 @@ from secagg.paillier import (
     WrongRoundError,
     generate_keypair,
     generate_threshold_key,
+    wire,
 )
-from secagg.paillier import wire
 from secagg.paillier.backend import STAGE_DECRYPT, STAGE_INPUT, STAGE_PLAINTEXT, STAGE_SHARE
 from secagg.primitives.paillier_core import PaillierError, PaillierPublicKey
 from secagg.protocol import SERVER
@@ -90,9 +90,7 @@ def test_sum_of_survivors_is_exact_single_key_holder(bits, dim, n, drop, mode, d
     ring = RingSpec(bits)
     ss = single(ring, dim, max_clients=8, mode=mode)
     signed = data.draw(
-        st.lists(
-            st.lists(st.integers(-(2**62), 2**62), min_size=dim, max_size=dim), min_size=n, max_size=n
-        )
+        st.lists(st.lists(st.integers(-(2**62), 2**62), min_size=dim, max_size=dim), min_size=n, max_size=n)
     )
     inputs = {c + 1: ring.from_signed(np.array(v, dtype=np.int64)) for c, v in enumerate(signed)}
     drops = {c: 0 for c in drop if c in inputs and len(drop & set(inputs)) < n}
@@ -117,7 +115,9 @@ def test_threshold_sum_with_negative_values_and_integer_noise(bits, n, noise_std
     g = np.random.default_rng(seed)
     bound = (ring.mask >> 1) // (8 * 4)
     ints = {
-        c: np.clip(g.integers(-bound, bound, dim) + np.rint(g.normal(0, noise_std, dim)).astype(np.int64), -bound, bound)
+        c: np.clip(
+            g.integers(-bound, bound, dim) + np.rint(g.normal(0, noise_std, dim)).astype(np.int64), -bound, bound
+        )
         for c in range(1, n + 1)
     }
     inputs = {c: ring.from_signed(v) for c, v in ints.items()}
@@ -483,9 +483,7 @@ def test_configuration_errors():
             ring, 10, public_key=TPARAMS.public_key, key_holder=KeyHolder(SK), insecure_small_key_for_tests=True
         )
     with pytest.raises(ConfigurationError, match="threshold_params"):
-        PaillierSecureSum(
-            ring, 10, public_key=TPARAMS.public_key, decryptors=[], insecure_small_key_for_tests=True
-        )
+        PaillierSecureSum(ring, 10, public_key=TPARAMS.public_key, decryptors=[], insecure_small_key_for_tests=True)
     with pytest.raises(ConfigurationError, match="another public key"):
         PaillierSecureSum(
             ring, 10, public_key=pk, decryptors=[], threshold_params=TPARAMS, insecure_small_key_for_tests=True
@@ -493,7 +491,11 @@ def test_configuration_errors():
     dup = [ThresholdDecryptor(TSHARES[0], rng=SEED), ThresholdDecryptor(TSHARES[0], rng=SEED)]
     with pytest.raises(ConfigurationError, match="same share"):
         PaillierSecureSum(
-            ring, 10, public_key=TPARAMS.public_key, decryptors=dup, threshold_params=TPARAMS,
+            ring,
+            10,
+            public_key=TPARAMS.public_key,
+            decryptors=dup,
+            threshold_params=TPARAMS,
             insecure_small_key_for_tests=True,
         )
     foreign_params, foreign_shares = generate_threshold_key(
@@ -501,8 +503,11 @@ def test_configuration_errors():
     )
     with pytest.raises(ConfigurationError, match="another key"):
         PaillierSecureSum(
-            ring, 10, public_key=TPARAMS.public_key,
-            decryptors=[ThresholdDecryptor(foreign_shares[0], rng=SEED)], threshold_params=TPARAMS,
+            ring,
+            10,
+            public_key=TPARAMS.public_key,
+            decryptors=[ThresholdDecryptor(foreign_shares[0], rng=SEED)],
+            threshold_params=TPARAMS,
             insecure_small_key_for_tests=True,
         )
     with pytest.raises(ConfigurationError, match="min_survivors"):

@@ -34,9 +34,9 @@ def slow_unpack(plan, pts):
 
 
 def ring_vectors(draw, ring, dim):
-    return np.array(
-        draw(st.lists(st.integers(0, ring.mask), min_size=dim, max_size=dim)), dtype=np.uint64
-    ).astype(ring.dtype)
+    return np.array(draw(st.lists(st.integers(0, ring.mask), min_size=dim, max_size=dim)), dtype=np.uint64).astype(
+        ring.dtype
+    )
 
 
 @settings(max_examples=60, deadline=None)

@@ -27,12 +27,24 @@ def main() -> None:
     sk = generate_keypair(SeededRandomSource(SEED_SINGLE), key_bits=2048)
     safe = generate_keypair(SeededRandomSource(SEED_SAFE), key_bits=2048, safe_primes=True)
     keys = {
-        "single": {"seed": SEED_SINGLE, "safe_primes": False, "n": str(sk.public_key.n), "p": str(sk.p),
-                   "q": str(sk.q), "hs": str(sk.public_key.hs),
-                   "djn_exponent_bits": sk.public_key.djn_exponent_bits},
-        "safe": {"seed": SEED_SAFE, "safe_primes": True, "n": str(safe.public_key.n), "p": str(safe.p),
-                 "q": str(safe.q), "hs": str(safe.public_key.hs),
-                 "djn_exponent_bits": safe.public_key.djn_exponent_bits},
+        "single": {
+            "seed": SEED_SINGLE,
+            "safe_primes": False,
+            "n": str(sk.public_key.n),
+            "p": str(sk.p),
+            "q": str(sk.q),
+            "hs": str(sk.public_key.hs),
+            "djn_exponent_bits": sk.public_key.djn_exponent_bits,
+        },
+        "safe": {
+            "seed": SEED_SAFE,
+            "safe_primes": True,
+            "n": str(safe.public_key.n),
+            "p": str(safe.p),
+            "q": str(safe.q),
+            "hs": str(safe.public_key.hs),
+            "djn_exponent_bits": safe.public_key.djn_exponent_bits,
+        },
     }
     (HERE / "keys_2048.json").write_text(json.dumps(keys, indent=1) + "\n")
 
@@ -51,8 +63,7 @@ def main() -> None:
         c_djn = ((1 + n * m) * pow(hs, e, n2)) % n2  # built-in pow, independent of privagg
         if psk.raw_decrypt(c_std) != m or psk.raw_decrypt(c_djn) != m:
             raise SystemExit("phe does not decrypt a vector: refusing to write it")
-        cases.append({"m": str(m), "r": str(r), "c_standard": str(c_std), "djn_exponent": str(e),
-                      "c_djn": str(c_djn)})
+        cases.append({"m": str(m), "r": str(r), "c_standard": str(c_std), "djn_exponent": str(e), "c_djn": str(c_djn)})
     # Ciphertexts made by phe's own randomised encryption (fixed once, decrypted by privagg).
     phe_made = []
     for m in (7, 123456789, 1 << 100):
