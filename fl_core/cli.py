@@ -19,7 +19,11 @@ bench_app = typer.Typer(help="Benchmarks that print machine-readable JSON.", no_
 app.add_typer(bench_app, name="bench")
 
 # Each module defines ``register(app, bench_app)`` and owns the commands it adds.
-COMMAND_MODULES: tuple[str, ...] = ("fl_core.commands.run", "fl_core.commands.bench_paillier")
+COMMAND_MODULES: tuple[str, ...] = (
+    "fl_core.commands.run",
+    "fl_core.commands.bench_paillier",
+    "fl_core.commands.bench_secagg",
+)
 
 for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app, bench_app)

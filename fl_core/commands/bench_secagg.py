@@ -1,0 +1,231 @@
+"""``privagg bench secagg``: whole SecAgg / SecAgg+ rounds in process, metered, printed as JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import typer
+
+__all__ = ["register", "bench_secagg", "machine_info"]
+
+DROP_STAGES = {"advertise": 1, "sharing": 2, "masked-input": 3, "consistency": 4}
+"""--drop-stage name -> how many stages a dropped client completes (see secagg.simulation)."""
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, Python and the crypto/numeric library versions."""
+    import os
+    import platform
+
+    import cryptography
+    import numpy as np
+    from cryptography.hazmat.backends.openssl.backend import backend
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "cryptography": cryptography.__version__,
+        "openssl": backend.openssl_version_text(),
+    }
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    m = len(s) // 2
+    return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2
+
+
+def bench_secagg(
+    *,
+    clients: int,
+    dim: int,
+    dropout: float = 0.1,
+    graph: str = "sparse",
+    bits: int = 32,
+    seed: int = 0,
+    degree: int | None = None,
+    threshold: int | None = None,
+    drop_stage: str = "masked-input",
+    identity_keys: bool = False,
+) -> dict[str, Any]:
+    """Run one masking round of ``clients`` x ``dim`` and return its measurements.
+
+    ``round(dropout * clients)`` clients, chosen with the seed, leave after
+    ``drop_stage`` (default: right after sending their masked input). CPU is
+    process time per party (one core). ``server_floor_cpu_s`` is the measured
+    cost of the unavoidable server work: one PRG expansion per mask the
+    unmasking needs plus one vector addition per received input.
+    """
+    import time
+
+    import numpy as np
+
+    from dp.randomness import SeededRandomSource
+    from secagg import RingSpec, run_round
+    from secagg.masking import MaskingSecureSum, generate_identities
+    from secagg.primitives import prg
+
+    if drop_stage not in DROP_STAGES:
+        raise ValueError(f"drop_stage must be one of {sorted(DROP_STAGES)}, got {drop_stage!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    ring = RingSpec(bits)
+    root = SeededRandomSource(seed)
+    ids = list(range(1, clients + 1))
+    identities = signing_keys = None
+    if identity_keys:
+        identities, signing_keys = generate_identities(ids, root.spawn("identities"))
+    ss = MaskingSecureSum(
+        ring, dim, graph=graph, degree=degree, threshold=threshold, identities=identities, signing_keys=signing_keys
+    )
+    params = ss.parameters(clients)
+    gen = root.spawn("inputs").numpy_generator()
+    inputs = {
+        c: (gen.integers(0, 1 << 63, dim, dtype=np.uint64) & np.uint64(ring.mask)).astype(ring.dtype) for c in ids
+    }
+    n_drop = round(dropout * clients)
+    dropped = sorted(int(c) for c in root.spawn("dropouts").numpy_generator().choice(ids, n_drop, replace=False))
+    drops = {c: DROP_STAGES[drop_stage] for c in dropped}
+
+    servers: list[Any] = []
+
+    class _Keep:
+        """Proxy that keeps the server session so its unmasking meters can be read."""
+
+        name = ss.name
+        ring = ss.ring
+        dim = ss.dim
+
+        def client(self, me: int, round_id: int, r: Any) -> Any:
+            return ss.client(me, round_id, r)
+
+        def server(self, cohort: Any, round_id: int) -> Any:
+            servers.append(ss.server(cohort, round_id))
+            return servers[-1]
+
+    outcome = run_round(
+        _Keep(),  # type: ignore[arg-type]
+        inputs,
+        round_id=1,
+        rng_for=lambda c: root.spawn(f"client-{c}"),
+        stages_completed=drops,
+    )
+    server = servers[0]
+    survivors = sorted(outcome.survivors)
+    expected = ring.sum((inputs[c] for c in survivors), dim)
+    verified = outcome.error is None and outcome.total is not None and bool(np.array_equal(outcome.total, expected))
+
+    # The floor: the same number of PRG expansions and input additions, nothing else.
+    acc = ring.zeros(dim)
+    t0 = time.process_time()
+    for i in range(server.unmask_prg_expansions):
+        prg.add_mask_into(acc, i.to_bytes(32, "little"), ring, op="sub")
+    for c in survivors:
+        np.add(acc, inputs[c], out=acc)
+    floor = time.process_time() - t0
+
+    client_cpu = [outcome.client_cpu_s[c] for c in ids if c in outcome.client_cpu_s]
+    up = [outcome.bytes_up[c] for c in ids]
+    down = [outcome.bytes_down[c] for c in ids]
+    return {
+        "benchmark": "secagg",
+        "clients": clients,
+        "dim": dim,
+        "bits": bits,
+        "dropout": dropout,
+        "drop_stage": drop_stage,
+        "dropped": len(dropped),
+        "graph": params.graph.value,
+        "graph_requested": graph,
+        "degree": params.degree,
+        "threshold": params.threshold,
+        "failure_probability_bound": params.failure_probability,
+        "privacy_failure_probability_bound": params.privacy_failure_probability,
+        "identity_keys": identity_keys,
+        "total_cpu_s": sum(client_cpu) + outcome.server_cpu_s,
+        "server_cpu_s": outcome.server_cpu_s,
+        "server_unmask_cpu_s": server.unmask_cpu_s,
+        "server_floor_cpu_s": floor,
+        "server_over_floor": outcome.server_cpu_s / floor if floor > 0 else None,
+        "unmask_prg_expansions": server.unmask_prg_expansions,
+        "client_cpu_s_median": _median(client_cpu),
+        "client_cpu_s_max": max(client_cpu),
+        "bytes_per_client": sum(up) / len(up),
+        "bytes_per_client_max": max(up),
+        "upload_bytes_per_parameter": max(up) / dim,
+        "download_bytes_per_client": sum(down) / len(down),
+        "survivors": len(survivors),
+        "verified": verified,
+        "error": None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}",
+        "machine": machine_info(),
+    }
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    @bench_app.command("secagg")
+    def secagg(
+        clients: int = typer.Option(100, "--clients", help="Clients in the round."),
+        dim: int = typer.Option(100_000, "--dim", help="Parameters per client update."),
+        dropout: float = typer.Option(0.1, "--dropout", help="Fraction of clients that drop out."),
+        graph: str = typer.Option("sparse", "--graph", help="complete (SecAgg) or sparse (SecAgg+)."),
+        bits: int = typer.Option(32, "--bits", help="Ring width b of Z_2^b."),
+        seed: int = typer.Option(0, "--seed", help="Seed for inputs, keys and dropouts (benchmarks only)."),
+        degree: Optional[int] = typer.Option(None, "--degree", help="Force the sparse degree k (even)."),
+        threshold: Optional[int] = typer.Option(None, "--threshold", help="Force the Shamir threshold t."),
+        drop_stage: str = typer.Option(
+            "masked-input", "--drop-stage", help="When dropped clients leave: " + ", ".join(DROP_STAGES) + "."
+        ),
+        identity_keys: bool = typer.Option(False, "--identity-keys", help="Sign with Ed25519 identity keys."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    ) -> None:
+        """Time one secure-aggregation round by pairwise masking: CPU per party, bytes, correctness."""
+        from secagg import SecAggError
+
+        try:
+            out = bench_secagg(
+                clients=clients,
+                dim=dim,
+                dropout=dropout,
+                graph=graph,
+                bits=bits,
+                seed=seed,
+                degree=degree,
+                threshold=threshold,
+                drop_stage=drop_stage,
+                identity_keys=identity_keys,
+            )
+        except (SecAggError, ValueError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        if as_json:
+            typer.echo(json.dumps(out))
+            return
+        for key in (
+            "clients",
+            "dim",
+            "graph",
+            "degree",
+            "threshold",
+            "total_cpu_s",
+            "server_cpu_s",
+            "server_floor_cpu_s",
+            "client_cpu_s_median",
+            "bytes_per_client",
+            "verified",
+        ):
+            typer.echo(f"{key:>22}: {out[key]}")
+        if not out["verified"]:
+            raise typer.Exit(1)
