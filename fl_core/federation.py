@@ -7,11 +7,13 @@ optimizer, the privacy events and the ledger exactly as they were.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from fl_core.backends import BackendRequest, build_secure_sum
@@ -19,13 +21,13 @@ from fl_core.client import TrainFn, compute_update
 from fl_core.errors import ConfigError, RoundFailedError
 from fl_core.evaluation import EvalFn
 from fl_core.params import BufferPolicy, ParamCodec
-from fl_core.pipeline import ClientPipeline, NoPrivacy, PrivacyPolicy, ServerPipeline, plan_for
-from fl_core.sampling import Sampler
+from fl_core.pipeline import ClientPipeline, ClipOutcome, NoPrivacy, PrivacyPolicy, ServerPipeline, plan_for
+from fl_core.sampling import Cohort, Sampler
 from fl_core.server import ServerOptimizer
 from fl_core.transport import InProcessTransport, Transport
-from secagg import RingVector, SecAggError, SecureSum
+from secagg import RingVector, RoundOutcome, SecAggError, SecureSum
 
-__all__ = ["Federation", "RoundResult"]
+__all__ = ["Federation", "RoundResult", "RoundStart"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,15 @@ class RoundResult:
     clipped_fraction: float
     wall_s: float
     event: Any = None
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class RoundStart:
+    """A round that has been sampled and admitted by the budget, not yet run."""
+
+    round: int
+    cohort: Cohort
     skipped: bool = False
 
 
@@ -172,28 +183,37 @@ class Federation:
     def run_round(self) -> RoundResult:
         """Run one round. On any error the model, optimizer, events and ledger are unchanged."""
         t0 = time.perf_counter()
+        start = self.begin_round()
+        if start.skipped:
+            return self._skip(start, t0)
+        global_vec = self.codec.flatten(self.model)
+        inputs: dict[int, RingVector] = {}
+        clipped = 0
+        for c in start.cohort.members:
+            vec, clip = self.client_contribution(c, start.round, global_vec, self.client_data[c - 1])
+            inputs[c] = vec
+            clipped += int(clip.clipped)
+        try:
+            outcome = self.transport.run(
+                self.secure_sum,
+                inputs,
+                round_id=start.round,
+                rng_for=lambda c: self.secagg_rng(c, start.round),
+                stages_completed=self.dropouts(start.cohort.members, start.round),
+            )
+        except SecAggError as exc:
+            raise RoundFailedError(f"round {start.round}: secure sum failed: {exc}", round=start.round) from exc
+        return self.finish_round(start, outcome, global_vec, clipped=clipped, t0=t0)
+
+    # -- the round in pieces (a networked transport runs them on different machines) --
+
+    def begin_round(self) -> RoundStart:
+        """Server: sample the cohort and check the budget before anything runs."""
         r = self.round + 1
         cohort = self.sampler.sample(self.rng.spawn(f"sample/{r}"))
-        acc = self.accounting
         if not cohort.members:
-            # Nobody sampled: no data is touched and nothing is released.
-            self.round = r
-            res = RoundResult(
-                r,
-                (),
-                (),
-                self._evaluate(),
-                self._current_epsilon(),
-                self.privacy.delta,
-                0.0,
-                0.0,
-                0.0,
-                time.perf_counter() - t0,
-                None,
-                skipped=True,
-            )
-            self.history.append(res)
-            return res
+            return RoundStart(r, cohort, skipped=True)
+        acc = self.accounting
         if acc.budget is not None:
             planned = self.privacy.round_event(
                 round=r,
@@ -205,42 +225,42 @@ class Federation:
             )
             if planned is not None:
                 acc.budget.check(acc.events, planned)
+        return RoundStart(r, cohort)
 
-        global_vec = self.codec.flatten(self.model)
-        inputs: dict[int, RingVector] = {}
-        clipped = 0
-        for c in cohort.members:
-            delta = compute_update(
-                self.model, global_vec, self.codec, self.train_fn, self.client_data[c - 1], client_id=c
-            )
-            vec, clip = self.client_pipeline.run(delta, self.rng.spawn(f"client/{c}/round/{r}"))
-            inputs[c] = vec
-            clipped += int(clip.clipped)
+    def client_contribution(
+        self, client: int, round_id: int, global_vec: Any, client_data: Any
+    ) -> tuple[RingVector, ClipOutcome]:
+        """Client: train on ``client_data`` from ``global_vec``; clip, noise and encode the update."""
+        model = self.model
+        if not np.array_equal(self.codec.flatten(model), global_vec):
+            model = copy.deepcopy(self.model)
+            self.codec.unflatten_into(model, global_vec)
+        delta = compute_update(model, global_vec, self.codec, self.train_fn, client_data, client_id=client)
+        return self.client_pipeline.run(delta, self.rng.spawn(f"client/{client}/round/{round_id}"))
 
-        drops = self._dropouts(cohort.members, r)
-        try:
-            outcome = self.transport.run(
-                self.secure_sum,
-                inputs,
-                round_id=r,
-                rng_for=lambda c: self.rng.spawn(f"secagg/{c}/round/{r}"),
-                stages_completed=drops,
-            )
-        except SecAggError as exc:
-            raise RoundFailedError(f"round {r}: secure sum failed: {exc}", round=r) from exc
+    def secagg_rng(self, client: int, round_id: int) -> Any:
+        """The random source of ``client``'s secure-sum session in round ``round_id``."""
+        return self.rng.spawn(f"secagg/{client}/round/{round_id}")
+
+    def finish_round(
+        self,
+        start: RoundStart,
+        outcome: RoundOutcome,
+        global_vec: Any,
+        *,
+        clipped: int | None = None,
+        t0: float | None = None,
+    ) -> RoundResult:
+        """Server: decode the sum, add central noise, step the optimizer, charge the ledger, publish."""
+        t0 = time.perf_counter() if t0 is None else t0
+        r, cohort, acc = start.round, start.cohort, self.accounting
         if outcome.error is not None or outcome.total is None:
             raise RoundFailedError(f"round {r} aborted, model unchanged: {outcome.error}", round=r) from outcome.error
         survivors = tuple(sorted(outcome.survivors))
         avg = self.server_pipeline.run(outcome.total, len(survivors), self.rng.spawn(f"server-noise/{r}"))
         new_vec, velocity = self.optimizer.step(global_vec, avg)
-
         event = self.privacy.round_event(
-            round=r,
-            cohort=cohort,
-            survivors=len(survivors),
-            scale=self.plan.scale,
-            dim=self.dim,
-            planned=False,
+            round=r, cohort=cohort, survivors=len(survivors), scale=self.plan.scale, dim=self.dim, planned=False
         )
         events_after = acc.events + ([event] if event is not None else [])
         epsilon = (
@@ -257,9 +277,9 @@ class Federation:
             acc.events.append(event)
         self._last_epsilon = epsilon
         self.round = r
-        self.privacy.after_round(clipped / len(cohort.members))
-
         n = len(cohort.members)
+        fraction = (clipped / n) if clipped is not None else float("nan")
+        self.privacy.after_round(fraction)
         res = RoundResult(
             round=r,
             cohort=cohort.members,
@@ -269,9 +289,29 @@ class Federation:
             delta=self.privacy.delta,
             bytes_up_per_client=sum(outcome.bytes_up.values()) / n,
             bytes_down_per_client=sum(outcome.bytes_down.values()) / n,
-            clipped_fraction=clipped / n,
+            clipped_fraction=fraction,
             wall_s=time.perf_counter() - t0,
             event=event,
+        )
+        self.history.append(res)
+        return res
+
+    def _skip(self, start: RoundStart, t0: float) -> RoundResult:
+        # Nobody sampled: no data is touched and nothing is released.
+        self.round = start.round
+        res = RoundResult(
+            start.round,
+            (),
+            (),
+            self._evaluate(),
+            self._current_epsilon(),
+            self.privacy.delta,
+            0.0,
+            0.0,
+            0.0,
+            time.perf_counter() - t0,
+            None,
+            skipped=True,
         )
         self.history.append(res)
         return res
@@ -288,7 +328,8 @@ class Federation:
     def _evaluate(self) -> dict[str, float]:
         return dict(self.eval_fn(self.model)) if self.eval_fn is not None else {}
 
-    def _dropouts(self, members: tuple[int, ...], r: int) -> dict[int, int]:
+    def dropouts(self, members: tuple[int, ...], r: int) -> dict[int, int]:
+        """The simulated dropout schedule of round ``r`` (client -> stages completed)."""
         if self.dropout <= 0:
             return {}
         k = int(round(self.dropout * len(members)))
