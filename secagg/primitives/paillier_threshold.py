@@ -192,6 +192,13 @@ def generate_threshold_key(
     return deal(sk, threshold=threshold, parties=parties, rng=rng)
 
 
+def _powmod_secret(base: mpz, exp: int, mod: mpz) -> mpz:
+    """``base^exp mod mod`` for a secret exponent via GMP's side-channel-silent ``mpz_powm_sec``."""
+    if exp == 0:  # mpz_powm_sec needs a positive exponent; 0 happens with negligible probability
+        return mpz(1)
+    return gmpy2.powmod_sec(base, exp, mod)
+
+
 def decryption_shares(share: KeyShare, ciphertexts: Sequence[int]) -> list[mpz]:
     """``d_j = c_j^(2 Delta s_i) mod n^2`` for each ciphertext."""
     pk = share.params.public_key
@@ -199,7 +206,7 @@ def decryption_shares(share: KeyShare, ciphertexts: Sequence[int]) -> list[mpz]:
     out = []
     for c in ciphertexts:
         pk.check_ciphertext(c)
-        out.append(gmpy2.powmod(mpz(c), exp, pk.n_squared))
+        out.append(_powmod_secret(mpz(c), exp, pk.n_squared))
     return out
 
 
@@ -259,7 +266,7 @@ def prove(
     exp = params.delta * share.secret
     r_bits = int((params.delta * n2).bit_length()) + _CHALLENGE_BITS + _ZK_SLACK_BITS
     r = randbelow(rng, mpz(1) << r_bits)
-    a, b = gmpy2.powmod(x4, r, n2), gmpy2.powmod(params.v, r, n2)
+    a, b = _powmod_secret(x4, r, n2), _powmod_secret(params.v, r, n2)
     vi = params.verification_key(share.index)
     e = _challenge(params, share.index, digest, (params.v, vi, x4, y2, a, b))
     return ShareProof(e, r + e * exp)

@@ -210,3 +210,10 @@ def test_lagrange_coefficients_are_integral_with_delta():
 def test_decryption_share_refuses_out_of_range_ciphertext():
     with pytest.raises(PaillierError, match="out of range"):
         decryption_shares(SHARES[0], [0])
+
+
+def test_secret_powmod_handles_zero_exponent():
+    from secagg.primitives.paillier_threshold import _powmod_secret
+
+    assert _powmod_secret(PK.hs, 0, PK.n_squared) == 1
+    assert _powmod_secret(PK.hs, 12345, PK.n_squared) == pow(int(PK.hs), 12345, int(PK.n_squared))
