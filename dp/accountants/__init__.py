@@ -261,12 +261,19 @@ def account(events: Sequence[RoundEvent], delta: float, *, accountant: str = "pl
     active = [c for c in charges if c.kind is not ChargeKind.FREE]
     if not active:
         return AccountingResult(0.0, delta, accountant, "none")
-    total = _rdp_matrix(active).sum(axis=0)
-    eps_rdp = float(_rdp_eps_from_total(total, delta))
     if accountant == "rdp" or not all(c.exact_pld for c in active):
+        total = _rdp_matrix(active).sum(axis=0)
+        return AccountingResult(float(_rdp_eps_from_total(total, delta)), delta, accountant, "rdp")
+    groups = _pld.group_rounds([(c.q, c.z) for c in active])
+    # RDP of the (dominating) class representatives: an upper bound, used to size the
+    # PLD discretisation and as a fallback when it is the smaller of the two.
+    reps = [RoundCharge(ChargeKind.GAUSSIAN_POISSON, q=q, z=z) for (q, z) in groups]
+    counts = np.array(list(groups.values()), dtype=np.float64)
+    eps_rdp = float(_rdp_eps_from_total((_rdp_matrix(reps) * counts[:, None]).sum(axis=0), delta))
+    eps = _pld.pld_epsilon_grouped(groups, delta, rough_epsilon=eps_rdp)
+    # Both are upper bounds, so their minimum is one too.
+    if eps_rdp < eps:
         return AccountingResult(eps_rdp, delta, accountant, "rdp")
-    rounds = [(c.q, c.z) for c in active]
-    eps = _pld.pld_epsilon(rounds, delta, rough_epsilon=eps_rdp)
     return AccountingResult(eps, delta, accountant, "pld")
 
 
@@ -278,11 +285,12 @@ def compute_epsilon(events: Sequence[RoundEvent], delta: float, *, accountant: s
 def epsilon_curve(events: Sequence[RoundEvent], delta: float, *, accountant: str = "pld") -> list[float]:
     """Cumulative epsilon after each event (same rules and engines as :func:`compute_epsilon`).
 
-    The RDP curve is vectorised (10^4 heterogeneous rounds well under a second).
-    The PLD curve composes one round at a time with the discretisation chosen
-    for the final epsilon; its cost grows with the number of rounds (about a
-    millisecond per round), so very long runs are better audited with ``"rdp"``
-    plus :func:`compute_epsilon` at chosen rounds.
+    Entry ``k`` equals ``compute_epsilon(events[:k + 1], ...)`` (up to float rounding), so a
+    ledger that recorded epsilon round by round can be checked against it. The
+    RDP curve is vectorised (10^4 heterogeneous rounds in about a second); the
+    PLD curve runs the PLD engine once per round (tens of milliseconds each),
+    so very long runs are better audited with ``"rdp"`` plus
+    :func:`compute_epsilon` at chosen rounds.
     """
     _check(delta, accountant)
     charges = [charge_of(e) for e in events]
@@ -295,24 +303,24 @@ def epsilon_curve(events: Sequence[RoundEvent], delta: float, *, accountant: str
     nonpriv = np.cumsum([c.kind is ChargeKind.NON_PRIVATE for c in charges]) > 0
     active_seen = np.cumsum([c.kind is not ChargeKind.FREE for c in charges]) > 0
     eps_rdp = np.where(nonpriv, np.inf, np.where(active_seen, eps_rdp, 0.0))
-    usable = all(c.exact_pld for c in charges if c.kind is not ChargeKind.FREE)
-    if accountant == "rdp" or not usable or bool(nonpriv[-1]) and bool(nonpriv[0]):
+    if accountant == "rdp":
         return [float(v) for v in eps_rdp]
-    final_rough = float(np.max(np.where(np.isfinite(eps_rdp), eps_rdp, 0.0)))
-    interval = min(1e-2, max(1e-6, 1e-4 * max(final_rough, 1e-3)))
+    # From the first round the PLD engine cannot take, every prefix is accounted by RDP.
+    first_rdp = next(
+        (i for i, c in enumerate(charges) if c.kind is not ChargeKind.FREE and not c.exact_pld), n
+    )
     out: list[float] = []
-    rounds: list[tuple[float, float]] = []
-    positions: list[int] = []
-    for i, c in enumerate(charges):
-        if c.kind is ChargeKind.GAUSSIAN_POISSON:
-            rounds.append((c.q, c.z))
-            positions.append(i)
-    pld_vals = _pld.pld_epsilon_curve(rounds, delta, interval=interval) if rounds else []
-    j = 0
-    current = 0.0
-    for i, c in enumerate(charges):
-        if j < len(positions) and positions[j] == i:
-            current = pld_vals[j]
-            j += 1
-        out.append(math.inf if nonpriv[i] else current)
+    prefix: list[RoundEvent] = []
+    last = 0.0
+    for i, (e, c) in enumerate(zip(events, charges, strict=True)):
+        prefix.append(e)
+        if nonpriv[i]:
+            out.append(math.inf)
+        elif i >= first_rdp:
+            out.append(float(eps_rdp[i]))
+        elif c.kind is ChargeKind.FREE:
+            out.append(last)  # nothing released: same epsilon as before
+        else:
+            last = account(prefix, delta, accountant="pld").epsilon
+            out.append(last)
     return out

@@ -20,61 +20,43 @@ Security:
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 
-import numpy as np
 from dp_accounting.pld import privacy_loss_distribution as _pld
 
-__all__ = ["GaussianRound", "pld_epsilon", "pld_epsilon_curve", "group_rounds"]
+__all__ = ["GaussianRound", "group_rounds", "pld_epsilon", "pld_epsilon_grouped"]
 
 GaussianRound = tuple[float, float]  # (q, z)
 
-#: Groups composed at most; beyond this, (q, z) are rounded conservatively onto a grid.
-MAX_GROUPS = 40
-_GRID_RATIOS = (1.0 + 1e-6, 1.0001, 1.0003, 1.001, 1.002, 1.004, 1.007, 1.01, 1.02, 1.05, 1.1)
+#: Classes composed at most; beyond this, rounds are merged conservatively (worst member).
+MAX_GROUPS = 24
 
 
 def group_rounds(rounds: Sequence[GaussianRound], *, max_groups: int = MAX_GROUPS) -> dict[GaussianRound, int]:
-    """Group (q, z) rounds into at most ``max_groups`` classes, rounding z down and q up.
+    """Group (q, z) rounds into at most ``max_groups`` classes, each charged as its worst member.
 
-    Exact grouping is used when there are few distinct rounds; otherwise the
-    finest geometric grid (ratio from a fixed list) that gives at most
-    ``max_groups`` classes. Every round is mapped to a class that dominates it.
+    Exact grouping is used when there are at most ``max_groups`` distinct
+    rounds. Otherwise rounds are sorted by (z, -q) and cut into classes of
+    equal size; a class is charged ``count`` times the round with its smallest
+    z and largest q, which dominates every member (see the module docstring).
     """
     exact = Counter(rounds)
     if len(exact) <= max_groups:
         return dict(exact)
-    q = np.array([r[0] for r in rounds], dtype=np.float64)
-    z = np.array([r[1] for r in rounds], dtype=np.float64)
-    for ratio in _GRID_RATIOS:
-        lr = math.log(ratio)
-        zi = np.floor(np.log(z) / lr)
-        qi = np.ceil(np.log(q) / lr)
-        keys = np.stack([qi, zi], axis=1)
-        uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-        if uniq.shape[0] <= max_groups or ratio == _GRID_RATIOS[-1]:
-            break
+    items = sorted(exact.items(), key=lambda kv: (kv[0][1], -kv[0][0]))
+    n = sum(c for _, c in items)
     out: dict[GaussianRound, int] = {}
-    inv = inv.reshape(-1)
-    for g in range(uniq.shape[0]):
-        members = inv == g
-        # The class representative: the smallest z and the largest q actually present,
-        # never smaller z / larger q than needed, and never below any member's privacy loss.
-        key = (float(min(1.0, q[members].max())), float(z[members].min()))
-        out[key] = out.get(key, 0) + int(members.sum())
-    if len(out) > max_groups:
-        # The coarsest grid still left too many classes (extremely spread rounds):
-        # merge neighbours in sorted order, keeping max q / min z per merged class.
-        items = sorted(out.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-        size = math.ceil(len(items) / max_groups)
-        merged: dict[GaussianRound, int] = {}
-        for i in range(0, len(items), size):
-            chunk = items[i : i + size]
+    target = n / max_groups
+    chunk: list[tuple[GaussianRound, int]] = []
+    filled = 0
+    for item in items:
+        chunk.append(item)
+        filled += item[1]
+        if filled >= target * (len(out) + 1) or item is items[-1]:
             key = (max(k[0] for k, _ in chunk), min(k[1] for k, _ in chunk))
-            merged[key] = merged.get(key, 0) + sum(c for _, c in chunk)
-        out = merged
+            out[key] = out.get(key, 0) + sum(c for _, c in chunk)
+            chunk = []
     return out
 
 
@@ -113,10 +95,23 @@ def pld_epsilon(
     """
     if not rounds:
         return 0.0
-    groups = group_rounds(rounds, max_groups=max_groups)
-    interval = min(1e-2, max(1e-7, 2e-4 * rough_epsilon / math.sqrt(max(1.0, len(groups)))))
+    return pld_epsilon_grouped(
+        group_rounds(rounds, max_groups=max_groups), delta, rough_epsilon=rough_epsilon, rel_tol=rel_tol
+    )
+
+
+def pld_epsilon_grouped(
+    groups: dict[GaussianRound, int], delta: float, *, rough_epsilon: float, rel_tol: float = 3e-3
+) -> float:
+    """As :func:`pld_epsilon` for rounds already grouped by :func:`group_rounds`."""
+    if not groups:
+        return 0.0
+    interval = min(5e-3, max(1e-7, 1e-3 * rough_epsilon))
     eps = float(_compose(groups, interval).get_epsilon_for_delta(delta))
-    for _ in range(4):
+    # One class self-composes by FFT and is cheap to refine; many classes cost a
+    # convolution each, so they get one refinement (the result stays an upper bound).
+    refinements = 4 if len(groups) == 1 else 1
+    for _ in range(refinements):
         finer = interval / 2.0
         eps_f = float(_compose(groups, finer).get_epsilon_for_delta(delta))
         # Both are pessimistic (upper bounds); keep the smaller, stop once stable.
@@ -125,24 +120,3 @@ def pld_epsilon(
         if done:
             break
     return eps
-
-
-def pld_epsilon_curve(rounds: Sequence[GaussianRound], delta: float, *, interval: float) -> list[float]:
-    """Cumulative epsilon after each round, composing one round at a time (cost grows with the count)."""
-    total = _pld.identity(value_discretization_interval=interval)
-    out: list[float] = []
-    cache: dict[GaussianRound, _pld.PrivacyLossDistribution] = {}
-    for key in rounds:
-        one = cache.get(key)
-        if one is None:
-            one = _pld.from_gaussian_mechanism(
-                standard_deviation=key[1],
-                sensitivity=1.0,
-                pessimistic_estimate=True,
-                value_discretization_interval=interval,
-                sampling_prob=key[0],
-            )
-            cache[key] = one
-        total = total.compose(one)
-        out.append(float(total.get_epsilon_for_delta(delta)))
-    return out

@@ -46,7 +46,7 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 
 #: Integer orders at which RDP is evaluated exactly.
-INTEGER_ORDERS: tuple[int, ...] = (*range(2, 65), 72, 80, 96, 112, 128, 160, 192, 256)
+INTEGER_ORDERS: tuple[int, ...] = (*range(2, 33), 36, 40, 44, 48, 56, 64, 80, 96, 128, 192, 256)
 #: All orders (fractional ones are interpolated conservatively from the integer ones).
 ORDERS: tuple[float, ...] = (
     *(1.0 + x / 10.0 for x in range(1, 10)),

@@ -1,0 +1,67 @@
+"""The epsilon budget: refuse a round before it runs if it would take epsilon past the target.
+
+Security:
+    The check composes the events of the rounds already run with the planned
+    event of the next one, using the same accountant as the ledger. The
+    planned event must be the worst case that can still release (for
+    distributed noise: ``survivors = min_survivors``, see
+    :func:`dp.calibration.make_round_event`); a round whose actual survivors
+    are fewer than that aborts in the secure sum and releases nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from dp.accountants import ACCOUNTANTS, compute_epsilon
+from dp.errors import BudgetExceededError, ConfigurationError
+from dp.events import RoundEvent
+
+__all__ = ["Budget"]
+
+
+class Budget:
+    """A target (epsilon, delta) for a whole run.
+
+    Args:
+        target_epsilon: the largest epsilon the run may reach (> 0).
+        delta: the run's delta, in (0, 1).
+        accountant: ``"pld"`` (default) or ``"rdp"``.
+    """
+
+    def __init__(self, target_epsilon: float, delta: float, *, accountant: str = "pld") -> None:
+        if not (isinstance(target_epsilon, (int, float)) and math.isfinite(target_epsilon) and target_epsilon > 0):
+            raise ConfigurationError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
+        if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
+            raise ConfigurationError(f"delta must be in (0, 1), got {delta!r}")
+        if accountant not in ACCOUNTANTS:
+            raise ConfigurationError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+        self.target_epsilon = float(target_epsilon)
+        self.delta = float(delta)
+        self.accountant = accountant
+
+    def spent(self, events: Sequence[RoundEvent]) -> float:
+        """Epsilon of the rounds run so far."""
+        return compute_epsilon(events, self.delta, accountant=self.accountant)
+
+    def check(self, events_so_far: Sequence[RoundEvent], next_event: RoundEvent) -> float:
+        """Epsilon if ``next_event`` runs; raise before it runs if that exceeds the target.
+
+        Raises:
+            BudgetExceededError: the round would take epsilon past ``target_epsilon``;
+                ``epsilon_if_run`` and ``target_epsilon`` are set on the error.
+        """
+        eps = compute_epsilon([*events_so_far, next_event], self.delta, accountant=self.accountant)
+        if eps > self.target_epsilon:
+            raise BudgetExceededError(
+                f"round {next_event.round} would take epsilon to {eps:.4g} > target {self.target_epsilon:.4g} "
+                f"(delta={self.delta:g}, accountant={self.accountant}); stopping before it runs. "
+                "Raise --target-epsilon, raise the noise multiplier, or run fewer rounds.",
+                epsilon_if_run=eps,
+                target_epsilon=self.target_epsilon,
+            )
+        return eps
+
+    def __repr__(self) -> str:
+        return f"Budget(target_epsilon={self.target_epsilon}, delta={self.delta}, accountant={self.accountant!r})"

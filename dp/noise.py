@@ -1,0 +1,474 @@
+"""Noise samplers: exact discrete Gaussian, Skellam, and a floating-point-safe Gaussian on a fine grid.
+
+Every sampler draws from an injected :class:`~dp.randomness.RandomSource`
+(``SystemRandomSource`` in production), never from numpy's global state.
+They are written here, vectorised with numpy, because no installed library
+samples these distributions exactly from a caller-supplied CSPRNG: numpy's
+generators use their own (non-cryptographic) bit generators and float
+arithmetic, which is what floating-point attacks exploit.
+
+Security:
+    :func:`discrete_gaussian` is the exact sampler of Canonne, Kamath, Steinke
+    2020 ("The Discrete Gaussian for Differential Privacy", Alg. 1-3): every
+    decision compares a uniform integer with an integer threshold (no floats),
+    so the output law is exactly N_Z(0, sigma^2) for the given rational sigma^2.
+    :func:`gaussian_float` resists the floating-point attack of Mironov 2012
+    ("On Significance of the Least Significant Bits for Differential Privacy"):
+    the noise is ``g * K`` with ``K`` discrete Gaussian and ``g`` a power of two,
+    so every value is an exact float on one regular grid; combined with
+    :func:`snap_to_grid` (round the clean value to the same grid first) the
+    released value's support no longer depends on the clean value. Snapping
+    moves each coordinate by at most g/2, which inflates the L2 sensitivity by
+    at most ``g * sqrt(d)``; :mod:`dp.calibration` charges that.
+    :func:`skellam` returns integers, so the float attack on supports does not
+    apply; its Poisson draws use float64 acceptance tests (PTRS, Hormann 1993),
+    exact up to float rounding of the acceptance probabilities (relative error
+    about 1e-15), which is a far smaller effect than the rounding inflation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import numpy.typing as npt
+from scipy.special import gammaln
+
+from dp.errors import ConfigurationError
+from dp.randomness import RandomSource
+
+__all__ = [
+    "DEFAULT_GRID_BITS",
+    "GaussianGrid",
+    "NoisyRelease",
+    "add_gaussian_noise",
+    "discrete_gaussian",
+    "discrete_laplace",
+    "gaussian_float",
+    "gaussian_grid",
+    "poisson",
+    "skellam",
+    "snap_to_grid",
+]
+
+Int64Array = npt.NDArray[np.int64]
+U64Array = npt.NDArray[np.uint64]
+
+_LIMIT = 1 << 62  # every fast-path integer stays below this
+_K_CAP = 64  # the Bernoulli(exp(-x)) loop rarely passes K = 10; past K_CAP we go scalar
+
+#: Grid resolution of :func:`gaussian_float`: the integer sigma is at least 2^DEFAULT_GRID_BITS.
+DEFAULT_GRID_BITS = 20
+
+
+# ---------------------------------------------------------------- integer coins
+
+
+def _uniform_below(m: int, count: int, rng: RandomSource) -> U64Array:
+    """``count`` independent uniform integers in [0, m), m <= 2^62 (rejection, no modulo bias).
+
+    Moduli below 2^32 consume 32-bit words (half the randomness of 64-bit ones).
+    """
+    if count == 0:
+        return np.zeros(0, dtype=np.uint64)
+    bits = 32 if m <= (1 << 32) else 64
+    if m & (m - 1) == 0:  # power of two: mask
+        return _words(count, bits, rng) & np.uint64(m - 1)
+    lim = np.uint64(((1 << bits) // m) * m)
+    out = np.empty(count, dtype=np.uint64)
+    filled = 0
+    mm = np.uint64(m)
+    while filled < count:
+        need = count - filled
+        u = _words(need + need // 8 + 4, bits, rng)
+        u = u[u < lim][:need]
+        out[filled : filled + u.shape[0]] = u % mm
+        filled += u.shape[0]
+    return out
+
+
+def _words(count: int, bits: int, rng: RandomSource) -> U64Array:
+    if bits == 64:
+        return rng.uint64(count)
+    return np.frombuffer(rng.random_bytes(4 * count), dtype="<u4").astype(np.uint64)
+
+
+def _bern_exp_frac(num: U64Array, den: int, rng: RandomSource) -> npt.NDArray[np.bool_]:
+    """Bernoulli(exp(-num/den)) per entry, for 0 <= num <= den (CKS20 Alg. 1)."""
+    n = num.shape[0]
+    result = np.zeros(n, dtype=np.bool_)
+    idx = np.arange(n)
+    k = 1
+    while idx.shape[0] > 0:
+        if den * k >= _LIMIT:
+            for i in idx:  # astronomically rare: finish exactly with Python integers
+                result[i] = _bern_exp_frac_scalar(int(num[i]), den, k, rng)
+            break
+        a = _uniform_below(den * k, idx.shape[0], rng) < num[idx]
+        stop = idx[~a]
+        result[stop] = (k % 2) == 1
+        idx = idx[a]
+        k += 1
+    return result
+
+
+def _bern_exp_frac_scalar(num: int, den: int, k: int, rng: RandomSource) -> bool:
+    """Continue CKS20 Alg. 1 from counter ``k`` with exact Python integers."""
+    while rng.randbelow(den * k) < num:
+        k += 1
+    return k % 2 == 1
+
+
+def _bern_exp(num: U64Array, den: int, rng: RandomSource) -> npt.NDArray[np.bool_]:
+    """Bernoulli(exp(-num/den)) per entry for any num >= 0 (CKS20 Alg. 1, integer part by repetition)."""
+    dd = np.uint64(den)
+    whole = num // dd
+    frac = num % dd
+    ok = np.ones(num.shape[0], dtype=np.bool_)
+    j = 0
+    top = int(whole.max()) if whole.shape[0] else 0
+    one = np.ones(1, dtype=np.uint64)
+    while j < top:
+        live = np.nonzero(ok & (whole > np.uint64(j)))[0]
+        if live.shape[0] == 0:
+            break
+        ok[live] = _bern_exp_frac(np.broadcast_to(one, live.shape).copy(), 1, rng)
+        j += 1
+    live = np.nonzero(ok)[0]
+    ok[live] = _bern_exp_frac(frac[live], den, rng)
+    return ok
+
+
+# ------------------------------------------------------ discrete Laplace / Gaussian
+
+
+def _check_size(size: int) -> int:
+    if not (isinstance(size, (int, np.integer)) and size >= 0):
+        raise ConfigurationError(f"size must be an integer >= 0, got {size!r}")
+    return int(size)
+
+
+def discrete_laplace(size: int, t: int, rng: RandomSource) -> Int64Array:
+    """Exact samples with P(y) proportional to exp(-|y| / t), t a positive integer (CKS20 Alg. 2).
+
+    Raises:
+        ConfigurationError: ``t`` is not a positive integer or ``size`` < 0.
+    """
+    n = _check_size(size)
+    if not (isinstance(t, (int, np.integer)) and 1 <= t < (1 << 40)):
+        raise ConfigurationError(f"t must be an integer in [1, 2^40), got {t!r}")
+    t = int(t)
+    out = np.empty(n, dtype=np.int64)
+    filled = 0
+    one = np.ones(1, dtype=np.uint64)
+    while filled < n:
+        m = n - filled
+        u = _uniform_below(t, m, rng)
+        keep = _bern_exp(u, t, rng)
+        u = u[keep]
+        c = u.shape[0]
+        v = np.zeros(c, dtype=np.uint64)
+        live = np.arange(c)
+        while live.shape[0] > 0:
+            a = _bern_exp_frac(np.broadcast_to(one, live.shape).copy(), 1, rng)
+            v[live[a]] += np.uint64(1)
+            live = live[a]
+        x = u + np.uint64(t) * v
+        b = (_words(c, 32, rng) & np.uint64(1)).astype(np.bool_)
+        good = ~(b & (x == 0))
+        y = np.where(b, -x.astype(np.int64), x.astype(np.int64))[good][:m]
+        out[filled : filled + y.shape[0]] = y
+        filled += y.shape[0]
+    return out
+
+
+def _as_fraction(sigma: float | int | Fraction, name: str = "sigma") -> Fraction:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, Fraction, np.integer, np.floating)):
+        raise ConfigurationError(f"{name} must be a number, got {sigma!r}")
+    if isinstance(sigma, (float, np.floating)) and not math.isfinite(float(sigma)):
+        raise ConfigurationError(f"{name} must be finite, got {sigma!r}")
+    f = Fraction(sigma) if not isinstance(sigma, np.generic) else Fraction(sigma.item())
+    if f <= 0:
+        raise ConfigurationError(f"{name} must be > 0, got {sigma!r}")
+    return f
+
+
+@dataclass(frozen=True, slots=True)
+class _DGConstants:
+    t: int  # discrete Laplace scale
+    a: int  # gamma(y) = (a |y| - b)^2 * fn / fd
+    b: int
+    fn: int
+    fd: int
+
+
+def _dg_constants(sigma: Fraction) -> _DGConstants:
+    s2 = sigma * sigma
+    t = max(1, math.isqrt(s2.numerator // s2.denominator))  # floor(sigma), at least 1
+    # gamma(y) = (|y| - s2/t)^2 / (2 s2); write s2/t = b/a in lowest terms.
+    mu = s2 / t
+    a, b = mu.denominator, mu.numerator
+    f = Fraction(1, a * a) / (2 * s2)
+    return _DGConstants(t=t, a=a, b=b, fn=f.numerator, fd=f.denominator)
+
+
+def _dg_scalar(c: _DGConstants, rng: RandomSource) -> int:
+    """One exact draw with Python integers (CKS20 Alg. 3); the fallback path."""
+    while True:
+        y = int(discrete_laplace(1, c.t, rng)[0]) if c.t < (1 << 40) else _dlap_scalar(c.t, rng)
+        x = c.a * abs(y) - c.b
+        num, den = x * x * c.fn, c.fd
+        whole, frac = divmod(num, den)
+        ok = True
+        for _ in range(whole):
+            if not _bern_exp_frac_scalar(1, 1, 1, rng):
+                ok = False
+                break
+        if ok and _bern_exp_frac_scalar(frac, den, 1, rng):
+            return y
+
+
+def _dlap_scalar(t: int, rng: RandomSource) -> int:
+    while True:
+        u = rng.randbelow(t)
+        if not _bern_exp_frac_scalar(u, t, 1, rng):
+            continue
+        v = 0
+        while _bern_exp_frac_scalar(1, 1, 1, rng):
+            v += 1
+        x = u + t * v
+        neg = rng.randbelow(2) == 1
+        if neg and x == 0:
+            continue
+        return -x if neg else x
+
+
+def discrete_gaussian(size: int, sigma: float | int | Fraction, rng: RandomSource) -> Int64Array:
+    """Exact samples of the discrete Gaussian N_Z(0, sigma^2): P(y) proportional to exp(-y^2 / (2 sigma^2)).
+
+    ``sigma`` is used at its exact rational value (a float at its exact binary
+    value). The vectorised path needs the rational constants to fit in 62 bits,
+    which holds for integer sigma up to about 2^28 and for simple fractions;
+    otherwise draws fall back to exact Python-integer arithmetic (slow). Use an
+    integer or a ``Fraction`` with a small denominator for speed.
+
+    Raises:
+        ConfigurationError: ``sigma`` is not a finite number > 0 or ``size`` < 0.
+
+    Security:
+        Canonne, Kamath, Steinke 2020, Alg. 3 with proposal scale
+        t = max(1, floor(sigma)) (any positive integer t is correct, Sec. 5.3);
+        all decisions are integer comparisons with uniform integers.
+    """
+    n = _check_size(size)
+    c = _dg_constants(_as_fraction(sigma))
+    out = np.empty(n, dtype=np.int64)
+    if n == 0:
+        return out
+    fast = c.fd * _K_CAP < _LIMIT and c.fn < _LIMIT and c.t < (1 << 40)
+    ycap = -1
+    if fast:
+        root = math.isqrt(_LIMIT // c.fn)
+        ycap = (root - c.b) // c.a if root > c.b else -1
+    if not fast or ycap < 1:
+        for i in range(n):
+            out[i] = _dg_scalar(c, rng)
+        return out
+    filled = 0
+    while filled < n:
+        m = n - filled
+        y = discrete_laplace(m + m // 2 + 8, c.t, rng)
+        ay = np.abs(y)
+        big = ay > ycap
+        if big.any():  # far tail: decide exactly with Python integers
+            y = y[~big]
+            ay = ay[~big]
+        x = np.abs(ay * c.a - c.b).astype(np.uint64)
+        num = x * x * np.uint64(c.fn)
+        keep = _bern_exp(num, c.fd, rng)
+        acc = y[keep][:m]
+        out[filled : filled + acc.shape[0]] = acc
+        filled += acc.shape[0]
+    return out
+
+
+# ----------------------------------------------------------- float Gaussian on a grid
+
+
+@dataclass(frozen=True, slots=True)
+class GaussianGrid:
+    """The grid a float Gaussian is drawn on.
+
+    Attributes:
+        granularity: g, a power of two; every noise value is an integer multiple of g.
+        sigma_int: the integer discrete-Gaussian parameter; the noise is g * N_Z(0, sigma_int^2).
+        std: g * sigma_int >= the requested std (at most a factor 1 + 2^-bits larger).
+    """
+
+    granularity: float
+    sigma_int: int
+    std: float
+
+
+def gaussian_grid(std: float, *, grid_bits: int = DEFAULT_GRID_BITS) -> GaussianGrid:
+    """Choose the power-of-two grid g and integer sigma for a float Gaussian of std ``std``.
+
+    Raises:
+        ConfigurationError: ``std`` not finite and > 0, or ``grid_bits`` outside [4, 26].
+    """
+    if not (isinstance(std, (int, float)) and math.isfinite(std) and std > 0):
+        raise ConfigurationError(f"std must be a finite number > 0, got {std!r}")
+    if not (isinstance(grid_bits, int) and 4 <= grid_bits <= 26):
+        raise ConfigurationError(f"grid_bits must be an integer in [4, 26], got {grid_bits!r}")
+    g = math.ldexp(1.0, math.floor(math.log2(std)) - grid_bits)
+    s = math.ceil(Fraction(std) / Fraction(g))
+    return GaussianGrid(granularity=g, sigma_int=int(s), std=g * s)
+
+
+def gaussian_float(
+    size: int, std: float, rng: RandomSource, *, grid_bits: int = DEFAULT_GRID_BITS
+) -> npt.NDArray[np.float64]:
+    """Gaussian noise of (at least) std ``std`` that resists floating-point attacks.
+
+    Returns ``g * K`` with K exact discrete Gaussian and g a power of two (see
+    :func:`gaussian_grid`); add it to a value snapped with :func:`snap_to_grid`
+    (or use :func:`add_gaussian_noise`, which does both).
+
+    Raises:
+        ConfigurationError: bad ``std``, ``grid_bits`` or ``size``.
+    """
+    grid = gaussian_grid(std, grid_bits=grid_bits)
+    k = discrete_gaussian(size, grid.sigma_int, rng)
+    return k.astype(np.float64) * grid.granularity  # exact: |k| < 2^53 and g a power of two
+
+
+def snap_to_grid(x: npt.ArrayLike, granularity: float) -> npt.NDArray[np.float64]:
+    """Round each coordinate to the nearest multiple of ``granularity`` (a power of two).
+
+    Raises:
+        ConfigurationError: ``granularity`` is not a positive power of two, or x has NaN/Inf.
+    """
+    g = float(granularity)
+    if not (math.isfinite(g) and g > 0 and math.frexp(g)[0] == 0.5):
+        raise ConfigurationError(f"granularity must be a positive power of two, got {granularity!r}")
+    v = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(v)):
+        raise ConfigurationError("cannot snap NaN or Inf values")
+    return np.asarray(np.rint(v / g) * g, dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class NoisyRelease:
+    """A value with float Gaussian noise added on a grid.
+
+    Attributes:
+        values: snap(x) + noise, every entry a multiple of ``granularity``.
+        granularity: the grid step g (the sensitivity grows by at most g * sqrt(d)).
+        std: the noise std actually used (>= the requested one).
+    """
+
+    values: npt.NDArray[np.float64]
+    granularity: float
+    std: float
+
+
+def add_gaussian_noise(
+    x: npt.ArrayLike, std: float, rng: RandomSource, *, grid_bits: int = DEFAULT_GRID_BITS
+) -> NoisyRelease:
+    """Snap ``x`` to the noise grid and add float-safe Gaussian noise (the central-mode release).
+
+    Raises:
+        ConfigurationError: bad ``std``/``grid_bits``, or x has NaN/Inf.
+    """
+    grid = gaussian_grid(std, grid_bits=grid_bits)
+    v = np.asarray(x, dtype=np.float64)
+    snapped = snap_to_grid(v, grid.granularity)
+    k = discrete_gaussian(v.size, grid.sigma_int, rng).reshape(v.shape)
+    return NoisyRelease(snapped + k.astype(np.float64) * grid.granularity, grid.granularity, grid.std)
+
+
+# -------------------------------------------------------------- Poisson and Skellam
+
+
+def _poisson_small(lam: float, n: int, rng: RandomSource) -> Int64Array:
+    """Inversion for lam < 10 (sequential search over the cdf)."""
+    u = rng.uniform(n)
+    k = np.zeros(n, dtype=np.int64)
+    p = math.exp(-lam)
+    cdf = p
+    live = np.nonzero(u > cdf)[0]
+    j = 0
+    while live.shape[0] > 0:
+        j += 1
+        p *= lam / j
+        cdf += p
+        k[live] = j
+        live = live[u[live] > cdf]
+        if p == 0.0 and live.shape[0] > 0:  # cdf saturated below u (float): redraw those
+            k[live] = _poisson_small(lam, live.shape[0], rng)
+            break
+    return k
+
+
+def _poisson_ptrs(lam: float, n: int, rng: RandomSource) -> Int64Array:
+    """Transformed rejection with squeeze (Hormann 1993, PTRS) for lam >= 10."""
+    slam = math.sqrt(lam)
+    loglam = math.log(lam)
+    b = 0.931 + 2.53 * slam
+    a = -0.059 + 0.02483 * b
+    invalpha = 1.1239 + 1.1328 / (b - 3.4)
+    vr = 0.9277 - 3.6224 / (b - 2.0)
+    out = np.empty(n, dtype=np.int64)
+    filled = 0
+    while filled < n:
+        m = n - filled
+        cnt = m + m // 8 + 8
+        u = rng.uniform(cnt) - 0.5
+        v = rng.uniform(cnt)
+        us = 0.5 - np.abs(u)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kf = np.floor((2.0 * a / us + b) * u + lam + 0.43)
+            quick = (us >= 0.07) & (v <= vr)
+            bad = (kf < 0) | ((us < 0.013) & (v > us))
+            lhs = np.log(v * invalpha / (a / (us * us) + b))
+            rhs = -lam + kf * loglam - gammaln(kf + 1.0)
+            accept = quick | (~bad & (lhs <= rhs))
+        acc = kf[accept][:m].astype(np.int64)
+        out[filled : filled + acc.shape[0]] = acc
+        filled += acc.shape[0]
+    return out
+
+
+def poisson(size: int, lam: float, rng: RandomSource) -> Int64Array:
+    """Poisson(lam) samples from the injected source (inversion below 10, PTRS above).
+
+    Raises:
+        ConfigurationError: ``lam`` not finite and >= 0, or ``size`` < 0.
+    """
+    n = _check_size(size)
+    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+        raise ConfigurationError(f"lam must be finite and >= 0, got {lam!r}")
+    if lam == 0 or n == 0:
+        return np.zeros(n, dtype=np.int64)
+    if lam < 10.0:
+        return _poisson_small(float(lam), n, rng)
+    return _poisson_ptrs(float(lam), n, rng)
+
+
+def skellam(size: int, variance: float, rng: RandomSource) -> Int64Array:
+    """Symmetric Skellam noise: Poisson(variance/2) - Poisson(variance/2), integer-valued.
+
+    Sums of independent symmetric Skellams are Skellam (variances add), which is
+    why distributed noise shares summed inside the secure sum stay in the family
+    (Agarwal, Kairouz, Liu 2021).
+
+    Raises:
+        ConfigurationError: ``variance`` not finite and >= 0, or ``size`` < 0.
+    """
+    if not (isinstance(variance, (int, float)) and math.isfinite(variance) and variance >= 0):
+        raise ConfigurationError(f"variance must be finite and >= 0, got {variance!r}")
+    n = _check_size(size)
+    lam = float(variance) / 2.0
+    return poisson(n, lam, rng) - poisson(n, lam, rng)
