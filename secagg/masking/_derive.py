@@ -24,11 +24,7 @@ def self_mask_commitment(b: bytes, *, round_id: int, owner: int) -> bytes:
     return kdf.derive(b, kdf.LABEL_SELF_MASK_COMMITMENT, struct.pack("<QI", round_id, owner))
 
 
-def share_key(
-    c_sk: bytes, peer_c_pk: bytes, *, round_id: int, sender: int, recipient: int
-) -> bytes:
+def share_key(c_sk: bytes, peer_c_pk: bytes, *, round_id: int, sender: int, recipient: int) -> bytes:
     """Directional AEAD key for shares sent from ``sender`` to ``recipient``."""
     secret = key_agreement.shared_secret(c_sk, peer_c_pk)
-    return kdf.derive(
-        secret, kdf.LABEL_SHARE_ENCRYPTION, struct.pack("<QII", round_id, sender, recipient)
-    )
+    return kdf.derive(secret, kdf.LABEL_SHARE_ENCRYPTION, struct.pack("<QII", round_id, sender, recipient))

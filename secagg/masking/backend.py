@@ -80,9 +80,7 @@ class MaskingSecureSum:
         try:
             self.graph_kind = GraphKind(graph)
         except ValueError:
-            raise ConfigurationError(
-                f"graph must be 'complete' or 'sparse', got {graph!r}"
-            ) from None
+            raise ConfigurationError(f"graph must be 'complete' or 'sparse', got {graph!r}") from None
         self.ring = ring
         self.dim = dim
         self.degree = degree
@@ -97,9 +95,7 @@ class MaskingSecureSum:
         if self.identities is not None:
             for c, key in self.signing_keys.items():
                 if self.identities.get(c) != key.public:
-                    raise ConfigurationError(
-                        f"signing key of client {c} does not match its identity public key"
-                    )
+                    raise ConfigurationError(f"signing key of client {c} does not match its identity public key")
 
     @lru_cache(maxsize=64)  # noqa: B019 - bounded, and the object lives as long as its cache
     def parameters(self, n: int) -> MaskingParameters:
@@ -117,9 +113,7 @@ class MaskingSecureSum:
 
     def neighbours(self, cohort: Sequence[ClientId], round_id: int) -> Mapping[int, frozenset[int]]:
         """The round's graph, recomputed from public data."""
-        return neighbour_graph(
-            self.parameters(len(cohort)), cohort, round_id=round_id, public_seed=self.public_seed
-        )
+        return neighbour_graph(self.parameters(len(cohort)), cohort, round_id=round_id, public_seed=self.public_seed)
 
     def client(self, me: ClientId, round_id: int, rng: RandomSource) -> MaskingClient:
         if me == SERVER or me < 0:

@@ -91,9 +91,7 @@ class MaskingClient:
         sig = b""
         if self._signing_key is not None:
             sig = self._signing_key.sign(
-                wire.advertisement_signed_bytes(
-                    self._round, self._me, self._c.public, self._s.public
-                )
+                wire.advertisement_signed_bytes(self._round, self._me, self._c.public, self._s.public)
             )
         self._x = x
         self._state = ClientState.ADVERTISED
@@ -112,13 +110,9 @@ class MaskingClient:
         if self._state is ClientState.INIT:
             raise LocalProtocolError("receive() before start()")
         if msg.sender != SERVER:
-            raise RemoteProtocolError(
-                "clients accept messages from the server only", peer=msg.sender
-            )
+            raise RemoteProtocolError("clients accept messages from the server only", peer=msg.sender)
         if msg.recipient != self._me:
-            raise RemoteProtocolError(
-                f"message for client {msg.recipient} delivered to {self._me}", peer=SERVER
-            )
+            raise RemoteProtocolError(f"message for client {msg.recipient} delivered to {self._me}", peer=SERVER)
         if msg.round_id != self._round:
             raise RemoteProtocolError(
                 f"message for round {msg.round_id} in round {self._round} (replayed?)", peer=SERVER
@@ -135,9 +129,7 @@ class MaskingClient:
         try:
             out = self._HANDLERS[stage](self, msg.payload)
         except wire.WireFormatError as exc:
-            raise RemoteProtocolError(
-                f"malformed {stage.value} message: {exc}", peer=SERVER
-            ) from exc
+            raise RemoteProtocolError(f"malformed {stage.value} message: {exc}", peer=SERVER) from exc
         self._state = nxt
         return out
 
@@ -147,9 +139,7 @@ class MaskingClient:
         req = wire.decode_share_keys_request(payload)
         cohort = req.cohort
         if not _strictly_increasing(cohort) or self._me not in cohort or SERVER in cohort:
-            raise RemoteProtocolError(
-                "cohort list is not sorted, or misses this client", peer=SERVER
-            )
+            raise RemoteProtocolError("cohort list is not sorted, or misses this client", peer=SERVER)
         try:
             params = self._spec.parameters(len(cohort))
         except ConfigurationError as exc:
@@ -157,20 +147,14 @@ class MaskingClient:
         mine = self._spec.neighbours(cohort, self._round)[self._me]
         ids = tuple(v for v, _ in req.peers)
         if len(set(ids)) != len(ids) or not set(ids) <= mine:
-            raise RemoteProtocolError(
-                "neighbour list differs from the graph derived from the round seed", peer=SERVER
-            )
+            raise RemoteProtocolError("neighbour list differs from the graph derived from the round seed", peer=SERVER)
         if len(ids) < params.threshold:
-            raise RemoteProtocolError(
-                f"only {len(ids)} neighbours, the threshold is {params.threshold}", peer=SERVER
-            )
+            raise RemoteProtocolError(f"only {len(ids)} neighbours, the threshold is {params.threshold}", peer=SERVER)
         c, s = self._keys()
         seen = {c.public, s.public}
         for v, adv in req.peers:
             if adv.c_pk in seen or adv.s_pk in seen or adv.c_pk == adv.s_pk:
-                raise RemoteProtocolError(
-                    f"client {v}'s public keys repeat other keys", peer=SERVER
-                )
+                raise RemoteProtocolError(f"client {v}'s public keys repeat other keys", peer=SERVER)
             seen |= {adv.c_pk, adv.s_pk}
             self._check_advertisement(v, adv)
         holders = sorted(ids)
@@ -179,25 +163,15 @@ class MaskingClient:
         peers = dict(req.peers)
         records = []
         for v in holders:
-            pt = wire.encode_share_plaintext(
-                wire.SharePlaintext(self._me, v, b_shares[v], sk_shares[v])
-            )
+            pt = wire.encode_share_plaintext(wire.SharePlaintext(self._me, v, b_shares[v], sk_shares[v]))
             try:
-                key = share_key(
-                    c.private, peers[v].c_pk, round_id=self._round, sender=self._me, recipient=v
-                )
+                key = share_key(c.private, peers[v].c_pk, round_id=self._round, sender=self._me, recipient=v)
             except PrimitiveError as exc:
                 raise RemoteProtocolError(f"client {v}'s key: {exc}", peer=SERVER) from exc
-            ad = aead.associated_data(
-                version=wire.VERSION, round_id=self._round, sender=self._me, recipient=v
-            )
+            ad = aead.associated_data(version=wire.VERSION, round_id=self._round, sender=self._me, recipient=v)
             records.append((v, aead.seal(key, self._rng.random_bytes(aead.NONCE_BYTES), pt, ad)))
         self._cohort, self._t, self._peers = cohort, params.threshold, peers
-        return [
-            self._msg(
-                Stage.SHARE_KEYS, wire.encode_sealed_shares(wire.SealedShares(tuple(records)))
-            )
-        ]
+        return [self._msg(Stage.SHARE_KEYS, wire.encode_sealed_shares(wire.SealedShares(tuple(records))))]
 
     def _check_advertisement(self, v: int, adv: wire.Advertisement) -> None:
         ids = self._spec.identities
@@ -234,9 +208,7 @@ class MaskingClient:
             raise LocalProtocolError("input already consumed")
         held: dict[int, wire.SharePlaintext] = {}
         for u, ct in sealed:
-            ad = aead.associated_data(
-                version=wire.VERSION, round_id=self._round, sender=u, recipient=self._me
-            )
+            ad = aead.associated_data(version=wire.VERSION, round_id=self._round, sender=u, recipient=self._me)
             try:
                 key = share_key(
                     c.private,
@@ -247,22 +219,16 @@ class MaskingClient:
                 )
                 pt = wire.decode_share_plaintext(aead.open_sealed(key, ct, ad))
             except (PrimitiveError, wire.WireFormatError) as exc:
-                raise RemoteProtocolError(
-                    f"share ciphertext from client {u} rejected: {exc}", peer=SERVER
-                ) from exc
+                raise RemoteProtocolError(f"share ciphertext from client {u} rejected: {exc}", peer=SERVER) from exc
             if pt.dealer != u or pt.holder != self._me:
-                raise RemoteProtocolError(
-                    f"share from client {u} names the wrong parties", peer=SERVER
-                )
+                raise RemoteProtocolError(f"share from client {u} names the wrong parties", peer=SERVER)
             held[u] = pt
         ring = self._spec.ring
         y = self._x.copy()
         prg.add_mask_into(y, self_mask_seed(self._b, round_id=self._round, owner=self._me), ring)
         for v in dealers:
             try:
-                seed = pairwise_seed(
-                    s.private, self._peers[v].s_pk, round_id=self._round, me=self._me, peer=v
-                )
+                seed = pairwise_seed(s.private, self._peers[v].s_pk, round_id=self._round, me=self._me, peer=v)
             except PrimitiveError as exc:
                 raise RemoteProtocolError(f"client {v}'s mask key: {exc}", peer=SERVER) from exc
             prg.add_mask_into(y, seed, ring, op="add" if self._me < v else "sub")
@@ -276,15 +242,11 @@ class MaskingClient:
     def _on_consistency(self, payload: bytes) -> list[Message]:
         survivors = wire.decode_id_list(payload)
         if not _strictly_increasing(survivors) or not set(survivors) <= set(self._cohort):
-            raise RemoteProtocolError(
-                "survivor list is not a sorted subset of the cohort", peer=SERVER
-            )
+            raise RemoteProtocolError("survivor list is not a sorted subset of the cohort", peer=SERVER)
         if self._me not in survivors:
             raise RemoteProtocolError("survivor list omits this client", peer=SERVER)
         if len(survivors) < self._t:
-            raise RemoteProtocolError(
-                f"{len(survivors)} survivors, below the threshold {self._t}", peer=SERVER
-            )
+            raise RemoteProtocolError(f"{len(survivors)} survivors, below the threshold {self._t}", peer=SERVER)
         sig = b""
         if self._signing_key is not None:
             sig = self._signing_key.sign(wire.consistency_signed_bytes(self._round, survivors))
@@ -312,15 +274,11 @@ class MaskingClient:
             )
         alive = set(self._survivors)
         if not b_ids <= alive:
-            raise RemoteProtocolError(
-                "self-mask share asked for a client that dropped", peer=SERVER
-            )
+            raise RemoteProtocolError("self-mask share asked for a client that dropped", peer=SERVER)
         if sk_ids & alive:
             raise RemoteProtocolError("key share asked for a client that survived", peer=SERVER)
         if not (b_ids | sk_ids) <= self._held.keys():
-            raise RemoteProtocolError(
-                "share asked for a client this one holds none of", peer=SERVER
-            )
+            raise RemoteProtocolError("share asked for a client this one holds none of", peer=SERVER)
         resp = wire.UnmaskResponse(
             tuple((u, self._held[u].b_share) for u in req.b_ids),
             tuple((u, self._held[u].sk_share) for u in req.sk_ids),
@@ -335,17 +293,13 @@ class MaskingClient:
         if len(set(signers)) != len(signers) or not set(signers) <= set(self._survivors):
             raise RemoteProtocolError("consistency signatures from non-survivors", peer=SERVER)
         if len(signers) < self._t:
-            raise RemoteProtocolError(
-                f"{len(signers)} consistency signatures, the threshold is {self._t}", peer=SERVER
-            )
+            raise RemoteProtocolError(f"{len(signers)} consistency signatures, the threshold is {self._t}", peer=SERVER)
         message = wire.consistency_signed_bytes(self._round, self._survivors)
         for v, sig in req.signatures:
             try:
                 signatures.verify(ids.get(v, b""), message, sig)
             except PrimitiveError as exc:
-                raise RemoteProtocolError(
-                    f"consistency signature of client {v} is invalid", peer=SERVER
-                ) from exc
+                raise RemoteProtocolError(f"consistency signature of client {v} is invalid", peer=SERVER) from exc
 
     _HANDLERS: dict[Stage, Callable[[MaskingClient, bytes], list[Message]]] = {
         Stage.SHARE_KEYS: _on_share_keys,

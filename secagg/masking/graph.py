@@ -41,7 +41,4 @@ def neighbour_graph(
     n, half = len(ids), params.degree // 2
     words = prg.expand(graph_seed(public_seed, round_id, ids), _RING64, n).tolist()
     order = [u for _, u in sorted(zip(words, ids, strict=True))]
-    return {
-        order[i]: frozenset(order[(i + d) % n] for d in range(-half, half + 1) if d != 0)
-        for i in range(n)
-    }
+    return {order[i]: frozenset(order[(i + d) % n] for d in range(-half, half + 1) if d != 0) for i in range(n)}

@@ -110,9 +110,7 @@ class MaskingServer:
                 check. The session is left unchanged.
         """
         if msg.recipient != SERVER:
-            raise RemoteProtocolError(
-                f"message for {msg.recipient} delivered to the server", peer=msg.sender
-            )
+            raise RemoteProtocolError(f"message for {msg.recipient} delivered to the server", peer=msg.sender)
         if msg.sender not in self._graph:
             raise RemoteProtocolError("sender is not in the cohort", peer=msg.sender)
         if msg.round_id != self._round:
@@ -129,17 +127,13 @@ class MaskingServer:
                 peer=msg.sender,
             )
         if msg.sender not in self._expected:
-            raise RemoteProtocolError(
-                f"client is not a participant of stage {msg.stage}", peer=msg.sender
-            )
+            raise RemoteProtocolError(f"client is not a participant of stage {msg.stage}", peer=msg.sender)
         if msg.sender in self._got:
             raise RemoteProtocolError(f"duplicate {msg.stage} message", peer=msg.sender)
         try:
             self._got[msg.sender] = self._HANDLERS[expected_stage](self, msg.sender, msg.payload)
         except wire.WireFormatError as exc:
-            raise RemoteProtocolError(
-                f"malformed {msg.stage} message: {exc}", peer=msg.sender
-            ) from exc
+            raise RemoteProtocolError(f"malformed {msg.stage} message: {exc}", peer=msg.sender) from exc
         if len(self._got) == len(self._expected):
             return self._close()
         return []
@@ -224,12 +218,8 @@ class MaskingServer:
     def _on_share_keys(self, sender: int, payload: bytes) -> object:
         records = wire.decode_sealed_shares(payload).records
         targets = [v for v, _ in records]
-        if sorted(targets) != sorted(self._graph[sender] & self._u1) or len(set(targets)) != len(
-            targets
-        ):
-            raise RemoteProtocolError(
-                "shares not addressed to exactly the sender's neighbours", peer=sender
-            )
+        if sorted(targets) != sorted(self._graph[sender] & self._u1) or len(set(targets)) != len(targets):
+            raise RemoteProtocolError("shares not addressed to exactly the sender's neighbours", peer=sender)
         self._uploads[sender] = dict(records)
         return None
 
@@ -241,9 +231,7 @@ class MaskingServer:
         out = []
         for v in sorted(u2):
             recs = tuple((u, self._uploads[u][v]) for u in sorted(self._graph[v] & u2))
-            out.append(
-                self._to(v, Stage.MASKED_INPUT, wire.encode_sealed_shares(wire.SealedShares(recs)))
-            )
+            out.append(self._to(v, Stage.MASKED_INPUT, wire.encode_sealed_shares(wire.SealedShares(recs))))
         return out
 
     # -- MaskedInputCollection -------------------------------------------------------
@@ -259,9 +247,7 @@ class MaskingServer:
             )
         vec = np.frombuffer(body, dtype=ring.dtype.newbyteorder("<"))
         if not ring.native and int(vec.max()) > ring.mask:
-            raise RemoteProtocolError(
-                f"masked input has elements outside Z_2^{ring.bits}", peer=sender
-            )
+            raise RemoteProtocolError(f"masked input has elements outside Z_2^{ring.bits}", peer=sender)
         np.add(self._acc, vec, out=self._acc)  # streamed: no per-client vector is kept
         self._commitments[sender] = head.commitment
         return None
@@ -279,13 +265,9 @@ class MaskingServer:
         ids = self._spec.identities
         if ids is not None:
             try:
-                signatures.verify(
-                    ids.get(sender, b""), wire.consistency_signed_bytes(self._round, self._u3), sig
-                )
+                signatures.verify(ids.get(sender, b""), wire.consistency_signed_bytes(self._round, self._u3), sig)
             except PrimitiveError as exc:
-                raise RemoteProtocolError(
-                    "consistency signature does not verify", peer=sender
-                ) from exc
+                raise RemoteProtocolError("consistency signature does not verify", peer=sender) from exc
             self._sigs[sender] = sig
         return None
 
@@ -311,10 +293,7 @@ class MaskingServer:
     def _on_unmasking(self, sender: int, payload: bytes) -> object:
         resp = wire.decode_unmask_response(payload)
         req = self._requests[sender]
-        if (
-            tuple(u for u, _ in resp.b_shares) != req.b_ids
-            or tuple(u for u, _ in resp.sk_shares) != req.sk_ids
-        ):
+        if tuple(u for u, _ in resp.b_shares) != req.b_ids or tuple(u for u, _ in resp.sk_shares) != req.sk_ids:
             raise RemoteProtocolError("unmasking response does not answer the request", peer=sender)
         for u, y in resp.b_shares:
             self._b_shares.setdefault(u, {})[sender] = y
@@ -339,29 +318,21 @@ class MaskingServer:
         dropped = [u for u in sorted(self._u2 - alive) if self._graph[u] & alive]
         for u in self._u3:  # check every needed secret before touching the sum
             if len(self._b_shares.get(u, {})) < t:
-                self._abort(
-                    len(self._b_shares.get(u, {})), f"survivor {u}'s self mask has too few shares"
-                )
+                self._abort(len(self._b_shares.get(u, {})), f"survivor {u}'s self mask has too few shares")
         for u in dropped:
             if len(self._sk_shares.get(u, {})) < t:
-                self._abort(
-                    len(self._sk_shares.get(u, {})), f"dropped client {u}'s key has too few shares"
-                )
+                self._abort(len(self._sk_shares.get(u, {})), f"dropped client {u}'s key has too few shares")
         acc = self._acc.copy()
         for u in self._u3:
             b = self._recover(u, self._b_shares[u])
             if self_mask_commitment(b, round_id=self._round, owner=u) != self._commitments[u]:
-                raise RemoteProtocolError(
-                    f"shares of client {u}'s self-mask seed do not match its commitment", peer=u
-                )
+                raise RemoteProtocolError(f"shares of client {u}'s self-mask seed do not match its commitment", peer=u)
             prg.add_mask_into(acc, self_mask_seed(b, round_id=self._round, owner=u), ring, op="sub")
             self.unmask_prg_expansions += 1
         for u in dropped:
             sk = self._recover(u, self._sk_shares[u])
             if key_agreement.keypair_from_private(sk).public != self._adv[u].s_pk:
-                raise RemoteProtocolError(
-                    f"shares of client {u}'s mask key do not match its public key", peer=u
-                )
+                raise RemoteProtocolError(f"shares of client {u}'s mask key do not match its public key", peer=u)
             for v in sorted(self._graph[u] & alive):
                 seed = pairwise_seed(sk, self._adv[v].s_pk, round_id=self._round, me=u, peer=v)
                 # v added the pair mask when v < u and subtracted it when v > u: undo that.
@@ -373,9 +344,7 @@ class MaskingServer:
         try:
             return shamir.reconstruct(shares, self._t)
         except PrimitiveError as exc:
-            raise RemoteProtocolError(
-                f"shares of client {owner}'s secret are invalid: {exc}", peer=owner
-            ) from exc
+            raise RemoteProtocolError(f"shares of client {owner}'s secret are invalid: {exc}", peer=owner) from exc
 
     _HANDLERS: dict[Stage, Callable[[MaskingServer, int, bytes], object]] = {
         Stage.ADVERTISE_KEYS: _on_advertise,

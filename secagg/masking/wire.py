@@ -16,6 +16,7 @@ from secagg.primitives.key_agreement import KEY_BYTES
 from secagg.primitives.signatures import SIGNATURE_BYTES
 
 __all__ = [
+    "MASKED_INPUT_HEADER_BYTES",
     "VERSION",
     "WireFormatError",
     "Advertisement",
@@ -52,6 +53,10 @@ COMMITMENT_BYTES = 32
 _E = shamir.ELEMENT_BYTES
 
 
+_U32 = struct.Struct("<I")
+_REC = struct.Struct("<IH")
+
+
 class WireFormatError(ValueError):
     """A payload does not parse; the sender is to blame."""
 
@@ -72,7 +77,11 @@ class _Reader:
         return out
 
     def u32(self) -> int:
-        return int(struct.unpack("<I", self.take(4))[0])
+        if self._pos + 4 > len(self._data):
+            raise WireFormatError("payload truncated")
+        (v,) = _U32.unpack_from(self._data, self._pos)
+        self._pos += 4
+        return int(v)
 
     def ids(self) -> tuple[int, ...]:
         m = self.u32()
@@ -179,7 +188,7 @@ def decode_sealed_shares(data: bytes) -> SealedShares:
     m = r.u32()
     recs = []
     for _ in range(m):
-        who, n = struct.unpack("<IH", r.take(6))
+        who, n = _REC.unpack(r.take(6))
         recs.append((int(who), r.take(int(n))))
     r.end()
     return SealedShares(tuple(recs))
@@ -220,13 +229,20 @@ class MaskedInputHeader:
     commitment: bytes
 
 
+_PAD = bytes(7)
+MASKED_INPUT_HEADER_BYTES = 1 + len(_PAD) + COMMITMENT_BYTES
+"""Version, 7 reserved zero bytes, commitment: 40 bytes, so the vector starts 8-byte aligned."""
+
+
 def encode_masked_input(commitment: bytes, vector_bytes: bytes) -> bytes:
-    return bytes([VERSION]) + commitment + vector_bytes
+    return bytes([VERSION]) + _PAD + commitment + vector_bytes
 
 
 def decode_masked_input(data: bytes) -> tuple[MaskedInputHeader, memoryview]:
-    """The header and a zero-copy view of the vector bytes."""
+    """The header and a zero-copy (aligned) view of the vector bytes."""
     r = _Reader(data)
+    if r.take(len(_PAD)) != _PAD:
+        raise WireFormatError("reserved bytes of the masked input header are not zero")
     head = MaskedInputHeader(r.take(COMMITMENT_BYTES))
     return head, r.rest()
 

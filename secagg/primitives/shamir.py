@@ -50,9 +50,7 @@ def _random_element(rng: RandomSource) -> int:
             return r
 
 
-def split(
-    secret: bytes, holders: Sequence[int], threshold: int, rng: RandomSource
-) -> dict[int, int]:
+def split(secret: bytes, holders: Sequence[int], threshold: int, rng: RandomSource) -> dict[int, int]:
     """Share ``secret`` among ``holders`` so that any ``threshold`` of them recover it.
 
     Args:
@@ -84,15 +82,28 @@ def split(
 
 @lru_cache(maxsize=4096)
 def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
-    """Weights w_i with f(0) = sum w_i f(x_i) for any polynomial of degree < len(xs)."""
-    weights = []
+    """Weights w_i with f(0) = sum w_i f(x_i) for any polynomial of degree < len(xs).
+
+    w_i = prod_{j != i} x_j / (x_j - x_i); the denominators are inverted together
+    with one modular exponentiation (Montgomery's batch-inversion trick).
+    """
+    nums, dens = [], []
     for i, xi in enumerate(xs):
         num, den = 1, 1
         for j, xj in enumerate(xs):
             if i != j:
                 num = num * xj % PRIME
                 den = den * (xj - xi) % PRIME
-        weights.append(num * pow(den, -1, PRIME) % PRIME)
+        nums.append(num)
+        dens.append(den)
+    prefix = [1]
+    for d in dens:
+        prefix.append(prefix[-1] * d % PRIME)
+    inv = pow(prefix[-1], -1, PRIME)
+    weights = [0] * len(xs)
+    for i in range(len(xs) - 1, -1, -1):
+        weights[i] = nums[i] * inv % PRIME * prefix[i] % PRIME
+        inv = inv * dens[i] % PRIME
     return tuple(weights)
 
 

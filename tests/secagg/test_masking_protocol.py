@@ -8,7 +8,7 @@ from test_masking_support import make_inputs, rngs, slow_sum, survival_oracle
 
 from dp.randomness import SeededRandomSource
 from secagg.errors import ConfigurationError, LocalProtocolError, TooFewSurvivorsError
-from secagg.masking import GraphKind, MaskingSecureSum, generate_identities
+from secagg.masking import GraphKind, MaskingSecureSum, generate_identities, wire
 from secagg.masking._derive import pairwise_seed, self_mask_seed
 from secagg.primitives import prg
 from secagg.protocol import SERVER
@@ -119,7 +119,7 @@ def test_masked_input_matches_slow_reference() -> None:
         signs.append(1 if 2 < v else -1)
     for mask, sign in zip(masks, signs):
         expect = [(e + sign * int(m)) % ring.modulus for e, m in zip(expect, mask)]
-    got = ring.from_bytes(captured[2][1 + 32 :], 11)
+    got = ring.from_bytes(captured[2][wire.MASKED_INPUT_HEADER_BYTES :], 11)
     assert [int(v) for v in got] == expect
     assert np.array_equal(server.result(), slow_sum(ring, inputs, ids))
 

@@ -40,7 +40,7 @@ def test_one_masked_input_is_indistinguishable_from_uniform() -> None:
     rec = Recorder()
     out = run_round(spec, inputs, round_id=1, rng_for=rngs(11), tamper=rec)
     (masked,) = [m for m in rec.messages if m.stage == "masked-input" and m.sender == 1]
-    counts = np.bincount(np.frombuffer(masked.payload[33:], dtype=np.uint8), minlength=256)
+    counts = np.bincount(np.frombuffer(masked.payload[wire.MASKED_INPUT_HEADER_BYTES :], dtype=np.uint8), minlength=256)
     assert stats.chisquare(counts).pvalue > 1e-4
     # Negative control: the same test does reject the unmasked (all-zero) input.
     zero_counts = np.bincount(np.frombuffer(inputs[1].tobytes(), dtype=np.uint8), minlength=256)

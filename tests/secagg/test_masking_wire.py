@@ -91,3 +91,10 @@ def test_masked_input_view() -> None:
 def test_malformed_payloads_refused(decode, payload: bytes, match: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(wire.WireFormatError, match=match):
         decode(payload)
+
+
+def test_masked_input_reserved_bytes_must_be_zero_and_vector_is_aligned() -> None:
+    payload = wire.encode_masked_input(bytes(32), bytes(16))
+    assert wire.MASKED_INPUT_HEADER_BYTES % 8 == 0
+    with pytest.raises(wire.WireFormatError, match="reserved"):
+        wire.decode_masked_input(payload[:1] + b"\x01" + payload[2:])
