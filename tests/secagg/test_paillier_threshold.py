@@ -217,3 +217,24 @@ def test_secret_powmod_handles_zero_exponent():
 
     assert _powmod_secret(PK.hs, 0, PK.n_squared) == 1
     assert _powmod_secret(PK.hs, 12345, PK.n_squared) == pow(int(PK.hs), 12345, int(PK.n_squared))
+
+
+@settings(max_examples=12, deadline=None)
+@given(m=st.integers(1, 6), data=st.data(), seed=st.integers(0, 2**31))
+def test_random_t_of_m_dealings(m, data, seed):
+    """For random (t, m): every drawn subset of >= t decryptors decrypts; t - 1 are refused."""
+    t = data.draw(st.integers(1, m))
+    rng = SeededRandomSource(seed)
+    params, shares = generate_threshold_key(
+        rng, threshold=t, parties=m, key_bits=256, insecure_small_key_for_tests=True
+    )
+    ms = [data.draw(st.integers(0, int(params.public_key.n) - 1)) for _ in range(2)]
+    cts = Encryptor(params.public_key).encrypt_many(ms, rng)
+    ds = {s.index: decryption_shares(s, cts) for s in shares}
+    subset = data.draw(st.sets(st.integers(1, m), min_size=t, max_size=m))
+    for i in subset:
+        verify(params, i, cts, ds[i], prove(shares[i - 1], cts, ds[i], rng, context=CTX), context=CTX)
+    assert combine(params, {i: ds[i] for i in subset}) == ms
+    if t > 1:
+        with pytest.raises(NotEnoughSharesError):
+            combine(params, {i: ds[i] for i in sorted(subset)[: t - 1]})
