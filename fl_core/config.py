@@ -60,6 +60,7 @@ class RunConfig:
     target_epsilon: float | None = None
     delta: float = 1e-5
     colluders: int = 0
+    min_survivors: int | None = None
     ledger: str | None = None
     dropout: float = 0.0
     buffers: str = "local"
@@ -96,6 +97,10 @@ class RunConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}", option="dropout")
         if self.noise_multiplier is not None and self.noise_multiplier < 0:
             raise ConfigError("--noise-multiplier must be >= 0", option="noise_multiplier")
+        if self.min_survivors is not None and not (isinstance(self.min_survivors, int) and self.min_survivors >= 1):
+            raise ConfigError("--min-survivors must be a positive integer", option="min_survivors")
+        if not (isinstance(self.colluders, int) and self.colluders >= 0):
+            raise ConfigError("--colluders must be an integer >= 0", option="colluders")
         if self.target_epsilon is not None and not self.target_epsilon > 0:
             raise ConfigError("--target-epsilon must be > 0", option="target_epsilon")
 

@@ -46,6 +46,7 @@ class RoundResult:
     wall_s: float
     event: Any = None
     skipped: bool = False
+    saturated_coordinates: int = 0
 
 
 @dataclass(frozen=True)
@@ -188,11 +189,12 @@ class Federation:
             return self._skip(start, t0)
         global_vec = self.codec.flatten(self.model)
         inputs: dict[int, RingVector] = {}
-        clipped = 0
+        clipped = saturated = 0
         for c in start.cohort.members:
             vec, clip = self.client_contribution(c, start.round, global_vec, self.client_data[c - 1])
             inputs[c] = vec
             clipped += int(clip.clipped)
+            saturated += clip.saturated
         try:
             outcome = self.transport.run(
                 self.secure_sum,
@@ -203,7 +205,7 @@ class Federation:
             )
         except SecAggError as exc:
             raise RoundFailedError(f"round {start.round}: secure sum failed: {exc}", round=start.round) from exc
-        return self.finish_round(start, outcome, global_vec, clipped=clipped, t0=t0)
+        return self.finish_round(start, outcome, global_vec, clipped=clipped, saturated=saturated, t0=t0)
 
     # -- the round in pieces (a networked transport runs them on different machines) --
 
@@ -249,6 +251,7 @@ class Federation:
         global_vec: Any,
         *,
         clipped: int | None = None,
+        saturated: int = 0,
         t0: float | None = None,
     ) -> RoundResult:
         """Server: decode the sum, add central noise, step the optimizer, charge the ledger, publish."""
@@ -257,6 +260,12 @@ class Federation:
         if outcome.error is not None or outcome.total is None:
             raise RoundFailedError(f"round {r} aborted, model unchanged: {outcome.error}", round=r) from outcome.error
         survivors = tuple(sorted(outcome.survivors))
+        if len(survivors) < self.privacy.min_survivors:
+            raise RoundFailedError(
+                f"round {r} aborted, model unchanged: {len(survivors)} survivors < the {self.privacy.min_survivors} "
+                "the DP noise was sized for (lower --dropout, or raise the cohort size)",
+                round=r,
+            )
         avg = self.server_pipeline.run(outcome.total, len(survivors), self.rng.spawn(f"server-noise/{r}"))
         new_vec, velocity = self.optimizer.step(global_vec, avg)
         event = self.privacy.round_event(
@@ -292,6 +301,7 @@ class Federation:
             clipped_fraction=fraction,
             wall_s=time.perf_counter() - t0,
             event=event,
+            saturated_coordinates=saturated,
         )
         self.history.append(res)
         return res

@@ -24,9 +24,12 @@ __all__ = ["ClipOutcome", "PrivacyPolicy", "NoPrivacy", "ClientPipeline", "Serve
 
 @dataclass(frozen=True, slots=True)
 class ClipOutcome:
+    """A clipped update; ``saturated`` counts coordinates clamped to the encoding bound."""
+
     vector: npt.NDArray[np.float64]
     norm: float
     clipped: bool
+    saturated: int = 0
 
 
 def l2_clip(vec: npt.NDArray[Any], clip_norm: float) -> ClipOutcome:
@@ -50,19 +53,34 @@ class PrivacyPolicy(Protocol):
     @property
     def delta(self) -> float | None: ...
 
+    @property
+    def min_survivors(self) -> int:
+        """A round with fewer survivors aborts before anything is released."""
+        ...
+
     def clip(self, vec: npt.NDArray[Any]) -> ClipOutcome: ...
+
+    def encoding_bound(self) -> float:
+        """The per-coordinate bound the encoding is sized for (>= the clip norm)."""
+        ...
 
     def encoding_noise_std(self, sampler: Sampler) -> float:
         """Per-client integer-noise std per coordinate, in float units (0 if none): sizes the ring."""
         ...
 
-    def local_noise(self, dim: int, rng: RandomSource) -> npt.NDArray[np.float64] | None: ...
+    def local_noise(self, vec: npt.NDArray[np.float64], rng: RandomSource) -> npt.NDArray[np.float64]:
+        """Local mode: the client's noised update; otherwise ``vec`` unchanged."""
+        ...
 
     def client_integer_noise(
         self, dim: int, scale: float, sampler: Sampler, rng: RandomSource
     ) -> npt.NDArray[np.int64] | None: ...
 
-    def server_noise(self, dim: int, sampler: Sampler, rng: RandomSource) -> npt.NDArray[np.float64] | None: ...
+    def server_release(
+        self, total: npt.NDArray[np.float64], sampler: Sampler, rng: RandomSource
+    ) -> npt.NDArray[np.float64]:
+        """Central mode: the decoded sum with the server's noise; otherwise ``total`` unchanged."""
+        ...
 
     def round_event(self, *, round: int, cohort: Cohort, survivors: int, scale: float, dim: int, planned: bool) -> Any:  # noqa: A002
         """The dp.events.RoundEvent for this round (``planned``: before it runs, worst case), or None."""
@@ -92,20 +110,29 @@ class NoPrivacy:
     def delta(self) -> float | None:
         return None
 
+    @property
+    def min_survivors(self) -> int:
+        return 1
+
     def clip(self, vec: npt.NDArray[Any]) -> ClipOutcome:
         return l2_clip(vec, self.clip_norm)
+
+    def encoding_bound(self) -> float:
+        return self.clip_norm
 
     def encoding_noise_std(self, sampler: Sampler) -> float:
         return 0.0
 
-    def local_noise(self, dim: int, rng: RandomSource) -> None:
-        return None
+    def local_noise(self, vec: npt.NDArray[np.float64], rng: RandomSource) -> npt.NDArray[np.float64]:
+        return vec
 
     def client_integer_noise(self, dim: int, scale: float, sampler: Sampler, rng: RandomSource) -> None:
         return None
 
-    def server_noise(self, dim: int, sampler: Sampler, rng: RandomSource) -> None:
-        return None
+    def server_release(
+        self, total: npt.NDArray[np.float64], sampler: Sampler, rng: RandomSource
+    ) -> npt.NDArray[np.float64]:
+        return total
 
     def round_event(self, **kwargs: Any) -> None:
         return None
@@ -124,12 +151,14 @@ class ClientPipeline:
 
     def run(self, delta: npt.NDArray[np.float32], rng: RandomSource) -> tuple[RingVector, ClipOutcome]:
         clip = self.policy.clip(delta)
-        v = clip.vector
-        local = self.policy.local_noise(v.shape[0], rng.spawn("local-noise"))
-        if local is not None:
-            v = v + local
-            # Local noise is unbounded; keep the encoding bound, and count it.
-            v = np.clip(v, -self.encoder.plan.bound, self.encoder.plan.bound)
+        v = self.policy.local_noise(clip.vector, rng.spawn("local-noise"))
+        bound = self.encoder.plan.bound
+        saturated = int(np.count_nonzero(np.abs(v) > bound))
+        if saturated:
+            # Only local noise can push a clipped update past the bound (the plan leaves
+            # a 2^-40 tail for it); the clamp is post-processing and it is counted.
+            v = np.clip(v, -bound, bound)
+            clip = ClipOutcome(clip.vector, clip.norm, clip.clipped, saturated)
         ring_vec = self.encoder.encode(v, rng.spawn("rounding"))
         noise = self.policy.client_integer_noise(
             v.shape[0], self.encoder.plan.scale, self.sampler, rng.spawn("integer-noise")
@@ -158,17 +187,14 @@ class ServerPipeline:
         return float(self.sampler.size)
 
     def run(self, total: RingVector, survivors: int, rng: RandomSource) -> npt.NDArray[np.float64]:
-        s = self.encoder.decode(total)
-        noise = self.policy.server_noise(s.shape[0], self.sampler, rng)
-        if noise is not None:
-            s = s + noise
+        s = self.policy.server_release(self.encoder.decode(total), self.sampler, rng)
         return s / self.denominator(survivors)
 
 
 def plan_for(policy: PrivacyPolicy, sampler: Sampler, dim: int, bits: int) -> EncodingPlan:
     """Size the fixed-point encoding for this run; typed error if it could overflow."""
     return plan_encoding(
-        clip_norm=policy.clip_norm,
+        clip_norm=policy.encoding_bound(),
         dim=dim,
         max_clients=sampler.max_cohort(),
         bits=bits,

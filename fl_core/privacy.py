@@ -1,21 +1,243 @@
-"""Turn the DP options of a run into the round loop's privacy policy and accounting hooks."""
+"""Turn a run's DP options into the round loop's privacy policy and accounting hooks.
+
+:class:`DPPolicy` adapts :mod:`dp.calibration` (noise sizes and round events),
+:mod:`dp.noise` (samplers) and :mod:`dp.clipping` to the pipeline's
+:class:`~fl_core.pipeline.PrivacyPolicy`; :func:`build_privacy` wires a
+:class:`~fl_core.config.RunConfig` into a Federation (policy, accountant, budget, ledger).
+
+Security:
+    ``central``: the server adds float-safe Gaussian noise (a discrete Gaussian on a
+    power-of-two grid, :func:`dp.noise.add_gaussian_noise`) to the decoded sum.
+    ``distributed``: each client adds a Skellam share inside the ring before the secure
+    sum; the shares are sized so that ``min_survivors - colluders`` clients alone reach
+    the noise multiplier, a round with fewer survivors aborts before release, and each
+    round is charged with the survivors' noise (minus colluders) only.
+    ``local``: each client adds Gaussian noise for sensitivity 2C to its own update.
+    The average divides by a data-independent denominator (the expected cohort), so it
+    is post-processing of the noisy sum.
+"""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from torch import nn
 
+from dp.accountants import ACCOUNTANT_VERSIONS, compute_epsilon
+from dp.budget import Budget
+from dp.calibration import DPConfig, distributed_noise, local_noise_std, make_round_event, server_noise_std
+from dp.clipping import clip_l2
+from dp.events import DPMode, Sampling
+from dp.ledger import Ledger
+from dp.noise import add_gaussian_noise, skellam
 from fl_core.config import RunConfig
 from fl_core.errors import ConfigError
-from fl_core.pipeline import NoPrivacy
-from fl_core.sampling import Sampler
+from fl_core.pipeline import ClipOutcome, NoPrivacy
+from fl_core.sampling import Cohort, Sampler, SamplingScheme
+from secagg import RandomSource
 
-__all__ = ["build_privacy"]
+__all__ = ["DPPolicy", "build_privacy", "default_min_survivors"]
+
+_SAMPLING = {
+    SamplingScheme.POISSON: Sampling.POISSON,
+    SamplingScheme.FIXED_SIZE: Sampling.FIXED_SIZE,
+    SamplingScheme.FULL: Sampling.FULL,
+}
+# Headroom for local noise in the encoding: P(|N(0,1)| > 12) < 2^-100 per coordinate.
+_LOCAL_TAIL = 12.0
+
+
+def default_min_survivors(sampler: Sampler, dropout: float = 0.0) -> int:
+    """The fewest survivors a DP round may release with: a low quantile of the cohort size.
+
+    Poisson: mean - 3 sd (cohorts are smaller with probability ~0.1%: those rounds abort);
+    fixed size and full: the cohort size. Both scaled by (1 - dropout) for planned dropouts.
+    """
+    e = sampler.expected_cohort()
+    low = e - 3.0 * math.sqrt(e) if sampler.scheme is SamplingScheme.POISSON else e
+    return max(1, int(math.floor(low * (1.0 - dropout))))
+
+
+class DPPolicy:
+    """Client-level DP for the round loop (central, distributed or local; fixed clip).
+
+    Args:
+        config: the :class:`dp.calibration.DPConfig` of the run.
+        sampler: how cohorts are drawn.
+        dim: model dimension.
+        delta: the run's delta.
+    """
+
+    def __init__(self, config: DPConfig, *, sampler: Sampler, dim: int, delta: float) -> None:
+        if config.mode is DPMode.NONE:
+            raise ConfigError("DPPolicy needs a DP mode; use NoPrivacy for none", option="dp")
+        self.config = config
+        self.sampler = sampler
+        self.dim = dim
+        self._delta = delta
+        self._scale: float | None = None
+
+    # -- PrivacyPolicy -------------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode.value
+
+    @property
+    def clip_norm(self) -> float:
+        return self.config.clip_norm
+
+    @property
+    def delta(self) -> float:
+        return self._delta
+
+    @property
+    def min_survivors(self) -> int:
+        return self.config.survivors_planned if self.config.mode is DPMode.DISTRIBUTED else 1
+
+    def clip(self, vec: npt.NDArray[Any]) -> ClipOutcome:
+        r = clip_l2(vec, self.config.clip_norm)
+        return ClipOutcome(np.asarray(r.vector, dtype=np.float64), float(r.norm), bool(r.clipped))
+
+    def encoding_bound(self) -> float:
+        if self.config.mode is DPMode.LOCAL:
+            return self.config.clip_norm + _LOCAL_TAIL * local_noise_std(self.config)
+        return self.config.clip_norm
+
+    def encoding_noise_std(self, sampler: Sampler) -> float:
+        if self.config.mode is not DPMode.DISTRIBUTED:
+            return 0.0
+        # Per-client Skellam std in float units; 5% over the unrounded value covers the
+        # rounding inflation (checked once the scale is known, in client_integer_noise).
+        honest = self.config.survivors_planned - self.config.colluders
+        return 1.05 * self.config.update_noise_multiplier * self.config.clip_norm / math.sqrt(honest)
+
+    def local_noise(self, vec: npt.NDArray[np.float64], rng: RandomSource) -> npt.NDArray[np.float64]:
+        if self.config.mode is not DPMode.LOCAL:
+            return vec
+        return add_gaussian_noise(vec, local_noise_std(self.config), rng, grid_bits=self.config.grid_bits).values
+
+    def client_integer_noise(
+        self, dim: int, scale: float, sampler: Sampler, rng: RandomSource
+    ) -> npt.NDArray[np.int64] | None:
+        if self.config.mode is not DPMode.DISTRIBUTED:
+            return None
+        dn = distributed_noise(self.config, scale=scale, dim=dim)
+        return skellam(dim, dn.per_client_variance, rng)
+
+    def server_release(
+        self, total: npt.NDArray[np.float64], sampler: Sampler, rng: RandomSource
+    ) -> npt.NDArray[np.float64]:
+        if self.config.mode is not DPMode.CENTRAL:
+            return total
+        return add_gaussian_noise(total, server_noise_std(self.config), rng, grid_bits=self.config.grid_bits).values
+
+    def round_event(
+        self,
+        *,
+        round: int,
+        cohort: Cohort,
+        survivors: int,
+        scale: float,
+        dim: int,
+        planned: bool,  # noqa: A002
+    ) -> Any:
+        if planned:
+            survivors = (
+                min(len(cohort.members), self.config.survivors_planned)
+                if self.config.mode is DPMode.DISTRIBUTED
+                else len(cohort.members)
+            )
+        return make_round_event(
+            self.config,
+            round=round,
+            sampling=_SAMPLING[cohort.scheme],
+            sampling_rate=cohort.rate,
+            population=cohort.population,
+            cohort=len(cohort.members),
+            survivors=survivors,
+            dim=dim,
+            scale=scale if self.config.mode is DPMode.DISTRIBUTED else None,
+        )
+
+    def after_round(self, clipped_fraction_estimate: float) -> None:
+        return None
+
+    def check_inflation(self, scale: float, *, max_inflation: float = 0.05) -> float:
+        """The rounding inflation of the sensitivity at ``scale``; a typed error above ``max_inflation``."""
+        if self.config.mode is not DPMode.DISTRIBUTED:
+            return 0.0
+        infl = distributed_noise(self.config, scale=scale, dim=self.dim).inflation
+        if infl > max_inflation:
+            raise ConfigError(
+                f"stochastic rounding would inflate the sensitivity by {infl:.1%} at this encoding scale; "
+                "raise --bits or lower the cohort size",
+                option="bits",
+            )
+        return infl
 
 
 def build_privacy(cfg: RunConfig, sampler: Sampler, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (Federation keyword arguments, extra summary fields) for ``cfg``'s DP mode."""
     if cfg.dp == "none":
         return {"privacy": NoPrivacy(clip_norm=cfg.clip if cfg.clip is not None else 10.0)}, {}
-    raise ConfigError(f"--dp {cfg.dp} is not wired into the round loop yet", option="dp")
+    from fl_core.params import ParamCodec
+
+    dim = ParamCodec(model, buffers=cfg.buffers).dim  # type: ignore[arg-type]
+    mode = DPMode(cfg.dp)
+    z = cfg.noise_multiplier if cfg.noise_multiplier is not None else 1.0
+    if z <= 0:
+        raise ConfigError("--noise-multiplier must be > 0 with DP on", option="noise_multiplier")
+    expected = max(1, int(round(sampler.expected_cohort())))
+    min_surv = cfg.min_survivors if cfg.min_survivors is not None else default_min_survivors(sampler, cfg.dropout)
+    if mode is DPMode.DISTRIBUTED and min_surv - cfg.colluders < 1:
+        raise ConfigError(
+            f"with {min_surv} planned survivors and {cfg.colluders} colluders no honest noise is guaranteed; "
+            "raise the cohort size or lower --colluders",
+            option="colluders",
+        )
+    try:
+        config = DPConfig(
+            mode=mode,
+            noise_multiplier=z,
+            clip_norm=cfg.clip if cfg.clip is not None else 1.0,
+            expected_cohort=max(expected, min_surv),
+            min_survivors=min_surv,
+            colluders=cfg.colluders,
+        )
+    except Exception as exc:
+        raise ConfigError(f"invalid DP configuration: {exc}", option="dp") from exc
+    policy = DPPolicy(config, sampler=sampler, dim=dim, delta=cfg.delta)
+    accountant = "pld"
+
+    def epsilon_fn(events: Any) -> float:
+        return compute_epsilon(events, cfg.delta, accountant=accountant)
+
+    budget = Budget(cfg.target_epsilon, cfg.delta, accountant=accountant) if cfg.target_epsilon is not None else None
+    ledger_path = Path(cfg.ledger) if cfg.ledger is not None else _default_ledger_path()
+    ledger_path.parent.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger.open(
+        ledger_path,
+        create_meta={k: v for k, v in cfg.to_dict().items() if k != "ledger"},
+        accountant=accountant,
+        accountant_version=ACCOUNTANT_VERSIONS.get(accountant, ""),
+    )
+    extra = {
+        "ledger": str(ledger_path),
+        "noise_multiplier": z,
+        "clip": config.clip_norm,
+        "min_survivors": min_surv,
+        "accountant": accountant,
+    }
+    return {"privacy": policy, "epsilon_fn": epsilon_fn, "budget": budget, "ledger": ledger}, extra
+
+
+def _default_ledger_path() -> Path:
+    import os
+    import time
+
+    return Path("privagg-runs") / f"ledger-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(3).hex()}.jsonl"

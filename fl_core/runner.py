@@ -142,6 +142,16 @@ def build_federation(
         buffers=cfg.buffers,  # type: ignore[arg-type]
         **privacy_kwargs,
     )
+    check = getattr(fed.privacy, "check_inflation", None)
+    if check is not None:
+        extra["rounding_inflation"] = check(fed.plan.scale)
+    ledger = privacy_kwargs.get("ledger")
+    if ledger is not None and ledger.records:
+        # A resumed ledger: keep charging the same privacy budget, after its last round.
+        fed.accounting.events.extend(ledger.events)
+        fed.round = ledger.last_round
+        fed._last_epsilon = ledger.epsilon
+        extra["resumed_from_round"] = ledger.last_round
     return fed, data, extra
 
 

@@ -45,6 +45,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         target_epsilon: Optional[float] = typer.Option(None, "--target-epsilon", help="Privacy budget epsilon."),
         delta: Optional[float] = typer.Option(None, help="Privacy parameter delta [1e-5]."),
         colluders: Optional[int] = typer.Option(None, help="Clients assumed to collude with the server [0]."),
+        min_survivors: Optional[int] = typer.Option(
+            None, "--min-survivors", help="Fewest survivors a DP round may release with [a low quantile of the cohort]."
+        ),
         ledger: Optional[Path] = typer.Option(None, help="Path of the epsilon ledger (JSONL)."),
         dropout: Optional[float] = typer.Option(
             None, help="Simulated fraction of each cohort dropping out before sending its masked input."
@@ -87,6 +90,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 target_epsilon=target_epsilon,
                 delta=delta,
                 colluders=colluders,
+                min_survivors=min_survivors,
                 ledger=str(ledger) if ledger is not None else None,
                 dropout=dropout,
                 buffers=buffers,
