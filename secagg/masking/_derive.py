@@ -9,10 +9,10 @@ from secagg.primitives import kdf, key_agreement
 __all__ = ["pairwise_seed", "self_mask_seed", "self_mask_commitment", "share_key"]
 
 
-def pairwise_seed(s_sk: bytes, peer_s_pk: bytes, *, round_id: int, me: int, peer: int) -> bytes:
+def pairwise_seed(s_key: key_agreement.KeyPair, peer_s_pk: bytes, *, round_id: int, me: int, peer: int) -> bytes:
     """PRG seed of the mask shared by ``me`` and ``peer`` (symmetric in the pair)."""
     lo, hi = min(me, peer), max(me, peer)
-    secret = key_agreement.shared_secret(s_sk, peer_s_pk)
+    secret = s_key.exchange(peer_s_pk)
     return kdf.derive(secret, kdf.LABEL_PAIRWISE_MASK, struct.pack("<QII", round_id, lo, hi))
 
 
@@ -24,7 +24,9 @@ def self_mask_commitment(b: bytes, *, round_id: int, owner: int) -> bytes:
     return kdf.derive(b, kdf.LABEL_SELF_MASK_COMMITMENT, struct.pack("<QI", round_id, owner))
 
 
-def share_key(c_sk: bytes, peer_c_pk: bytes, *, round_id: int, sender: int, recipient: int) -> bytes:
-    """Directional AEAD key for shares sent from ``sender`` to ``recipient``."""
-    secret = key_agreement.shared_secret(c_sk, peer_c_pk)
+def share_key(secret: bytes, *, round_id: int, sender: int, recipient: int) -> bytes:
+    """Directional AEAD key for shares sent from ``sender`` to ``recipient``.
+
+    ``secret`` is X25519(c_sk, peer c_pk), the same on both ends.
+    """
     return kdf.derive(secret, kdf.LABEL_SHARE_ENCRYPTION, struct.pack("<QII", round_id, sender, recipient))

@@ -62,6 +62,7 @@ class MaskingClient:
         self._t = 0
         self._peers: dict[int, wire.Advertisement] = {}
         self._held: dict[int, wire.SharePlaintext] = {}
+        self._open_keys: dict[int, bytes] = {}
         self._survivors: tuple[int, ...] = ()
         self.revealed_b: frozenset[int] = frozenset()
         """Dealers whose self-mask shares this client revealed (for audits and tests)."""
@@ -162,15 +163,18 @@ class MaskingClient:
         sk_shares = shamir.split(s.private, holders, params.threshold, self._rng)
         peers = dict(req.peers)
         records = []
+        open_keys: dict[int, bytes] = {}
         for v in holders:
             pt = wire.encode_share_plaintext(wire.SharePlaintext(self._me, v, b_shares[v], sk_shares[v]))
             try:
-                key = share_key(c.private, peers[v].c_pk, round_id=self._round, sender=self._me, recipient=v)
+                secret = c.exchange(peers[v].c_pk)
             except PrimitiveError as exc:
                 raise RemoteProtocolError(f"client {v}'s key: {exc}", peer=SERVER) from exc
+            key = share_key(secret, round_id=self._round, sender=self._me, recipient=v)
+            open_keys[v] = share_key(secret, round_id=self._round, sender=v, recipient=self._me)
             ad = aead.associated_data(version=wire.VERSION, round_id=self._round, sender=self._me, recipient=v)
             records.append((v, aead.seal(key, self._rng.random_bytes(aead.NONCE_BYTES), pt, ad)))
-        self._cohort, self._t, self._peers = cohort, params.threshold, peers
+        self._cohort, self._t, self._peers, self._open_keys = cohort, params.threshold, peers, open_keys
         return [self._msg(Stage.SHARE_KEYS, wire.encode_sealed_shares(wire.SealedShares(tuple(records))))]
 
     def _check_advertisement(self, v: int, adv: wire.Advertisement) -> None:
@@ -203,21 +207,14 @@ class MaskingClient:
                 f"only {len(dealers)} neighbours hold shares, the threshold is {self._t}",
                 peer=SERVER,
             )
-        c, s = self._keys()
+        _, s = self._keys()
         if self._x is None:  # pragma: no cover - the transition table makes this unreachable
             raise LocalProtocolError("input already consumed")
         held: dict[int, wire.SharePlaintext] = {}
         for u, ct in sealed:
             ad = aead.associated_data(version=wire.VERSION, round_id=self._round, sender=u, recipient=self._me)
             try:
-                key = share_key(
-                    c.private,
-                    self._peers[u].c_pk,
-                    round_id=self._round,
-                    sender=u,
-                    recipient=self._me,
-                )
-                pt = wire.decode_share_plaintext(aead.open_sealed(key, ct, ad))
+                pt = wire.decode_share_plaintext(aead.open_sealed(self._open_keys[u], ct, ad))
             except (PrimitiveError, wire.WireFormatError) as exc:
                 raise RemoteProtocolError(f"share ciphertext from client {u} rejected: {exc}", peer=SERVER) from exc
             if pt.dealer != u or pt.holder != self._me:
@@ -228,13 +225,13 @@ class MaskingClient:
         prg.add_mask_into(y, self_mask_seed(self._b, round_id=self._round, owner=self._me), ring)
         for v in dealers:
             try:
-                seed = pairwise_seed(s.private, self._peers[v].s_pk, round_id=self._round, me=self._me, peer=v)
+                seed = pairwise_seed(s, self._peers[v].s_pk, round_id=self._round, me=self._me, peer=v)
             except PrimitiveError as exc:
                 raise RemoteProtocolError(f"client {v}'s mask key: {exc}", peer=SERVER) from exc
             prg.add_mask_into(y, seed, ring, op="add" if self._me < v else "sub")
         commitment = self_mask_commitment(self._b, round_id=self._round, owner=self._me)
         payload_out = wire.encode_masked_input(commitment, ring.to_bytes(y))
-        self._held, self._x = held, None
+        self._held, self._x, self._open_keys = held, None, {}
         return [self._msg(Stage.MASKED_INPUT, payload_out)]
 
     # -- ConsistencyCheck: sign the survivor list -----------------------------------------

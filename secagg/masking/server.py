@@ -322,7 +322,7 @@ class MaskingServer:
         for u in dropped:
             if len(self._sk_shares.get(u, {})) < t:
                 self._abort(len(self._sk_shares.get(u, {})), f"dropped client {u}'s key has too few shares")
-        acc = self._acc.copy()
+        acc = self._acc  # in place: on any failure below the round aborts and acc is never read
         for u in self._u3:
             b = self._recover(u, self._b_shares[u])
             if self_mask_commitment(b, round_id=self._round, owner=u) != self._commitments[u]:
@@ -330,8 +330,8 @@ class MaskingServer:
             prg.add_mask_into(acc, self_mask_seed(b, round_id=self._round, owner=u), ring, op="sub")
             self.unmask_prg_expansions += 1
         for u in dropped:
-            sk = self._recover(u, self._sk_shares[u])
-            if key_agreement.keypair_from_private(sk).public != self._adv[u].s_pk:
+            sk = key_agreement.keypair_from_private(self._recover(u, self._sk_shares[u]))
+            if sk.public != self._adv[u].s_pk:
                 raise RemoteProtocolError(f"shares of client {u}'s mask key do not match its public key", peer=u)
             for v in sorted(self._graph[u] & alive):
                 seed = pairwise_seed(sk, self._adv[v].s_pk, round_id=self._round, me=u, peer=v)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
+import test_prg
 from test_masking_support import make_inputs, rngs, slow_sum, survival_oracle
 
 from dp.randomness import SeededRandomSource
 from secagg.errors import ConfigurationError, LocalProtocolError, TooFewSurvivorsError
 from secagg.masking import GraphKind, MaskingSecureSum, generate_identities, wire
-from secagg.masking._derive import pairwise_seed, self_mask_seed
-from secagg.primitives import prg
+from secagg.primitives import kdf, key_agreement
 from secagg.protocol import SERVER
 from secagg.ring import RingSpec
 from secagg.simulation import run_round
@@ -111,11 +113,13 @@ def test_masked_input_matches_slow_reference() -> None:
     b, s = me._b, me._s
     assert s is not None
     expect = [int(v) for v in inputs[2]]
-    masks = [prg.expand(self_mask_seed(b, round_id=9, owner=2), ring, 11)]
+    self_seed = kdf.derive(b, kdf.LABEL_SELF_MASK, struct.pack("<QI", 9, 2))
+    masks = [test_prg.reference_expand(self_seed, ring, 11)]
     signs = [1]
     for v in (1, 3, 4):
-        seed = pairwise_seed(s.private, me._peers[v].s_pk, round_id=9, me=2, peer=v)
-        masks.append(prg.expand(seed, ring, 11))
+        secret = key_agreement.shared_secret(s.private, me._peers[v].s_pk)
+        seed = kdf.derive(secret, kdf.LABEL_PAIRWISE_MASK, struct.pack("<QII", 9, min(2, v), max(2, v)))
+        masks.append(test_prg.reference_expand(seed, ring, 11))
         signs.append(1 if 2 < v else -1)
     for mask, sign in zip(masks, signs):
         expect = [(e + sign * int(m)) % ring.modulus for e, m in zip(expect, mask)]
