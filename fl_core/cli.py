@@ -23,6 +23,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fl_core.commands.run",
     "fl_core.commands.bench_paillier",
     "fl_core.commands.bench_secagg",
+    "fl_core.commands.plan",
+    "fl_core.commands.audit",
 )
 
 for _name in COMMAND_MODULES:

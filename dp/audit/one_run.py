@@ -99,7 +99,7 @@ def epsilon_lower_bound(m: int, r: int, v: int, delta: float, *, alpha: float = 
     if p_value(m, r, v, 0.0, delta) >= alpha:
         return 0.0
     lo, hi = 0.0, _EPS_CAP
-    if p_value(m, r, v, hi, delta) < alpha:  # pragma: no cover - needs r in the thousands of millions
+    if p_value(m, r, v, hi, delta) < alpha:  # pragma: no cover - needs r in the billions
         return hi
     while hi - lo > tol:
         mid = 0.5 * (lo + hi)
