@@ -253,9 +253,7 @@ class DistributedNoise:
     count_variance_per_client: float
 
 
-def distributed_noise(
-    config: DPConfig, *, scale: float, dim: int, clip_norm: float | None = None
-) -> DistributedNoise:
+def distributed_noise(config: DPConfig, *, scale: float, dim: int, clip_norm: float | None = None) -> DistributedNoise:
     """Size the per-client Skellam noise so that ``min_survivors - colluders`` clients give z.
 
     Raises:

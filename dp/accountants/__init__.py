@@ -174,9 +174,7 @@ def charge_of(event: RoundEvent) -> RoundCharge:
             return RoundCharge(ChargeKind.NON_PRIVATE)
         if fixed:
             return RoundCharge(ChargeKind.GAUSSIAN_FIXED, q=q, z=z, exact_pld=False)
-        return RoundCharge(
-            ChargeKind.GAUSSIAN_POISSON, q=q, z=z, exact_pld=event.mechanism is Mechanism.GAUSSIAN
-        )
+        return RoundCharge(ChargeKind.GAUSSIAN_POISSON, q=q, z=z, exact_pld=event.mechanism is Mechanism.GAUSSIAN)
     if event.mechanism is Mechanism.SKELLAM:
         l2 = event.l2_sensitivity
         l1 = event.l1_sensitivity
@@ -306,9 +304,7 @@ def epsilon_curve(events: Sequence[RoundEvent], delta: float, *, accountant: str
     if accountant == "rdp":
         return [float(v) for v in eps_rdp]
     # From the first round the PLD engine cannot take, every prefix is accounted by RDP.
-    first_rdp = next(
-        (i for i, c in enumerate(charges) if c.kind is not ChargeKind.FREE and not c.exact_pld), n
-    )
+    first_rdp = next((i for i, c in enumerate(charges) if c.kind is not ChargeKind.FREE and not c.exact_pld), n)
     out: list[float] = []
     prefix: list[RoundEvent] = []
     last = 0.0
