@@ -110,14 +110,14 @@ def bench_paillier(
             return s
 
     precompute_s: list[float] = []
+    if precompute:  # offline phase, outside the metered round (the pool is consumed in order)
+        for c in inputs:
+            t = time.process_time()
+            ss.precompute(ss.plan.plaintexts, rng.spawn(f"client {c}").spawn("offline"))
+            precompute_s.append(time.process_time() - t)
 
     def rng_for(c: int) -> Any:
-        r = rng.spawn(f"client {c}")
-        if precompute:
-            t = time.process_time()
-            ss.precompute(ss.plan.plaintexts, r.spawn("offline"))
-            precompute_s.append(time.process_time() - t)
-        return r
+        return rng.spawn(f"client {c}")
 
     outcome = run_round(_Recorder(), inputs, round_id=1, rng_for=rng_for)  # type: ignore[arg-type]
     server = sessions[0]
