@@ -129,7 +129,9 @@ class KeyHolder:
     """The single key holder: holds the private key and decrypts one aggregate per round.
 
     Security: trusted not to collude with the server (it could decrypt any ciphertext
-    the server shows it). Use :class:`ThresholdDecryptor` to remove that trust.
+    the server shows it). Use :class:`ThresholdDecryptor` to remove that trust. It
+    answers at most one decryption request per round id (``served_rounds``), across
+    all its sessions.
     """
 
     def __init__(self, private_key: PaillierPrivateKey, *, holder_id: int = -1) -> None:
@@ -137,6 +139,7 @@ class KeyHolder:
             raise ConfigurationError(f"key-holder ids are negative (clients are >= 1, the server 0), got {holder_id}")
         self.private_key = private_key
         self.holder_id = holder_id
+        self.served_rounds: set[int] = set()
 
     @property
     def public_key(self) -> PaillierPublicKey:
@@ -162,10 +165,11 @@ class KeyHolderSession:
             RemoteProtocolError: (or a subclass) a second request this round, or a bad request.
         """
         h = self._holder
-        if self._answered:
+        if self._answered or self._round in h.served_rounds:
             raise RemoteProtocolError("a second decryption request in one round is refused", peer=msg.sender)
         cts = _check_request(msg, h.public_key, self._round, h.holder_id, self._count)
         self._answered = True
+        h.served_rounds.add(self._round)
         pts = [h.private_key.decrypt(c) for c in cts]
         payload = wire.encode(wire.Kind.PLAINTEXTS, h.public_key, round_id=self._round, sender=h.holder_id, values=pts)
         return [Message(h.holder_id, SERVER, self._round, STAGE_PLAINTEXT, payload)]
@@ -175,12 +179,14 @@ class ThresholdDecryptor:
     """One of m threshold decryptors; its id is ``-index``.
 
     Security: holds one Shamir share of the decryption exponent; proves every share
-    it sends (Shoup 2000, section 3) with randomness from ``rng``.
+    it sends (Shoup 2000, section 3) with randomness from ``rng``; answers at most one
+    request per round id (``served_rounds``).
     """
 
     def __init__(self, share: KeyShare, *, rng: RandomSource) -> None:
         self.share = share
         self.rng = rng
+        self.served_rounds: set[int] = set()
 
     @property
     def holder_id(self) -> int:
@@ -219,10 +225,11 @@ class ThresholdDecryptorSession:
 
     def receive(self, msg: Message) -> list[Message]:
         d = self._dec
-        if self._answered:
+        if self._answered or self._round in d.served_rounds:
             raise RemoteProtocolError("a second decryption request in one round is refused", peer=msg.sender)
         cts = _check_request(msg, d.public_key, self._round, d.holder_id, self._count)
         self._answered = True
+        d.served_rounds.add(self._round)
         shares = decryption_shares(d.share, cts)
         proof = prove(d.share, cts, shares, d.rng, context=_proof_context(d.public_key, self._round))
         payload = wire.encode(

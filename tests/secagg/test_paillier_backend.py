@@ -324,6 +324,11 @@ def test_key_holder_answers_one_request_per_round():
     assert reply[0].stage == STAGE_PLAINTEXT
     with pytest.raises(RemoteProtocolError, match="second"):
         session.receive(_request(ss))
+    holder = ss.key_holder
+    first = holder.session(3, ss.plan.plaintexts)
+    first.receive(_request(ss, round_id=3))
+    with pytest.raises(RemoteProtocolError, match="second"):
+        holder.session(3, ss.plan.plaintexts).receive(_request(ss, round_id=3))
 
 
 def test_threshold_decryptor_answers_one_request_per_round():
@@ -332,6 +337,18 @@ def test_threshold_decryptor_answers_one_request_per_round():
     assert session.receive(_request(ss))[0].stage == STAGE_SHARE
     with pytest.raises(RemoteProtocolError, match="second"):
         session.receive(_request(ss))
+    with pytest.raises(RemoteProtocolError, match="second"):  # a fresh session for the same round
+        ss.decryptors[0].session(1, ss.plan.plaintexts).receive(_request(ss))
+    assert ss.decryptors[0].session(2, ss.plan.plaintexts).receive(_request(ss, round_id=2))
+
+
+def test_a_second_round_with_the_same_id_is_refused_by_the_key_holder():
+    ring = RingSpec(16)
+    ss = single(ring, 10)
+    inputs = random_inputs(ring, 10, 2)
+    assert run_round(ss, inputs, round_id=7, rng_for=rng_for).error is None
+    out = run_round(ss, inputs, round_id=7, rng_for=rng_for)
+    assert out.total is None and isinstance(out.error, RemoteProtocolError)
 
 
 def test_key_holder_checks_the_request():
