@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from secagg.primitives import kdf, key_agreement
+from secagg.primitives import kdf, key_agreement, prg
 
 __all__ = ["pairwise_seed", "self_mask_seed", "self_mask_commitment", "share_key"]
 
@@ -13,11 +13,13 @@ def pairwise_seed(s_key: key_agreement.KeyPair, peer_s_pk: bytes, *, round_id: i
     """PRG seed of the mask shared by ``me`` and ``peer`` (symmetric in the pair)."""
     lo, hi = min(me, peer), max(me, peer)
     secret = s_key.exchange(peer_s_pk)
-    return kdf.derive(secret, kdf.LABEL_PAIRWISE_MASK, struct.pack("<QII", round_id, lo, hi))
+    context = struct.pack("<QII", round_id, lo, hi)
+    return kdf.derive(secret, kdf.LABEL_PAIRWISE_MASK, context, length=prg.SEED_BYTES)
 
 
 def self_mask_seed(b: bytes, *, round_id: int, owner: int) -> bytes:
-    return kdf.derive(b, kdf.LABEL_SELF_MASK, struct.pack("<QI", round_id, owner))
+    context = struct.pack("<QI", round_id, owner)
+    return kdf.derive(b, kdf.LABEL_SELF_MASK, context, length=prg.SEED_BYTES)
 
 
 def self_mask_commitment(b: bytes, *, round_id: int, owner: int) -> bytes:

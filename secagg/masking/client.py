@@ -221,14 +221,14 @@ class MaskingClient:
                 raise RemoteProtocolError(f"share from client {u} names the wrong parties", peer=SERVER)
             held[u] = pt
         ring = self._spec.ring
-        y = self._x.copy()
-        prg.add_mask_into(y, self_mask_seed(self._b, round_id=self._round, owner=self._me), ring)
+        masks: list[tuple[bytes, prg.MaskOp]] = [(self_mask_seed(self._b, round_id=self._round, owner=self._me), "add")]
         for v in dealers:
             try:
                 seed = pairwise_seed(s, self._peers[v].s_pk, round_id=self._round, me=self._me, peer=v)
             except PrimitiveError as exc:
                 raise RemoteProtocolError(f"client {v}'s mask key: {exc}", peer=SERVER) from exc
-            prg.add_mask_into(y, seed, ring, op="add" if self._me < v else "sub")
+            masks.append((seed, "add" if self._me < v else "sub"))
+        y = prg.add_masks_into(self._x.copy(), masks, ring)
         commitment = self_mask_commitment(self._b, round_id=self._round, owner=self._me)
         payload_out = wire.encode_masked_input(commitment, ring.to_bytes(y))
         self._held, self._x, self._open_keys = held, None, {}

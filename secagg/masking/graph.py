@@ -24,10 +24,10 @@ _RING64 = RingSpec(64)
 
 
 def graph_seed(public_seed: bytes, round_id: int, cohort: Sequence[int]) -> bytes:
-    """HKDF(public_seed, LABEL_GRAPH, round_id || n || sorted cohort) (32 bytes)."""
+    """HKDF(public_seed, LABEL_GRAPH, round_id || n || sorted cohort): a 16-byte PRG seed."""
     ids = sorted(cohort)
     context = struct.pack(f"<QI{len(ids)}I", round_id, len(ids), *ids)
-    return kdf.derive(public_seed, kdf.LABEL_GRAPH, context)
+    return kdf.derive(public_seed, kdf.LABEL_GRAPH, context, length=prg.SEED_BYTES)
 
 
 def neighbour_graph(

@@ -322,13 +322,12 @@ class MaskingServer:
         for u in dropped:
             if len(self._sk_shares.get(u, {})) < t:
                 self._abort(len(self._sk_shares.get(u, {})), f"dropped client {u}'s key has too few shares")
-        acc = self._acc  # in place: on any failure below the round aborts and acc is never read
+        masks: list[tuple[bytes, prg.MaskOp]] = []
         for u in self._u3:
             b = self._recover(u, self._b_shares[u])
             if self_mask_commitment(b, round_id=self._round, owner=u) != self._commitments[u]:
                 raise RemoteProtocolError(f"shares of client {u}'s self-mask seed do not match its commitment", peer=u)
-            prg.add_mask_into(acc, self_mask_seed(b, round_id=self._round, owner=u), ring, op="sub")
-            self.unmask_prg_expansions += 1
+            masks.append((self_mask_seed(b, round_id=self._round, owner=u), "sub"))
         for u in dropped:
             sk = key_agreement.keypair_from_private(self._recover(u, self._sk_shares[u]))
             if sk.public != self._adv[u].s_pk:
@@ -336,8 +335,10 @@ class MaskingServer:
             for v in sorted(self._graph[u] & alive):
                 seed = pairwise_seed(sk, self._adv[v].s_pk, round_id=self._round, me=u, peer=v)
                 # v added the pair mask when v < u and subtracted it when v > u: undo that.
-                prg.add_mask_into(acc, seed, ring, op="sub" if v < u else "add")
-                self.unmask_prg_expansions += 1
+                masks.append((seed, "sub" if v < u else "add"))
+        self.unmask_prg_expansions = len(masks)
+        # In place: every secret was checked above, so this cannot fail half-way.
+        acc = prg.add_masks_into(self._acc, masks, ring)
         return ring.reduce(acc)
 
     def _recover(self, owner: int, shares: dict[int, int]) -> bytes:

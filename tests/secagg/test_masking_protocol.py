@@ -113,12 +113,12 @@ def test_masked_input_matches_slow_reference() -> None:
     b, s = me._b, me._s
     assert s is not None
     expect = [int(v) for v in inputs[2]]
-    self_seed = kdf.derive(b, kdf.LABEL_SELF_MASK, struct.pack("<QI", 9, 2))
+    self_seed = kdf.derive(b, kdf.LABEL_SELF_MASK, struct.pack("<QI", 9, 2), length=16)
     masks = [test_prg.reference_expand(self_seed, ring, 11)]
     signs = [1]
     for v in (1, 3, 4):
         secret = key_agreement.shared_secret(s.private, me._peers[v].s_pk)
-        seed = kdf.derive(secret, kdf.LABEL_PAIRWISE_MASK, struct.pack("<QII", 9, min(2, v), max(2, v)))
+        seed = kdf.derive(secret, kdf.LABEL_PAIRWISE_MASK, struct.pack("<QII", 9, min(2, v), max(2, v)), length=16)
         masks.append(test_prg.reference_expand(seed, ring, 11))
         signs.append(1 if 2 < v else -1)
     for mask, sign in zip(masks, signs):

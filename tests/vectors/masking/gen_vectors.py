@@ -1,7 +1,7 @@
 """Regenerate masking_vectors.json WITHOUT using privagg or pyca/cryptography.
 
 Independent sources:
-* AES-256-CTR keystream: the ``openssl enc`` command line tool (OpenSSL's own CLI,
+* AES-128-CTR keystream: the ``openssl enc`` command line tool (OpenSSL's own CLI,
   not the Python bindings), encrypting zero bytes under the all-zero counter block.
 * HKDF-SHA256: a direct transcription of RFC 5869 section 2 with Python's
   ``hmac``/``hashlib`` modules.
@@ -27,7 +27,7 @@ PRIME = (1 << 256) + 297
 
 def openssl_ctr_keystream(key: bytes, nbytes: int) -> bytes:
     out = subprocess.run(
-        ["openssl", "enc", "-aes-256-ctr", "-nosalt", "-nopad", "-K", key.hex(), "-iv", "00" * 16],
+        ["openssl", "enc", "-aes-128-ctr", "-nosalt", "-nopad", "-K", key.hex(), "-iv", "00" * 16],
         input=bytes(nbytes),
         capture_output=True,
         check=True,
@@ -48,11 +48,11 @@ def hkdf_rfc5869(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
 def prg_vectors() -> list[dict[str, object]]:
     out = []
     for key_hex, bits, dim in [
-        (bytes(range(32)).hex(), 32, 12),
-        (bytes(range(32)).hex(), 20, 12),
-        (bytes(range(32)).hex(), 8, 40),
-        ("ff" * 32, 64, 6),
-        (hashlib.sha256(b"privagg prg vector").hexdigest(), 16, 20),
+        (bytes(range(16)).hex(), 32, 12),
+        (bytes(range(16)).hex(), 20, 12),
+        (bytes(range(16)).hex(), 8, 40),
+        ("ff" * 16, 64, 6),
+        (hashlib.sha256(b"privagg prg vector").hexdigest()[:32], 16, 20),
     ]:
         width = 8 if bits <= 8 else 16 if bits <= 16 else 32 if bits <= 32 else 64
         ks = openssl_ctr_keystream(bytes.fromhex(key_hex), dim * width // 8)
@@ -65,8 +65,8 @@ def prg_vectors() -> list[dict[str, object]]:
                 "expected": [w & ((1 << bits) - 1) for w in words],
             }
         )
-    # Long enough to cross the 256 KiB chunk boundary of the streaming implementation.
-    key = hashlib.sha256(b"privagg prg chunk boundary").digest()
+    # Long enough to cross the 128 KiB chunk boundary of the streaming implementation.
+    key = hashlib.sha256(b"privagg prg chunk boundary").digest()[:16]
     dim = (1 << 16) + 7
     ks = openssl_ctr_keystream(key, 4 * dim)
     out.append(
@@ -152,7 +152,7 @@ def shamir_vectors() -> list[dict[str, object]]:
 def main() -> None:
     data = {
         "prime": str(PRIME),
-        "prg_aes256ctr": prg_vectors(),
+        "prg_aes128ctr": prg_vectors(),
         "hkdf_labels": kdf_vectors(),
         "shamir": shamir_vectors(),
     }
