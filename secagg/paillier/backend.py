@@ -460,8 +460,7 @@ class PaillierServerSession:
         if len(cohort) > spec.max_clients:
             raise EncodingOverflowError(
                 f"cohort of {len(cohort)} exceeds max_clients={spec.max_clients}: the packed sum "
-                "could "
-                "overflow a slot; build the backend with a larger max_clients",
+                "could overflow a slot; build the backend with a larger max_clients",
                 knob="max_clients",
             )
         self._spec = spec
