@@ -179,7 +179,7 @@ class ThresholdDecryptor:
     """One of m threshold decryptors; its id is ``-index``.
 
     Security: holds one Shamir share of the decryption exponent; proves every share
-    it sends (Shoup 2000, section 3) with randomness from ``rng``; answers at most one
+    it sends (Shoup 2000, the share-correctness proof) with randomness from ``rng``; answers at most one
     request per round id (``served_rounds``).
     """
 

@@ -8,7 +8,7 @@ each slot of the sum mod 2^b gives exactly the ring sum: two's-complement intege
 represents them. A plaintext holds ``floor((key_bits - 1) / w)`` slots, so the packed
 sum stays below ``2^(key_bits - 1) <= n`` and never wraps mod ``n``.
 
-Unlike BatchCrypt (Zhang et al., USENIX ATC 2020, section 4), which packs quantised
+Unlike BatchCrypt (Zhang et al., USENIX ATC 2020), which packs quantised
 values with sign bits and padding, we pack unsigned ring representatives: no offset,
 no sign handling, and the overflow bound is exact.
 """

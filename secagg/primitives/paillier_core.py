@@ -7,8 +7,8 @@ APIs. ``phe`` remains the independent reference in the known-answer tests, and k
 convert to and from ``phe`` (see :mod:`secagg.primitives.paillier_phe`).
 
 Security:
-    Assumption: the Decisional Composite Residuosity assumption (Paillier 1999,
-    section 3) for semantic security of the standard mode ``c = (1 + m n) r^n mod n^2``.
+    Assumption: the Decisional Composite Residuosity assumption (Paillier 1999) for
+    semantic security of the standard mode ``c = (1 + m n) r^n mod n^2``.
     The DJN mode (Damgård, Jurik, Nielsen, "A generalization of Paillier's public-key
     system with applications to electronic voting", IJIS 2010, the ``h_s = h^n`` variant)
     encrypts ``c = (1 + m n) h_s^r mod n^2`` with a short uniform exponent ``r``; it is
@@ -179,7 +179,7 @@ def random_prime(bits: int, rng: RandomSource) -> mpz:
 def random_safe_prime(bits: int, rng: RandomSource) -> mpz:
     """A random ``bits``-bit safe prime ``p = 2 p' + 1`` (``p'`` prime), drawn from ``rng``.
 
-    Needed by threshold decryption (Shoup 2000, section 2; Damgård-Jurik 2001, section 4),
+    Needed by threshold decryption (Shoup 2000; Damgård-Jurik 2001, threshold variant),
     where the squares of Z_n^* must form a cyclic group of order ``p' q'``. Slow for
     1024-bit primes (tens of seconds to minutes): production keys are dealt once.
     """
@@ -211,7 +211,7 @@ class FixedBaseTable:
 
     ``pow(e)`` costs ``ceil(exponent_bits / w)`` modular multiplications instead of a
     square-and-multiply over the whole exponent (fixed-base windowing; Menezes, van
-    Oorschot, Vanstone, Handbook of Applied Cryptography, algorithm 14.109 in its
+    Oorschot, Vanstone, Handbook of Applied Cryptography, chapter 14, fixed-base windowing, in its
     simplest form). Memory: ``ceil(bits / w) * 2^w`` residues.
     """
 
@@ -359,7 +359,7 @@ class PaillierPublicKey:
 
 @dataclass(frozen=True, slots=True)
 class PaillierPrivateKey:
-    """The factorisation ``n = p q`` with CRT constants for decryption (Paillier 1999, sec. 7)."""
+    """The factorisation ``n = p q`` with CRT constants for decryption (as in Paillier 1999)."""
 
     public_key: PaillierPublicKey
     p: mpz

@@ -2,9 +2,9 @@
 
 Written by hand because no maintained Python library offers threshold Paillier with
 share-correctness proofs; the construction follows Shoup, "Practical Threshold
-Signatures" (EUROCRYPT 2000, sections 2-3) as adapted to Paillier by Damgård and
+Signatures" (EUROCRYPT 2000) as adapted to Paillier by Damgård and
 Jurik ("A Generalisation, a Simplification and Some Applications of Paillier's
-Probabilistic Public-Key System", PKC 2001, section 4) with ``s = 1``.
+Probabilistic Public-Key System", PKC 2001, threshold variant) with ``s = 1``.
 
 Security:
     Assumption: DCR, safe primes ``p = 2p' + 1``, ``q = 2q' + 1``, an honest dealer
@@ -12,7 +12,7 @@ Security:
     proofs. Guarantee: any ``t`` valid shares decrypt; ``t - 1`` shares reveal nothing
     about the secret exponent (Shamir sharing over Z_{n m'}). Each decryption share
     carries a non-interactive proof that ``log_{X^4}(Y^2) = log_v(v_i)`` (Chaum-Pedersen
-    equality of discrete logs, Shoup 2000 section 3), taken over a random linear
+    equality of discrete logs, as in Shoup 2000), taken over a random linear
     combination ``X = prod c_j^rho_j``, ``Y = prod d_j^rho_j`` of the whole batch
     (the small-exponents batch test of Bellare, Garay, Rabin, EUROCRYPT 1998) with
     128-bit ``rho_j`` derived by hashing the batch. A corrupted share passes with
@@ -144,7 +144,7 @@ def deal(
         PaillierError: ``p`` or ``q`` is not a safe prime, or t/m are out of range.
 
     Security: the dealer sees the factorisation; it must erase ``sk`` afterwards.
-    The secret is ``d`` with ``d = 0 mod m'`` and ``d = 1 mod n`` (Damgård-Jurik 2001, section 4.1).
+    The secret is ``d`` with ``d = 0 mod m'`` and ``d = 1 mod n`` (Damgård-Jurik 2001, threshold variant).
     """
     if not 1 <= threshold <= parties:
         raise PaillierError(f"need 1 <= threshold <= parties, got {threshold} of {parties}")
@@ -308,7 +308,7 @@ def verify(
 
 
 def lagrange_times_delta(indices: Sequence[int], i: int, delta: int) -> int:
-    """``Delta * prod_{j != i} j / (j - i)``: integral because Delta = m! (Shoup 2000, sec. 2)."""
+    """``Delta * prod_{j != i} j / (j - i)``: integral because Delta = m! (Shoup 2000)."""
     num, den = delta, 1
     for j in indices:
         if j != i:
