@@ -14,6 +14,7 @@ Security:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -230,7 +231,9 @@ class MaskingClient:
             masks.append((seed, "add" if self._me < v else "sub"))
         y = prg.add_masks_into(self._x.copy(), masks, ring)
         commitment = self_mask_commitment(self._b, round_id=self._round, owner=self._me)
-        payload_out = wire.encode_masked_input(commitment, ring.to_bytes(y))
+        # Little-endian hosts hand the vector's own buffer to the encoder: one copy, not two.
+        body = y.data.cast("B") if sys.byteorder == "little" else ring.to_bytes(y)
+        payload_out = wire.encode_masked_input(commitment, body)
         self._held, self._x, self._open_keys = held, None, {}
         return [self._msg(Stage.MASKED_INPUT, payload_out)]
 

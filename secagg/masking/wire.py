@@ -234,8 +234,9 @@ MASKED_INPUT_HEADER_BYTES = 1 + len(_PAD) + COMMITMENT_BYTES
 """Version, 7 reserved zero bytes, commitment: 40 bytes, so the vector starts 8-byte aligned."""
 
 
-def encode_masked_input(commitment: bytes, vector_bytes: bytes) -> bytes:
-    return bytes([VERSION]) + _PAD + commitment + vector_bytes
+def encode_masked_input(commitment: bytes, vector_bytes: bytes | memoryview) -> bytes:
+    """Header then the little-endian vector bytes, assembled with a single copy."""
+    return b"".join((bytes([VERSION]), _PAD, commitment, vector_bytes))
 
 
 def decode_masked_input(data: bytes) -> tuple[MaskedInputHeader, memoryview]:
