@@ -19,7 +19,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["RunConfig", "load_config_file", "CHOICES"]
+__all__ = ["RunConfig", "load_config_file", "CHOICES", "DEFAULT_SAMPLING_RATE"]
+
+DEFAULT_SAMPLING_RATE = 0.1
+"""Poisson rate used when neither ``per_round`` nor ``sampling_rate`` is given."""
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": ("digits", "fashion-mnist"),
@@ -38,8 +41,8 @@ class RunConfig:
     """Every option of ``privagg run``; see ``privagg run --help`` for their meaning."""
 
     dataset: str = "digits"
-    clients: int = 100
-    rounds: int = 20
+    clients: int = 1000
+    rounds: int = 30
     per_round: int | None = None
     sampling_rate: float | None = None
     partition: str = "iid"
@@ -50,10 +53,10 @@ class RunConfig:
     batch_size: int = 16
     server_lr: float = 1.0
     server_momentum: float = 0.5
-    secure_sum: str = "plain"
-    graph: str = "complete"
+    secure_sum: str = "masking"
+    graph: str = "sparse"
     bits: int = 32
-    dp: str = "none"
+    dp: str = "distributed"
     mechanism: str = "skellam"
     clip: float | None = None
     noise_multiplier: float | None = None

@@ -165,6 +165,12 @@ class Federation:
     def events(self) -> list[Any]:
         return list(self.accounting.events)
 
+    def close(self) -> None:
+        """Release the ledger (its file lock); the federation can no longer charge rounds."""
+        close = getattr(self.accounting.ledger, "close", None)
+        if close is not None:
+            close()
+
     def rounds(self, n: int) -> Iterator[RoundResult]:
         """Run ``n`` rounds, yielding each committed round's result (the step-by-step form)."""
         if n < 0:

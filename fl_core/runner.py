@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from fl_core.config import RunConfig
+from fl_core.config import DEFAULT_SAMPLING_RATE, RunConfig
 from fl_core.data import FederatedData, federate, load_dataset
 from fl_core.evaluation import make_evaluator
 from fl_core.federation import Federation, RoundResult
@@ -33,7 +33,7 @@ def make_sampler(cfg: RunConfig) -> Sampler:
         return Sampler.poisson(cfg.clients, cfg.sampling_rate)
     if cfg.per_round is not None:
         return Sampler.fixed_size(cfg.clients, cfg.per_round)
-    return Sampler.full(cfg.clients)
+    return Sampler.poisson(cfg.clients, DEFAULT_SAMPLING_RATE)
 
 
 def load_federated_data(cfg: RunConfig) -> FederatedData:
@@ -60,6 +60,7 @@ class RunSummary:
     dim: int
     extra: dict[str, Any] = field(default_factory=dict)
     sizes: list[int] = field(default_factory=list)
+    sampling: dict[str, Any] = field(default_factory=dict)
 
     def extra_sizes(self) -> dict[str, float]:
         if not self.sizes:
@@ -77,7 +78,7 @@ class RunSummary:
         m = self.final_metrics()
         rounds = [r for r in self.results if not r.skipped]
         bytes_pc = (sum(r.bytes_up_per_client for r in rounds) / len(rounds)) if rounds else 0.0
-        eps = self.results[-1].epsilon if self.results else None
+        eps = self.results[-1].epsilon if self.results else (0.0 if self.config.dp != "none" else None)
         cfg = self.config
         return {
             "accuracy": m.get("accuracy"),
@@ -99,6 +100,7 @@ class RunSummary:
             "per_round_accuracy": [r.metrics.get("accuracy") for r in self.results],
             "seed": cfg.seed,
             "partition": cfg.partition,
+            "sampling": self.sampling,
             "client_sizes": self.extra_sizes(),
             "machine": {
                 "python": platform.python_version(),
@@ -171,7 +173,12 @@ def execute(
                 on_round(res)
     except BudgetExceededError as exc:
         stop_reason = str(exc)
+    finally:
+        fed.close()
     extra = dict(extra)
     if stop_reason is not None:
         extra["stopped"] = stop_reason
-    return RunSummary(cfg, results, time.perf_counter() - t0, fed.dim, extra, sizes=list(data.client_sizes))
+    sampling = {"scheme": fed.sampler.scheme.value, "rate": fed.sampler.rate, "population": fed.sampler.population}
+    return RunSummary(
+        cfg, results, time.perf_counter() - t0, fed.dim, extra, sizes=list(data.client_sizes), sampling=sampling
+    )

@@ -21,10 +21,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("run")
     def run(
         dataset: Optional[str] = typer.Option(None, help="digits (embedded default) or fashion-mnist."),
-        clients: Optional[int] = typer.Option(None, help="Number of clients the data is split into [100]."),
-        rounds: Optional[int] = typer.Option(None, help="Federated rounds [20]."),
+        clients: Optional[int] = typer.Option(None, help="Number of clients the data is split into [1000]."),
+        rounds: Optional[int] = typer.Option(None, help="Federated rounds [30]."),
         per_round: Optional[int] = typer.Option(None, "--per-round", help="Fixed cohort size per round."),
-        sampling_rate: Optional[float] = typer.Option(None, "--sampling-rate", help="Poisson sampling rate q."),
+        sampling_rate: Optional[float] = typer.Option(
+            None, "--sampling-rate", help="Poisson sampling rate q [0.1 when --per-round is not given]."
+        ),
         partition: Optional[str] = typer.Option(None, help="iid, dirichlet or shards [iid]."),
         alpha: Optional[float] = typer.Option(None, help="Dirichlet concentration for --partition dirichlet [0.5]."),
         model: Optional[str] = typer.Option(None, help="logreg, mlp or cnn [logreg]."),
@@ -34,14 +36,20 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         server_lr: Optional[float] = typer.Option(None, "--server-lr", help="Server learning rate [1.0]."),
         server_momentum: Optional[float] = typer.Option(None, "--server-momentum", help="Server momentum [0.5]."),
         secure_sum: Optional[str] = typer.Option(
-            None, "--secure-sum", help="plain (insecure baseline), masking or paillier."
+            None, "--secure-sum", help="masking (default), paillier, or plain (insecure baseline)."
         ),
-        graph: Optional[str] = typer.Option(None, help="Masking graph: complete or sparse."),
+        graph: Optional[str] = typer.Option(
+            None, help="Masking graph: sparse (SecAgg+, default) or complete (SecAgg)."
+        ),
         bits: Optional[int] = typer.Option(None, help="Ring width of the encoding [32]."),
-        dp: Optional[str] = typer.Option(None, help="none, central, distributed or local."),
+        dp: Optional[str] = typer.Option(None, help="distributed (default), central, local or none."),
         mechanism: Optional[str] = typer.Option(None, help="Distributed noise: skellam or discrete_gaussian."),
-        clip: Optional[float] = typer.Option(None, help="L2 clip norm of each client update."),
-        noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="Noise std / clip."),
+        clip: Optional[float] = typer.Option(
+            None, help="L2 clip norm of each client update [1.0 with DP, 10 without]."
+        ),
+        noise_multiplier: Optional[float] = typer.Option(
+            None, "--noise-multiplier", help="Noise std / sensitivity [1.0]."
+        ),
         target_epsilon: Optional[float] = typer.Option(None, "--target-epsilon", help="Privacy budget epsilon."),
         delta: Optional[float] = typer.Option(None, help="Privacy parameter delta [1e-5]."),
         colluders: Optional[int] = typer.Option(None, help="Clients assumed to collude with the server [0]."),

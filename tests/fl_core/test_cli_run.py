@@ -39,7 +39,24 @@ def test_default_digits_run_reaches_90_percent():
 
 
 def test_human_summary_mentions_insecure_baseline():
-    res = runner.invoke(app, ["run", "--rounds", "1", "--clients", "5", "--seed", "0"])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--rounds",
+            "1",
+            "--clients",
+            "5",
+            "--seed",
+            "0",
+            "--dp",
+            "none",
+            "--secure-sum",
+            "plain",
+            "--per-round",
+            "5",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "test accuracy" in res.output and "insecure baseline" in res.output
 
@@ -71,7 +88,9 @@ def test_unknown_option_is_refused():
 
 def test_config_file_mirrors_options_and_cli_wins(tmp_path):
     cfg = tmp_path / "run.toml"
-    cfg.write_text('[run]\nclients = 6\nrounds = 2\nmodel = "mlp"\nper-round = 3\nseed = 4\n')
+    cfg.write_text(
+        '[run]\nclients = 6\nrounds = 2\nmodel = "mlp"\nper-round = 3\nseed = 4\ndp = "none"\nsecure-sum = "plain"\n'
+    )
     res = runner.invoke(app, ["run", "--config", str(cfg), "--rounds", "1", "--json"])
     assert res.exit_code == 0, res.output
     out = _json_tail(res.output)

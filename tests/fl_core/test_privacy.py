@@ -1,0 +1,194 @@
+"""DP wired into the round loop: noise really present, survivors-only charge, budget and ledger atomicity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from dp.accountants import compute_epsilon
+from dp.budget import Budget
+from dp.calibration import DPConfig, distributed_noise
+from dp.errors import BudgetExceededError
+from dp.events import DPMode, Mechanism
+from dp.ledger import Ledger, verify_ledger
+from dp.randomness import SeededRandomSource
+from fl_core.config import RunConfig
+from fl_core.errors import ConfigError, RoundFailedError
+from fl_core.federation import Federation
+from fl_core.params import ParamCodec
+from fl_core.privacy import DPPolicy, build_privacy, default_min_survivors
+from fl_core.runner import execute
+from fl_core.sampling import Sampler
+
+
+def _noop(model, data):
+    return None
+
+
+def _data(n):
+    return [TensorDataset(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)) for _ in range(n)]
+
+
+def _fed(mode, n=100, dropout=0.0, z=1.0, min_survivors=None, ledger=None, budget=None, seed=0):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    sampler = Sampler.full(n)
+    ms = min_survivors if min_survivors is not None else n
+    cfg = DPConfig(mode=DPMode(mode), noise_multiplier=z, clip_norm=1.0, expected_cohort=n, min_survivors=ms)
+    policy = DPPolicy(cfg, sampler=sampler, dim=8, delta=1e-5)
+    fed = Federation(
+        model,
+        _noop,
+        _data(n),
+        rng=SeededRandomSource(seed),
+        sampler=sampler,
+        privacy=policy,
+        epsilon_fn=lambda ev: compute_epsilon(ev, 1e-5),
+        ledger=ledger,
+        budget=budget,
+        dropout=dropout,
+    )
+    return fed, policy
+
+
+def test_dropouts_are_charged_with_the_survivors_noise_only():
+    fed, policy = _fed("distributed", n=100, dropout=0.3, min_survivors=60)
+    res = fed.run_round()
+    assert len(res.survivors) == 70
+    ev = res.event
+    per_client = distributed_noise(policy.config, scale=fed.plan.scale, dim=fed.dim).per_client_variance
+    assert ev.survivors == 70 and ev.cohort == 100
+    assert ev.noise_variance == pytest.approx(70 * per_client, rel=1e-12)
+    # and the noise multiplier charged is that of 70 shares, not 100
+    assert ev.noise_multiplier == pytest.approx(math.sqrt(70 * per_client) / ev.l2_sensitivity)
+
+
+def test_distributed_noise_is_really_in_the_sum():
+    """All updates are zero, so the decoded average is pure noise: its variance must match
+    survivors * per-client variance / scale^2 / denominator^2."""
+    fed, policy = _fed("distributed", n=20)
+    before = ParamCodec(fed.model).flatten(fed.model).astype(np.float64)
+    fed.optimizer.momentum = 0.0
+    fed.run_round()
+    after = ParamCodec(fed.model).flatten(fed.model).astype(np.float64)
+    per_client = distributed_noise(policy.config, scale=fed.plan.scale, dim=fed.dim).per_client_variance
+    expected_sd = math.sqrt(20 * per_client) / fed.plan.scale / 20
+    got = after - before
+    assert got.std() == pytest.approx(expected_sd, rel=0.6)  # 8 coordinates: loose, but catches 0 or 2x
+    assert np.abs(got).max() > 0
+
+
+def test_central_noise_has_the_configured_std():
+    _, policy = _fed("central", n=10, z=2.0)
+    noisy = policy.server_release(np.zeros(200_000), Sampler.full(10), SeededRandomSource(1))
+    assert noisy.std() == pytest.approx(2.0 * 1.0, rel=0.01)
+
+
+def test_local_noise_is_added_by_the_client_and_sized_for_2C():
+    _, policy = _fed("local", n=10, z=1.0)
+    out = policy.local_noise(np.zeros(100_000), SeededRandomSource(2))
+    assert out.std() == pytest.approx(2.0, rel=0.02)
+    assert policy.encoding_bound() > 1.0
+
+
+def test_too_few_survivors_for_the_noise_aborts_before_release(tmp_path):
+    ledger = Ledger.open(tmp_path / "l.jsonl")
+    fed, _ = _fed("distributed", n=10, dropout=0.3, min_survivors=9, ledger=ledger)
+    before = ParamCodec(fed.model).flatten(fed.model)
+    with pytest.raises(RoundFailedError, match="survivors"):
+        fed.run_round()
+    assert np.array_equal(ParamCodec(fed.model).flatten(fed.model), before)
+    assert ledger.records == () and fed.events == []
+    fed.close()
+
+
+def test_ledger_records_every_committed_round_and_verifies(tmp_path):
+    path = tmp_path / "l.jsonl"
+    ledger = Ledger.open(path)
+    fed, _ = _fed("central", n=5, ledger=ledger)
+    results = fed.fit(3)
+    report = verify_ledger(path)
+    assert report.verified and report.torn_tail is None
+    assert [r.round for r in report.records] == [1, 2, 3]
+    assert report.epsilon == pytest.approx(results[-1].epsilon)
+    assert results[-1].epsilon == pytest.approx(compute_epsilon(fed.events, 1e-5))
+
+
+def test_budget_refuses_the_round_before_it_runs(tmp_path):
+    path = tmp_path / "l.jsonl"
+    ledger = Ledger.open(path)
+    fed, _ = _fed("central", n=5, z=1.0, ledger=ledger, budget=Budget(10.0, 1e-5))
+    before = None
+    with pytest.raises(BudgetExceededError) as e:
+        for _ in range(20):
+            fed.run_round()
+            before = ParamCodec(fed.model).flatten(fed.model)
+    stopped_at = e.value
+    assert stopped_at.epsilon_if_run > 10.0
+    assert 1 < fed.round < 20 and compute_epsilon(fed.events, 1e-5) <= 10.0
+    assert verify_ledger(path).rounds == fed.round == len(fed.events)
+    assert np.array_equal(ParamCodec(fed.model).flatten(fed.model), before)  # refused round changed nothing
+
+
+def test_cli_run_with_budget_stops_cleanly_and_says_so(tmp_path):
+    cfg = RunConfig(
+        dp="central",
+        secure_sum="plain",
+        clients=50,
+        per_round=25,
+        rounds=30,
+        noise_multiplier=3.0,
+        target_epsilon=5.0,
+        seed=3,
+        ledger=str(tmp_path / "l.jsonl"),
+    )
+    summary = execute(cfg)
+    out = summary.to_json()
+    assert "stopped" in out and "would take epsilon" in out["stopped"]
+    assert out["epsilon"] <= 5.0 and 1 <= out["rounds"] < 30
+    assert verify_ledger(tmp_path / "l.jsonl").rounds == out["rounds"]
+
+
+def test_resumed_ledger_continues_the_chain_and_the_charge(tmp_path):
+    path = tmp_path / "l.jsonl"
+    base = dict(dp="central", secure_sum="plain", clients=20, per_round=10, rounds=2, seed=1, ledger=str(path))
+    first = execute(RunConfig(**base)).to_json()
+    second = execute(RunConfig(**base)).to_json()
+    assert second["resumed_from_round"] == 2
+    recs = verify_ledger(path).records
+    assert [r.round for r in recs] == [1, 2, 3, 4]
+    assert second["epsilon"] > first["epsilon"]
+
+
+def test_distributed_masking_run_end_to_end(tmp_path):
+    cfg = RunConfig(
+        dp="distributed",
+        secure_sum="masking",
+        clients=60,
+        sampling_rate=0.5,
+        rounds=2,
+        seed=5,
+        ledger=str(tmp_path / "l.jsonl"),
+        dropout=0.1,
+    )
+    out = execute(cfg).to_json()
+    assert out["rounds"] == 2 and out["epsilon"] > 0 and out["secure_sum"] == "masking"
+    events = verify_ledger(tmp_path / "l.jsonl").events
+    assert all(e.mechanism is Mechanism.SKELLAM and e.survivors < e.cohort for e in events)
+
+
+def test_configuration_errors():
+    with pytest.raises(ConfigError, match="DPPolicy needs"):
+        DPPolicy(DPConfig(mode=DPMode.NONE), sampler=Sampler.full(2), dim=2, delta=1e-5)
+    cfg = RunConfig(dp="distributed", clients=10, per_round=2, colluders=2)
+    with pytest.raises(ConfigError, match="colluders"):
+        build_privacy(cfg, Sampler.fixed_size(10, 2), nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match="noise-multiplier"):
+        build_privacy(RunConfig(dp="central", noise_multiplier=0.0), Sampler.full(3), nn.Linear(2, 2))
+    assert default_min_survivors(Sampler.poisson(1000, 0.1)) == 70
+    assert default_min_survivors(Sampler.fixed_size(100, 50), 0.2) == 40
