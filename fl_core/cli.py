@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fl_core.commands.bench_secagg",
     "fl_core.commands.plan",
     "fl_core.commands.audit",
+    "fl_core.commands.bench_utility",
 )
 
 for _name in COMMAND_MODULES:
