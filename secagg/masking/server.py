@@ -64,6 +64,7 @@ class MaskingServer:
         self._b_shares: dict[int, dict[int, int]] = {}
         self._sk_shares: dict[int, dict[int, int]] = {}
         self._result: RingVector | None = None
+        self._holder_sets: list[tuple[int, ...]] = []
         self._error: SecAggError | None = None
         self.unmask_cpu_s = 0.0
         """Process time spent in the final unmasking computation (for benchmarks)."""
@@ -342,8 +343,20 @@ class MaskingServer:
         return ring.reduce(acc)
 
     def _recover(self, owner: int, shares: dict[int, int]) -> bytes:
+        """Rebuild one secret from t of its shares, reusing holder sets seen before.
+
+        Every secret is rebuilt from a holder set already used when one fits, so
+        the cached Lagrange weights are reused; a new set alternates between the
+        t smallest and the t largest available holders, so that on the complete
+        graph two sets serve every client.
+        """
+        chosen = next((hs for hs in self._holder_sets if all(x in shares for x in hs)), None)
+        if chosen is None:
+            xs = sorted(shares)
+            chosen = tuple(xs[: self._t] if len(self._holder_sets) % 2 == 0 else xs[-self._t :])
+            self._holder_sets.append(chosen)
         try:
-            return shamir.reconstruct(shares, self._t)
+            return shamir.reconstruct({x: shares[x] for x in chosen if x in shares}, self._t)
         except PrimitiveError as exc:
             raise RemoteProtocolError(f"shares of client {owner}'s secret are invalid: {exc}", peer=owner) from exc
 
