@@ -117,7 +117,7 @@ def bench_secagg(
             return servers[-1]
 
     outcome = run_round(
-        _Keep(),  # type: ignore[arg-type]
+        _Keep(),
         inputs,
         round_id=1,
         rng_for=lambda c: root.spawn(f"client-{c}"),
