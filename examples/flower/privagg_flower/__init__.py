@@ -1,0 +1,1 @@
+"""privagg on Flower: thin app modules that point Flower at privagg's ServerApp and ClientApp."""

@@ -1,0 +1,353 @@
+"""The Flower ClientApp side of privagg: one node runs one client's half of each round.
+
+A round reaches a SuperNode as a sequence of Flower messages, one per protocol
+stage. The opening message (``train.privagg_round``) carries the global model and
+the run configuration: the node trains with the user's ``train_fn``, clips, adds its
+noise share and encodes (``Federation.client_contribution``, exactly as in the
+in-process simulation), opens its secure-sum session and answers with the session's
+first messages. Each later message (``train.privagg_stage``) carries the server's
+secure-sum messages of one stage; the node answers with its session's replies.
+
+Flower runs every message in a fresh ClientApp process and keeps only
+``context.state`` (a RecordDict held by the SuperNode) between them. Sessions are
+sans-I/O and deterministic given their random source, so instead of serialising a
+session's private state the node stores its input, the seed of its session's random
+source and the server messages it has accepted, and rebuilds the session by
+replaying them (which re-derives the same keys and re-checks every message).
+
+Security:
+    The session seed never leaves the node: it lives in ``context.state`` in the
+    SuperNode's memory, like the session keys it expands to. Without a run seed it
+    is 32 fresh bytes from ``os.urandom`` per round, expanded by
+    :class:`dp.randomness.SeededRandomSource` (SHAKE-256, a cryptographic XOF), so
+    the keys are as strong as the OS CSPRNG's (Bonawitz et al. 2017, section 4 assume
+    fresh uniformly random keys per round). With a run seed (experiments only) the
+    keys, like the DP noise, are only as secret as that seed. A replayed session
+    emits nothing: only replies to the current stage are sent, and a stage message
+    that does not continue the stored round is refused
+    (tests/integration/test_flower.py::test_client_refuses_stage_of_another_round).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fl_core.config import RunConfig
+from fl_core.errors import ConfigError, FLError
+from fl_core.transport.flower.codec import (
+    FlowerCodecError,
+    StagePacket,
+    decode_packet,
+    encode_packet,
+    vector_from_bytes,
+    vector_to_bytes,
+)
+from fl_core.transport.flower.options import config_from_json
+from secagg import Message, RingSpec
+
+__all__ = [
+    "HELLO",
+    "ROUND",
+    "STAGE",
+    "TRAIN_STAGE",
+    "ClientStateError",
+    "NodeSession",
+    "app",
+    "client_id_of",
+    "handle_hello",
+    "handle_round",
+    "handle_stage",
+]
+
+HELLO = "query.privagg_hello"
+ROUND = "train.privagg_round"
+STAGE = "train.privagg_stage"
+TRAIN_STAGE = "train"
+"""Stage name of the opening message of a round (model down, first protocol message up)."""
+
+_STATE = "privagg.session"
+
+
+class ClientStateError(FLError):
+    """A stage message does not continue the round this node is in (no state, or another round)."""
+
+
+def client_id_of(node_config: Any) -> int:
+    """The privagg client id of a SuperNode: ``partition-id`` (0-based) + 1.
+
+    Raises:
+        ConfigError: the node was started without an integer ``partition-id``.
+    """
+    pid = node_config.get("partition-id") if node_config is not None else None
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid < 0:
+        raise ConfigError(
+            "this SuperNode has no integer partition-id >= 0; start it with "
+            "--node-config 'partition-id=K' (client K+1 of the run)",
+            option="partition-id",
+        )
+    return pid + 1
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSession:
+    """What a node keeps between the stages of one round (in ``context.state``)."""
+
+    round_id: int
+    client: int
+    config_json: str
+    ring_bits: int
+    dim: int
+    max_clients: int
+    session_seed: bytes
+    seeded: bool
+    x: bytes
+    history: tuple[Message, ...] = ()
+
+    def to_record(self) -> Any:
+        from flwr.app import ConfigRecord
+
+        return ConfigRecord(
+            {
+                "round": self.round_id,
+                "client": self.client,
+                "config": self.config_json,
+                "ring_bits": self.ring_bits,
+                "dim": self.dim,
+                "max_clients": self.max_clients,
+                "session_seed": self.session_seed,
+                "seeded": self.seeded,
+                "x": self.x,
+                "h_sender": [m.sender for m in self.history],
+                "h_recipient": [m.recipient for m in self.history],
+                "h_round": [m.round_id for m in self.history],
+                "h_stage": [m.stage for m in self.history],
+                "h_payload": [m.payload for m in self.history],
+            }
+        )
+
+    @classmethod
+    def from_record(cls, rec: Any) -> NodeSession:
+        hist = tuple(
+            Message(s, r, rid, st, p)
+            for s, r, rid, st, p in zip(
+                rec["h_sender"], rec["h_recipient"], rec["h_round"], rec["h_stage"], rec["h_payload"], strict=True
+            )
+        )
+        return cls(
+            round_id=int(rec["round"]),
+            client=int(rec["client"]),
+            config_json=str(rec["config"]),
+            ring_bits=int(rec["ring_bits"]),
+            dim=int(rec["dim"]),
+            max_clients=int(rec["max_clients"]),
+            session_seed=bytes(rec["session_seed"]),
+            seeded=bool(rec["seeded"]),
+            x=bytes(rec["x"]),
+            history=hist,
+        )
+
+
+# -- the pieces, independent of Flower's process model (tested directly) ------------
+
+
+def _session_rng(cfg: RunConfig, client: int, round_id: int, seed: bytes, seeded: bool) -> Any:
+    from fl_core.runner import make_rng
+
+    if seeded:
+        # Same stream as Federation.secagg_rng in the in-process simulation.
+        return make_rng(cfg.seed).spawn(f"secagg/{client}/round/{round_id}")
+    from dp.randomness import SeededRandomSource
+
+    return SeededRandomSource(seed)
+
+
+def _secure_sum(cfg: RunConfig, ring_bits: int, dim: int, max_clients: int) -> Any:
+    # Rebuilt exactly as Federation builds it (same request, same setup randomness).
+    from fl_core.backends import BackendRequest, build_secure_sum
+    from fl_core.runner import make_rng
+
+    return build_secure_sum(
+        cfg.secure_sum,
+        BackendRequest(
+            ring=RingSpec(ring_bits),
+            dim=dim,
+            max_clients=max_clients,
+            rng=make_rng(cfg.seed).spawn("secure-sum-setup"),
+            options={"graph": cfg.graph},
+        ),
+    )
+
+
+def _client_federation(cfg: RunConfig) -> Any:
+    """The node's Federation: same model, data split, pipeline and secure sum as the server's.
+
+    Nodes never write the epsilon ledger (the server does). ``build_federation``
+    opens one when DP is on, so it is pointed at a scratch file that is removed.
+    """
+    from fl_core.runner import build_federation
+
+    with tempfile.TemporaryDirectory(prefix="privagg-node-") as scratch:
+        node_cfg = cfg.replace(ledger=os.path.join(scratch, "unused-ledger.jsonl")) if cfg.dp != "none" else cfg
+        fed, _data, _extra = build_federation(node_cfg)
+        ledger = fed.accounting.ledger
+        if ledger is not None and hasattr(ledger, "close"):
+            ledger.close()
+        fed.accounting.ledger = None
+    return fed
+
+
+def handle_hello(node_config: Any) -> StagePacket:
+    """Answer the server's start-up query with this node's client id."""
+    return StagePacket(0, "hello", (), {"client": client_id_of(node_config)})
+
+
+def handle_round(packet: StagePacket, node_config: Any) -> tuple[StagePacket, NodeSession]:
+    """The opening message of a round: train, clip, noise, encode, start the session.
+
+    Raises:
+        ClientStateError: the server addressed another client than this node.
+        FlowerCodecError: the packet lacks the model or the configuration.
+        ConfigError, FLError: invalid configuration or a failing ``train_fn``.
+    """
+    client = client_id_of(node_config)
+    f = packet.fields
+    for key in ("config", "client", "global", "dim"):
+        if key not in f:
+            raise FlowerCodecError(f"the opening message of round {packet.round_id} lacks {key!r}")
+    if f["client"] != client:
+        raise ClientStateError(
+            f"the server sent client {f['client']}'s round to the node of client {client} "
+            "(check each SuperNode's partition-id)"
+        )
+    cfg = config_from_json(str(f["config"]))
+    r = packet.round_id
+    fed = _client_federation(cfg)
+    if fed.dim != f["dim"]:
+        raise ConfigError(
+            f"the server's model has {f['dim']} values, this node's has {fed.dim}: different model or privagg version",
+            option="model",
+        )
+    global_vec = vector_from_bytes(bytes(f["global"]), np.float32, fed.dim)
+    vec, clip = fed.client_contribution(client, r, global_vec, fed.client_data[client - 1])
+    seeded = cfg.seed is not None
+    seed = b"" if seeded else os.urandom(32)
+    ring_bits = fed.plan.ring.bits
+    max_clients = fed.sampler.max_cohort()
+    session = fed.secure_sum.client(client, r, _session_rng(cfg, client, r, seed, seeded))
+    out = session.start(vec)
+    state = NodeSession(
+        round_id=r,
+        client=client,
+        config_json=str(f["config"]),
+        ring_bits=ring_bits,
+        dim=fed.dim,
+        max_clients=max_clients,
+        session_seed=seed,
+        seeded=seeded,
+        x=vector_to_bytes(vec),
+    )
+    reply = StagePacket(r, TRAIN_STAGE, tuple(out), {"clipped": bool(clip.clipped), "saturated": int(clip.saturated)})
+    return reply, state
+
+
+def handle_stage(packet: StagePacket, state: NodeSession | None) -> tuple[StagePacket, NodeSession]:
+    """A later stage: rebuild the session by replay, feed it the server's messages, answer.
+
+    Raises:
+        ClientStateError: no round is open on this node, or the packet is of another round.
+        secagg.RemoteProtocolError: the server's messages fail the session's checks.
+    """
+    if state is None:
+        raise ClientStateError(
+            f"stage {packet.stage!r} of round {packet.round_id} arrived but this node holds no open round "
+            "(it restarted, or missed the round's opening message): it is a dropout for this round"
+        )
+    if packet.round_id != state.round_id:
+        raise ClientStateError(
+            f"stage {packet.stage!r} of round {packet.round_id} arrived while this node is in round "
+            f"{state.round_id}: refused (late or replayed)"
+        )
+    cfg = config_from_json(state.config_json)
+    ss = _secure_sum(cfg, state.ring_bits, state.dim, state.max_clients)
+    ring = RingSpec(state.ring_bits)
+    x = vector_from_bytes(state.x, ring.dtype, state.dim)
+    session = ss.client(
+        state.client,
+        state.round_id,
+        _session_rng(cfg, state.client, state.round_id, state.session_seed, state.seeded),
+    )
+    session.start(x)
+    for m in state.history:  # replay: re-derives the same keys and re-checks every message
+        session.receive(m)
+    out: list[Message] = []
+    for m in packet.messages:
+        out.extend(session.receive(m))
+    new_state = NodeSession(
+        round_id=state.round_id,
+        client=state.client,
+        config_json=state.config_json,
+        ring_bits=state.ring_bits,
+        dim=state.dim,
+        max_clients=state.max_clients,
+        session_seed=state.session_seed,
+        seeded=state.seeded,
+        x=state.x,
+        history=state.history + tuple(packet.messages),
+    )
+    return StagePacket(state.round_id, packet.stage, tuple(out)), new_state
+
+
+# -- the Flower ClientApp -----------------------------------------------------------
+
+
+def _load_state(context: Any) -> NodeSession | None:
+    rec = context.state.config_records.get(_STATE)
+    return NodeSession.from_record(rec) if rec is not None else None
+
+
+def _save_state(context: Any, state: NodeSession | None) -> None:
+    if state is None:
+        context.state.config_records.pop(_STATE, None)
+    else:
+        context.state.config_records[_STATE] = state.to_record()
+
+
+def _make_app() -> Any:
+    from flwr.app import Message as FlowerMessage
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    @app.query("privagg_hello")
+    def _hello(msg: FlowerMessage, context: Any) -> FlowerMessage:
+        decode_packet(msg.content, stage="hello")
+        return FlowerMessage(encode_packet(handle_hello(context.node_config)), reply_to=msg)
+
+    @app.train("privagg_round")
+    def _round(msg: FlowerMessage, context: Any) -> FlowerMessage:
+        _save_state(context, None)  # a new round discards whatever the node held
+        packet = decode_packet(msg.content, stage=TRAIN_STAGE)
+        reply, state = handle_round(packet, context.node_config)
+        _save_state(context, state)
+        return FlowerMessage(encode_packet(reply), reply_to=msg)
+
+    @app.train("privagg_stage")
+    def _stage(msg: FlowerMessage, context: Any) -> FlowerMessage:
+        packet = decode_packet(msg.content)
+        reply, state = handle_stage(packet, _load_state(context))
+        _save_state(context, state)
+        return FlowerMessage(encode_packet(reply), reply_to=msg)
+
+    from fl_core.transport.flower.baseline import register_fedavg_client
+
+    register_fedavg_client(app)
+    return app
+
+
+app = _make_app()
+"""The ClientApp object (``[tool.flwr.app.components] clientapp``)."""
