@@ -11,7 +11,7 @@ from secagg import SecAggError, SecureSum
 
 __all__ = ["build_paillier", "parse_threshold"]
 
-_OPTIONS = ("key_bits", "threshold", "mode", "window", "insecure_small_key_for_tests")
+_OPTIONS = ("key_bits", "threshold", "mode", "window", "verify_decryption", "insecure_small_key_for_tests")
 
 
 def parse_threshold(value: object) -> tuple[int, int] | None:
@@ -40,7 +40,8 @@ def build_paillier(req: BackendRequest) -> SecureSum:
 
     Options (``req.options``; options of other backends are ignored): ``key_bits``
     (default 2048), ``threshold`` (``"t/m"``), ``mode`` (``"djn"`` or ``"standard"``),
-    ``window``, ``insecure_small_key_for_tests``.
+    ``window``, ``verify_decryption`` (the single key holder proves its plaintexts),
+    ``insecure_small_key_for_tests``.
     """
     from secagg.paillier import EncryptionMode, PaillierSecureSum
 
@@ -59,6 +60,7 @@ def build_paillier(req: BackendRequest) -> SecureSum:
             threshold=parse_threshold(opts.get("threshold")),
             mode=mode,
             window=int(opts.get("window", 10)),
+            verify_decryption=bool(opts.get("verify_decryption", False)),
             insecure_small_key_for_tests=bool(opts.get("insecure_small_key_for_tests", False)),
         )
     except SecAggError as exc:

@@ -47,6 +47,7 @@ def bench_paillier(
     mode: str = "djn",
     window: int = 10,
     precompute: bool = False,
+    verify_decryption: bool = False,
     seed: int = 0,
     insecure_small_key_for_tests: bool = False,
 ) -> dict[str, Any]:
@@ -77,6 +78,7 @@ def bench_paillier(
         threshold=threshold,
         mode=EncryptionMode(mode),
         window=window,
+        verify_decryption=verify_decryption,
         insecure_small_key_for_tests=insecure_small_key_for_tests,
     )
     keygen_s = time.perf_counter() - t0
@@ -135,6 +137,7 @@ def bench_paillier(
         "threshold": f"{threshold[0]}/{threshold[1]}" if threshold else None,
         "mode": mode,
         "window": window,
+        "verify_decryption": verify_decryption,
         "slot_bits": ss.plan.slot_bits,
         "slots_per_ciphertext": ss.plan.slots,
         "ciphertexts_per_client": ss.plan.plaintexts,
@@ -171,6 +174,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         mode: str = typer.Option("djn", "--mode", help="djn (fast, default) or standard (r^n)."),
         window: int = typer.Option(10, "--window", help="DJN fixed-base table window in bits."),
         precompute: bool = typer.Option(False, "--precompute", help="Make encryptions of zero offline first."),
+        verify_decryption: bool = typer.Option(
+            False, "--verify-decryption", help="Single key holder proves each plaintext; the server checks."
+        ),
         seed: int = typer.Option(0, "--seed", help="Seed for keys and inputs (benchmarks only)."),
         insecure_small_key: bool = typer.Option(
             False, "--insecure-small-key-for-tests", help="Allow keys < 2048 bits (tests only)."
@@ -193,6 +199,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 mode=mode,
                 window=window,
                 precompute=precompute,
+                verify_decryption=verify_decryption,
                 seed=seed,
                 insecure_small_key_for_tests=insecure_small_key,
             )

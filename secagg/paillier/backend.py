@@ -95,6 +95,7 @@ HolderLink = Callable[[Message], list[Message]]
 """Carries one server<->key-holder message; returns the messages to deliver."""
 
 _PROOF_CONTEXT = b"privagg paillier threshold share v1|"
+_NO_PROOF, _WANT_PROOF = b"\x00", b"\x01"
 
 
 def _deliver(msg: Message) -> list[Message]:
@@ -105,7 +106,10 @@ def _proof_context(pk: PaillierPublicKey, round_id: int) -> bytes:
     return _PROOF_CONTEXT + pk.fingerprint + round_id.to_bytes(8, "big", signed=True)
 
 
-def _check_request(msg: Message, pk: PaillierPublicKey, round_id: int, holder_id: int, count: int) -> list[mpz]:
+def _check_request(
+    msg: Message, pk: PaillierPublicKey, round_id: int, holder_id: int, count: int
+) -> tuple[list[mpz], bool]:
+    """Validate a decryption request; returns the ciphertexts and whether a proof is wanted."""
     if msg.sender != SERVER:
         raise RemoteProtocolError("key holders accept decryption requests from the server only", peer=msg.sender)
     if msg.recipient != holder_id:
@@ -114,7 +118,7 @@ def _check_request(msg: Message, pk: PaillierPublicKey, round_id: int, holder_id
         raise MalformedCiphertextError(f"unexpected stage {msg.stage!r}", peer=msg.sender)
     if msg.round_id != round_id:
         raise WrongRoundError(f"request for round {msg.round_id} in round {round_id}", peer=msg.sender)
-    return wire.decode(
+    req = wire.decode(
         msg.payload,
         wire.Kind.DECRYPT_REQUEST,
         pk,
@@ -122,7 +126,11 @@ def _check_request(msg: Message, pk: PaillierPublicKey, round_id: int, holder_id
         sender=SERVER,
         count=count,
         peer=SERVER,
-    ).values
+        trailer=True,
+    )
+    if req.trailer not in (_NO_PROOF, _WANT_PROOF):
+        raise MalformedCiphertextError("decryption request has a bad proof flag", peer=SERVER)
+    return req.values, req.trailer == _WANT_PROOF
 
 
 class KeyHolder:
@@ -167,11 +175,20 @@ class KeyHolderSession:
         h = self._holder
         if self._answered or self._round in h.served_rounds:
             raise RemoteProtocolError("a second decryption request in one round is refused", peer=msg.sender)
-        cts = _check_request(msg, h.public_key, self._round, h.holder_id, self._count)
+        cts, want_proof = _check_request(msg, h.public_key, self._round, h.holder_id, self._count)
         self._answered = True
         h.served_rounds.add(self._round)
-        pts = [h.private_key.decrypt(c) for c in cts]
-        payload = wire.encode(wire.Kind.PLAINTEXTS, h.public_key, round_id=self._round, sender=h.holder_id, values=pts)
+        trailer = b""
+        if want_proof:
+            pairs = [h.private_key.decrypt_with_proof(c) for c in cts]
+            pts = [m for m, _ in pairs]
+            w = h.public_key.plaintext_bytes
+            trailer = b"".join(r.to_bytes(w, "big") for _, r in pairs)
+        else:
+            pts = [h.private_key.decrypt(c) for c in cts]
+        payload = wire.encode(
+            wire.Kind.PLAINTEXTS, h.public_key, round_id=self._round, sender=h.holder_id, values=pts, trailer=trailer
+        )
         return [Message(h.holder_id, SERVER, self._round, STAGE_PLAINTEXT, payload)]
 
 
@@ -179,8 +196,8 @@ class ThresholdDecryptor:
     """One of m threshold decryptors; its id is ``-index``.
 
     Security: holds one Shamir share of the decryption exponent; proves every share
-    it sends (Shoup 2000, the share-correctness proof) with randomness from ``rng``; answers at most one
-    request per round id (``served_rounds``).
+    it sends (Shoup 2000, the share-correctness proof) with randomness from ``rng``;
+    answers at most one request per round id (``served_rounds``).
     """
 
     def __init__(self, share: KeyShare, *, rng: RandomSource) -> None:
@@ -227,7 +244,7 @@ class ThresholdDecryptorSession:
         d = self._dec
         if self._answered or self._round in d.served_rounds:
             raise RemoteProtocolError("a second decryption request in one round is refused", peer=msg.sender)
-        cts = _check_request(msg, d.public_key, self._round, d.holder_id, self._count)
+        cts, _ = _check_request(msg, d.public_key, self._round, d.holder_id, self._count)  # shares are always proven
         self._answered = True
         d.served_rounds.add(self._round)
         shares = decryption_shares(d.share, cts)
@@ -270,6 +287,10 @@ class PaillierSecureSum:
             default 10: 103 multiplications per ciphertext, ~57 MB at 2048 bits).
         min_survivors: fewer inputs abort the round.
         holder_link: carries server<->key-holder messages (default: in-process delivery).
+        verify_decryption: the single key holder must prove each plaintext by revealing
+            the ciphertext's randomness, which the server checks (one ``r^n`` per
+            ciphertext: about as costly as standard-mode encryption). Threshold shares
+            are always proven.
         insecure_small_key_for_tests: accept moduli below 2048 bits. Tests only.
 
     Raises:
@@ -294,6 +315,7 @@ class PaillierSecureSum:
         window: int = DEFAULT_WINDOW,
         min_survivors: int = 1,
         holder_link: HolderLink | None = None,
+        verify_decryption: bool = False,
         insecure_small_key_for_tests: bool = False,
     ) -> None:
         check_key_bits(public_key.bits, insecure_small_key_for_tests=insecure_small_key_for_tests)
@@ -316,6 +338,7 @@ class PaillierSecureSum:
         self.max_clients = max_clients
         self.encryptor = Encryptor(public_key, mode=mode, window=window)
         self.holder_link: HolderLink = holder_link or _deliver
+        self.verify_decryption = verify_decryption
         self.key_holder = key_holder
         self.threshold_params = threshold_params
         self.decryptors: tuple[ThresholdDecryptor, ...] = ()
@@ -351,6 +374,7 @@ class PaillierSecureSum:
         mode: EncryptionMode = EncryptionMode.DJN,
         window: int = DEFAULT_WINDOW,
         min_survivors: int = 1,
+        verify_decryption: bool = False,
         insecure_small_key_for_tests: bool = False,
     ) -> PaillierSecureSum:
         """Generate keys and return a ready backend (one call).
@@ -377,6 +401,7 @@ class PaillierSecureSum:
                 mode=mode,
                 window=window,
                 min_survivors=min_survivors,
+                verify_decryption=verify_decryption,
                 insecure_small_key_for_tests=insecure_small_key_for_tests,
             )
         t, m = threshold
@@ -400,6 +425,7 @@ class PaillierSecureSum:
             mode=mode,
             window=window,
             min_survivors=min_survivors,
+            verify_decryption=verify_decryption,
             insecure_small_key_for_tests=insecure_small_key_for_tests,
         )
 
@@ -563,7 +589,10 @@ class PaillierServerSession:
         for c in acc:
             if gmpy2.gcd(c, pk.n) != 1:
                 raise PaillierError("the aggregate is not a unit of Z_{n^2}: an input was not a valid ciphertext")
-        request = wire.encode(wire.Kind.DECRYPT_REQUEST, pk, round_id=self._round, sender=SERVER, values=acc)
+        flag = _WANT_PROOF if spec.verify_decryption and spec.setting is _Setting.SINGLE else _NO_PROOF
+        request = wire.encode(
+            wire.Kind.DECRYPT_REQUEST, pk, round_id=self._round, sender=SERVER, values=acc, trailer=flag
+        )
         if spec.setting is _Setting.SINGLE:
             holder = spec.key_holder
             if holder is None:  # pragma: no cover - guarded in the constructor
@@ -607,15 +636,30 @@ class PaillierServerSession:
     def _single_result(self, holder_id: int, replies: list[Message]) -> RingVector:
         spec = self._spec
         msg = self._reply_from(holder_id, replies, STAGE_PLAINTEXT)
-        pts = wire.decode(
+        pk = spec.public_key
+        verify = spec.verify_decryption
+        reply = wire.decode(
             msg.payload,
             wire.Kind.PLAINTEXTS,
-            spec.public_key,
+            pk,
             round_id=self._round,
             sender=holder_id,
             count=spec.plan.plaintexts,
             peer=holder_id,
-        ).values
+            trailer=verify,
+        )
+        pts = reply.values
+        if verify:
+            w = pk.plaintext_bytes
+            if len(reply.trailer) != w * len(pts):
+                raise MalformedCiphertextError("decryption proof has the wrong length", peer=holder_id)
+            acc = self._acc or []
+            for j, (c, m) in enumerate(zip(acc, pts, strict=True)):
+                root = mpz.from_bytes(reply.trailer[j * w : (j + 1) * w], "big")
+                try:
+                    pk.check_decryption(c, m, root)
+                except PaillierError as exc:
+                    raise CorruptDecryptionShareError(f"plaintext {j}: {exc}", peer=holder_id) from exc
         return spec.plan.unpack(pts)
 
     def _threshold_result(self, request: bytes) -> RingVector:

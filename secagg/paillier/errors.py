@@ -32,7 +32,7 @@ class CiphertextOutOfRangeError(RemoteProtocolError):
 
 
 class CorruptDecryptionShareError(RemoteProtocolError):
-    """A threshold decryptor's share failed its correctness proof; the share was discarded."""
+    """A key holder's decryption (a threshold share, or a verified plaintext) failed its proof."""
 
 
 class TooFewDecryptionSharesError(TooFewSurvivorsError):

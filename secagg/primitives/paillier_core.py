@@ -356,6 +356,24 @@ class PaillierPublicKey:
         """Homomorphic addition: ``Enc(m1) * Enc(m2) = Enc(m1 + m2 mod n)``."""
         return mpz(c1) * mpz(c2) % self.n_squared
 
+    def check_decryption(self, c: int, m: int, root: int) -> None:
+        """Check a claimed decryption ``m`` of ``c`` against its randomness ``root``.
+
+        ``c (1 - m n) = root^n mod n^2`` holds for the true plaintext only: for any
+        other ``m'`` the left side is ``(1 + n)^(m - m') root^n``, which is not an n-th
+        residue, so no ``root`` exists (Paillier 1999: decryption reveals the randomness).
+
+        Raises:
+            PaillierError: the claim does not verify, or a value is out of range.
+        """
+        self.check_ciphertext(c)
+        self.check_plaintext(m)
+        if not 0 < root < self.n:
+            raise PaillierError("decryption proof value out of range (0, n)")
+        n, n2 = self.n, self.n_squared
+        if gmpy2.powmod(mpz(root), n, n2) != mpz(c) * (1 - mpz(m) * n) % n2:
+            raise PaillierError("claimed plaintext does not match the ciphertext")
+
 
 @dataclass(frozen=True, slots=True)
 class PaillierPrivateKey:
@@ -369,6 +387,8 @@ class PaillierPrivateKey:
     hp: mpz = field(init=False, repr=False, compare=False)
     hq: mpz = field(init=False, repr=False, compare=False)
     p_inv_q: mpz = field(init=False, repr=False, compare=False)
+    root_exp_p: mpz = field(init=False, repr=False, compare=False)
+    root_exp_q: mpz = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         p, q = mpz(self.p), mpz(self.q)
@@ -376,6 +396,8 @@ class PaillierPrivateKey:
             p, q = q, p
         if p == q or p * q != self.public_key.n:
             raise PaillierError("p and q must be distinct primes with p q = n")
+        if gmpy2.gcd(p * q, (p - 1) * (q - 1)) != 1:
+            raise PaillierError("gcd(n, (p-1)(q-1)) must be 1 for Paillier; use primes of equal size")
         object.__setattr__(self, "p", p)
         object.__setattr__(self, "q", q)
         object.__setattr__(self, "p_squared", p * p)
@@ -385,6 +407,9 @@ class PaillierPrivateKey:
         object.__setattr__(self, "hp", gmpy2.invert(_l(gmpy2.powmod(n + 1, p - 1, p * p), p), p))
         object.__setattr__(self, "hq", gmpy2.invert(_l(gmpy2.powmod(n + 1, q - 1, q * q), q), q))
         object.__setattr__(self, "p_inv_q", gmpy2.invert(p, q))
+        # n-th roots mod p and q: x -> x^(n^-1 mod (p-1)); gcd(n, p-1) = 1 since p, q have equal size.
+        object.__setattr__(self, "root_exp_p", gmpy2.invert(n, p - 1))
+        object.__setattr__(self, "root_exp_q", gmpy2.invert(n, q - 1))
 
     def decrypt(self, c: int) -> mpz:
         """CRT decryption of one ciphertext (two half-size exponentiations).
@@ -399,6 +424,19 @@ class PaillierPrivateKey:
         mp = _l(gmpy2.powmod_sec(c, p - 1, self.p_squared), p) * self.hp % p
         mq = _l(gmpy2.powmod_sec(c, q - 1, self.q_squared), q) * self.hq % q
         return mp + p * ((mq - mp) * self.p_inv_q % q)
+
+    def decrypt_with_proof(self, c: int) -> tuple[mpz, mpz]:
+        """Decrypt ``c`` and recover its randomness ``root`` (``c (1 - m n) = root^n mod n^2``).
+
+        Anyone can check the pair with :meth:`PaillierPublicKey.check_decryption`.
+        """
+        m = self.decrypt(c)
+        n = self.public_key.n
+        y = mpz(c) * (1 - m * n) % self.public_key.n_squared % n
+        p, q = self.p, self.q
+        rp = gmpy2.powmod_sec(y % p, self.root_exp_p, p)
+        rq = gmpy2.powmod_sec(y % q, self.root_exp_q, q)
+        return m, rp + p * ((rq - rp) * self.p_inv_q % q)
 
 
 def _l(x: mpz, d: mpz) -> mpz:

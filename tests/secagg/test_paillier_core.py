@@ -252,3 +252,25 @@ def test_fingerprint_binds_the_modulus():
     assert PK.fingerprint != other.public_key.fingerprint
     assert len(PK.fingerprint) == 16
     assert PK.ciphertext_bytes == 128 and PK.plaintext_bytes == 64
+
+
+@pytest.mark.parametrize("mode", list(EncryptionMode))
+def test_decryption_proof_verifies_and_binds_the_plaintext(mode):
+    cs = Encryptor(PK, mode=mode).encrypt_many([0, 9, int(PK.n) - 1], SeededRandomSource(4))
+    for c in cs:
+        m, root = SK.decrypt_with_proof(c)
+        PK.check_decryption(c, m, root)
+        with pytest.raises(PaillierError, match="does not match"):
+            PK.check_decryption(c, (m + 1) % PK.n, root)
+        with pytest.raises(PaillierError, match="does not match"):
+            PK.check_decryption(c, m, (root + 1) % PK.n or 1)
+    with pytest.raises(PaillierError, match="proof value out of range"):
+        PK.check_decryption(cs[0], 0, 0)
+    with pytest.raises(PaillierError, match="proof value out of range"):
+        PK.check_decryption(cs[0], 0, PK.n)
+
+
+def test_private_key_needs_gcd_n_phi_one():
+    # 5 divides 11 - 1, so gcd(55, 4 * 10) = 5
+    with pytest.raises(PaillierError, match="gcd"):
+        PaillierPrivateKey(PaillierPublicKey(mpz(55)), mpz(5), mpz(11))

@@ -26,6 +26,8 @@ def request(**options):
 
 def test_registered_and_buildable_by_name():
     assert "paillier" in available_backends()
+    single = build_secure_sum("paillier", request(verify_decryption=True, **SMALL))
+    assert single.verify_decryption is True  # type: ignore[attr-defined]
     ss = build_secure_sum("paillier", request(graph="complete", threshold="2/3", mode="standard", **SMALL))
     assert isinstance(ss, PaillierSecureSum)
     assert ss.mode is EncryptionMode.STANDARD and ss.threshold_params is not None
@@ -71,6 +73,24 @@ def test_bench_function_reports_every_figure():
     assert out["verified"] is True and out["error"] is None
     assert out["bytes_per_client"] > 300 * 64 / out["slots_per_ciphertext"]
     assert out["precompute_cpu_s_per_client"] is not None
+
+
+def test_bench_verified_decryption_flag():
+    res = CliRunner().invoke(
+        _cli(),
+        [
+            "bench",
+            "paillier",
+            "--dim",
+            "50",
+            "--key-bits",
+            "256",
+            "--insecure-small-key-for-tests",
+            "--verify-decryption",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0 and json.loads(res.output)["verify_decryption"] is True
 
 
 def test_bench_threshold_function():
