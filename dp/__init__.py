@@ -1,15 +1,58 @@
-"""dp: clipping, noise mechanisms, privacy accounting and the epsilon ledger. Knows nothing of secagg."""
+"""dp: clipping, noise mechanisms, privacy accounting and the epsilon ledger. Knows nothing of secagg.
+
+Names are imported on first use (PEP 562), so importing one submodule (e.g. from a
+Flower ClientApp process that only runs a protocol stage) does not pull in the rest.
+"""
 
 from __future__ import annotations
 
-from dp.accountants import ACCOUNTANT_VERSIONS, compute_epsilon, epsilon_curve
-from dp.budget import Budget
-from dp.calibration import AdaptiveClipConfig, DPConfig, make_round_event
-from dp.clipping import AdaptiveClip, ClipResult, FixedClip, clip_l2
-from dp.errors import AccountingError, BudgetExceededError, ConfigurationError, LedgerError, PrivacyError
-from dp.events import DPMode, Mechanism, RoundEvent, Sampling
-from dp.noise import discrete_gaussian, gaussian_float, skellam
-from dp.randomness import RandomSource, SeededRandomSource, SystemRandomSource
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dp.accountants import ACCOUNTANT_VERSIONS, compute_epsilon, epsilon_curve
+    from dp.budget import Budget
+    from dp.calibration import AdaptiveClipConfig, DPConfig, make_round_event
+    from dp.clipping import AdaptiveClip, ClipResult, FixedClip, clip_l2
+    from dp.errors import (
+        AccountingError,
+        BudgetExceededError,
+        ConfigurationError,
+        LedgerError,
+        PrivacyError,
+    )
+    from dp.events import DPMode, Mechanism, RoundEvent, Sampling
+    from dp.noise import discrete_gaussian, gaussian_float, skellam
+    from dp.randomness import RandomSource, SeededRandomSource, SystemRandomSource
+
+_EXPORTS: dict[str, str] = {
+    "ACCOUNTANT_VERSIONS": "dp.accountants",
+    "compute_epsilon": "dp.accountants",
+    "epsilon_curve": "dp.accountants",
+    "Budget": "dp.budget",
+    "AdaptiveClipConfig": "dp.calibration",
+    "DPConfig": "dp.calibration",
+    "make_round_event": "dp.calibration",
+    "AdaptiveClip": "dp.clipping",
+    "ClipResult": "dp.clipping",
+    "FixedClip": "dp.clipping",
+    "clip_l2": "dp.clipping",
+    "AccountingError": "dp.errors",
+    "BudgetExceededError": "dp.errors",
+    "ConfigurationError": "dp.errors",
+    "LedgerError": "dp.errors",
+    "PrivacyError": "dp.errors",
+    "DPMode": "dp.events",
+    "Mechanism": "dp.events",
+    "RoundEvent": "dp.events",
+    "Sampling": "dp.events",
+    "discrete_gaussian": "dp.noise",
+    "gaussian_float": "dp.noise",
+    "skellam": "dp.noise",
+    "RandomSource": "dp.randomness",
+    "SeededRandomSource": "dp.randomness",
+    "SystemRandomSource": "dp.randomness",
+}
 
 __all__ = [
     "ACCOUNTANT_VERSIONS",
@@ -39,3 +82,17 @@ __all__ = [
     "SeededRandomSource",
     "SystemRandomSource",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,26 +1,61 @@
-"""fl_core: the federated round loop; the only package that imports dp, secagg and torch together."""
+"""fl_core: the federated round loop; the only package that imports dp, secagg and torch together.
+
+Names are imported on first use (PEP 562), so importing one submodule (e.g. from a
+Flower ClientApp process that only runs a protocol stage) does not pull in the rest.
+"""
 
 from __future__ import annotations
 
-from fl_core.config import RunConfig
-from fl_core.data import FederatedData, federate, load_dataset, partition_labels
-from fl_core.errors import (
-    ClientTrainingError,
-    ConfigError,
-    DataError,
-    FLError,
-    ModelError,
-    RoundFailedError,
-    UpdateError,
-)
-from fl_core.evaluation import make_evaluator
-from fl_core.federation import Federation, RoundResult
-from fl_core.models import build_model
-from fl_core.params import ParamCodec
-from fl_core.pipeline import NoPrivacy, PrivacyPolicy
-from fl_core.sampling import Cohort, Sampler, SamplingScheme
-from fl_core.server import ServerOptimizer
-from fl_core.training import make_sgd_train_fn
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fl_core.config import RunConfig
+    from fl_core.data import FederatedData, federate, load_dataset, partition_labels
+    from fl_core.errors import (
+        ClientTrainingError,
+        ConfigError,
+        DataError,
+        FLError,
+        ModelError,
+        RoundFailedError,
+        UpdateError,
+    )
+    from fl_core.evaluation import make_evaluator
+    from fl_core.federation import Federation, RoundResult
+    from fl_core.models import build_model
+    from fl_core.params import ParamCodec
+    from fl_core.pipeline import NoPrivacy, PrivacyPolicy
+    from fl_core.sampling import Cohort, Sampler, SamplingScheme
+    from fl_core.server import ServerOptimizer
+    from fl_core.training import make_sgd_train_fn
+
+_EXPORTS: dict[str, str] = {
+    "RunConfig": "fl_core.config",
+    "FederatedData": "fl_core.data",
+    "federate": "fl_core.data",
+    "load_dataset": "fl_core.data",
+    "partition_labels": "fl_core.data",
+    "ClientTrainingError": "fl_core.errors",
+    "ConfigError": "fl_core.errors",
+    "DataError": "fl_core.errors",
+    "FLError": "fl_core.errors",
+    "ModelError": "fl_core.errors",
+    "RoundFailedError": "fl_core.errors",
+    "UpdateError": "fl_core.errors",
+    "make_evaluator": "fl_core.evaluation",
+    "Federation": "fl_core.federation",
+    "RoundResult": "fl_core.federation",
+    "build_model": "fl_core.models",
+    "ParamCodec": "fl_core.params",
+    "NoPrivacy": "fl_core.pipeline",
+    "PrivacyPolicy": "fl_core.pipeline",
+    "Cohort": "fl_core.sampling",
+    "Sampler": "fl_core.sampling",
+    "SamplingScheme": "fl_core.sampling",
+    "ServerOptimizer": "fl_core.server",
+    "make_sgd_train_fn": "fl_core.training",
+}
 
 __all__ = [
     "ClientTrainingError",
@@ -48,3 +83,17 @@ __all__ = [
     "make_sgd_train_fn",
     "partition_labels",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
