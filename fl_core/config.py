@@ -59,6 +59,10 @@ class RunConfig:
     dp: str = "distributed"
     mechanism: str = "skellam"
     clip: float | None = None
+    adaptive_clip: bool = False
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    count_noise_std: float | None = None
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
     delta: float = 1e-5
@@ -94,6 +98,12 @@ class RunConfig:
                 raise ConfigError(f"--{key.replace('_', '-')} must be > 0", option=key)
         if self.clip is not None and not self.clip > 0:
             raise ConfigError("--clip must be > 0", option="clip")
+        if not 0 < self.target_quantile < 1:
+            raise ConfigError("--target-quantile must be in (0, 1)", option="target_quantile")
+        if not self.clip_lr > 0:
+            raise ConfigError("--clip-lr must be > 0", option="clip_lr")
+        if self.count_noise_std is not None and not self.count_noise_std > 0:
+            raise ConfigError("--count-noise-std must be > 0", option="count_noise_std")
         if not 0 < self.delta < 1:
             raise ConfigError(f"--delta must be in (0, 1), got {self.delta}", option="delta")
         if not 0 <= self.dropout < 1:

@@ -138,7 +138,7 @@ class Federation:
                 secure_sum,
                 BackendRequest(
                     ring=self.plan.ring,
-                    dim=self.codec.dim,
+                    dim=self.plan.dim,
                     max_clients=self.sampler.max_cohort(),
                     rng=rng.spawn("secure-sum-setup"),
                     options=dict(secure_sum_options or {}),

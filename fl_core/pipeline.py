@@ -86,6 +86,19 @@ class PrivacyPolicy(Protocol):
         """The dp.events.RoundEvent for this round (``planned``: before it runs, worst case), or None."""
         ...
 
+    @property
+    def extra_coordinates(self) -> int:
+        """Coordinates appended to each update for DP side queries (adaptive clipping's count)."""
+        ...
+
+    def client_extra(self, clip: ClipOutcome) -> npt.NDArray[np.float64]:
+        """The values a client appends (``extra_coordinates`` of them, each within the clip)."""
+        ...
+
+    def observe_extra(self, values: npt.NDArray[np.float64]) -> None:
+        """The decoded, noised sum of the appended values; applied in :meth:`after_round`."""
+        ...
+
     def after_round(self, clipped_fraction_estimate: float) -> None: ...
 
 
@@ -137,6 +150,16 @@ class NoPrivacy:
     def round_event(self, **kwargs: Any) -> None:
         return None
 
+    @property
+    def extra_coordinates(self) -> int:
+        return 0
+
+    def client_extra(self, clip: ClipOutcome) -> npt.NDArray[np.float64]:
+        return np.zeros(0)
+
+    def observe_extra(self, values: npt.NDArray[np.float64]) -> None:
+        return None
+
     def after_round(self, clipped_fraction_estimate: float) -> None:
         return None
 
@@ -159,6 +182,8 @@ class ClientPipeline:
             # a 2^-40 tail for it); the clamp is post-processing and it is counted.
             v = np.clip(v, -bound, bound)
             clip = ClipOutcome(clip.vector, clip.norm, clip.clipped, saturated)
+        if self.policy.extra_coordinates:
+            v = np.concatenate([v, self.policy.client_extra(clip)])
         ring_vec = self.encoder.encode(v, rng.spawn("rounding"))
         noise = self.policy.client_integer_noise(
             v.shape[0], self.encoder.plan.scale, self.sampler, rng.spawn("integer-noise")
@@ -188,6 +213,10 @@ class ServerPipeline:
 
     def run(self, total: RingVector, survivors: int, rng: RandomSource) -> npt.NDArray[np.float64]:
         s = self.policy.server_release(self.encoder.decode(total), self.sampler, rng)
+        extra = self.policy.extra_coordinates
+        if extra:
+            self.policy.observe_extra(s[-extra:])
+            s = s[:-extra]
         return s / self.denominator(survivors)
 
 
@@ -195,7 +224,7 @@ def plan_for(policy: PrivacyPolicy, sampler: Sampler, dim: int, bits: int) -> En
     """Size the fixed-point encoding for this run; typed error if it could overflow."""
     return plan_encoding(
         clip_norm=policy.encoding_bound(),
-        dim=dim,
+        dim=dim + policy.extra_coordinates,
         max_clients=sampler.max_cohort(),
         bits=bits,
         noise_std=policy.encoding_noise_std(sampler),

@@ -29,8 +29,15 @@ from torch import nn
 
 from dp.accountants import ACCOUNTANT_VERSIONS, compute_epsilon
 from dp.budget import Budget
-from dp.calibration import DPConfig, distributed_noise, local_noise_std, make_round_event, server_noise_std
-from dp.clipping import clip_l2
+from dp.calibration import (
+    AdaptiveClipConfig,
+    DPConfig,
+    distributed_noise,
+    local_noise_std,
+    make_round_event,
+    server_noise_std,
+)
+from dp.clipping import AdaptiveClip, clip_l2
 from dp.events import DPMode, Sampling
 from dp.ledger import Ledger
 from dp.noise import add_gaussian_noise, skellam
@@ -72,14 +79,27 @@ class DPPolicy:
         delta: the run's delta.
     """
 
-    def __init__(self, config: DPConfig, *, sampler: Sampler, dim: int, delta: float) -> None:
+    def __init__(
+        self, config: DPConfig, *, sampler: Sampler, dim: int, delta: float, max_clip_factor: float = 8.0
+    ) -> None:
         if config.mode is DPMode.NONE:
             raise ConfigError("DPPolicy needs a DP mode; use NoPrivacy for none", option="dp")
         self.config = config
         self.sampler = sampler
         self.dim = dim
         self._delta = delta
-        self._scale: float | None = None
+        self._adaptive: AdaptiveClip | None = None
+        self._pending_fraction: float | None = None
+        if config.adaptive is not None:
+            self._adaptive = AdaptiveClip(
+                config.clip_norm,
+                target_quantile=config.adaptive.target_quantile,
+                learning_rate=config.adaptive.learning_rate,
+                count_noise_std=config.adaptive.count_noise_std,
+                min_clip=config.clip_norm / max_clip_factor,
+                max_clip=config.clip_norm * max_clip_factor,
+            )
+        self._max_clip = config.clip_norm * (max_clip_factor if self._adaptive is not None else 1.0)
 
     # -- PrivacyPolicy -------------------------------------------------------
 
@@ -89,7 +109,8 @@ class DPPolicy:
 
     @property
     def clip_norm(self) -> float:
-        return self.config.clip_norm
+        """The clip of the current round (it moves between rounds under adaptive clipping)."""
+        return self._adaptive.clip_norm if self._adaptive is not None else self.config.clip_norm
 
     @property
     def delta(self) -> float:
@@ -100,13 +121,13 @@ class DPPolicy:
         return self.config.survivors_planned if self.config.mode is DPMode.DISTRIBUTED else 1
 
     def clip(self, vec: npt.NDArray[Any]) -> ClipOutcome:
-        r = clip_l2(vec, self.config.clip_norm)
+        r = clip_l2(vec, self.clip_norm)
         return ClipOutcome(np.asarray(r.vector, dtype=np.float64), float(r.norm), bool(r.clipped))
 
     def encoding_bound(self) -> float:
         if self.config.mode is DPMode.LOCAL:
             return self.config.clip_norm + _LOCAL_TAIL * local_noise_std(self.config)
-        return self.config.clip_norm
+        return self._max_clip
 
     def encoding_noise_std(self, sampler: Sampler) -> float:
         if self.config.mode is not DPMode.DISTRIBUTED:
@@ -114,7 +135,7 @@ class DPPolicy:
         # Per-client Skellam std in float units; 5% over the unrounded value covers the
         # rounding inflation (checked once the scale is known, in client_integer_noise).
         honest = self.config.survivors_planned - self.config.colluders
-        return 1.05 * self.config.update_noise_multiplier * self.config.clip_norm / math.sqrt(honest)
+        return 1.05 * self.config.update_noise_multiplier * self._max_clip / math.sqrt(honest)
 
     def local_noise(self, vec: npt.NDArray[np.float64], rng: RandomSource) -> npt.NDArray[np.float64]:
         if self.config.mode is not DPMode.LOCAL:
@@ -126,15 +147,34 @@ class DPPolicy:
     ) -> npt.NDArray[np.int64] | None:
         if self.config.mode is not DPMode.DISTRIBUTED:
             return None
-        dn = distributed_noise(self.config, scale=scale, dim=dim)
-        return skellam(dim, dn.per_client_variance, rng)
+        extra = self.extra_coordinates
+        c = self.clip_norm
+        dn = distributed_noise(self.config, scale=scale, dim=dim, clip_norm=c)
+        noise = skellam(dim - extra, dn.per_client_variance, rng)
+        if extra:
+            # The centred clip bit is encoded as (b - 1/2) * C, so one count unit is C * scale
+            # ring units: the count noise std sigma_b becomes sigma_b * C * scale.
+            count = skellam(extra, dn.count_variance_per_client * (c * scale) ** 2, rng)
+            noise = np.concatenate([noise, count])
+        return noise
 
     def server_release(
         self, total: npt.NDArray[np.float64], sampler: Sampler, rng: RandomSource
     ) -> npt.NDArray[np.float64]:
         if self.config.mode is not DPMode.CENTRAL:
             return total
-        return add_gaussian_noise(total, server_noise_std(self.config), rng, grid_bits=self.config.grid_bits).values
+        c = self.clip_norm
+        extra = self.extra_coordinates
+        body = total[: total.shape[0] - extra]
+        out = add_gaussian_noise(
+            body, server_noise_std(self.config, clip_norm=c), rng, grid_bits=self.config.grid_bits
+        ).values
+        if extra:
+            count = add_gaussian_noise(
+                total[-extra:], self.config.count_noise_std * c, rng.spawn("count"), grid_bits=self.config.grid_bits
+            ).values
+            out = np.concatenate([out, count])
+        return out
 
     def round_event(
         self,
@@ -160,12 +200,36 @@ class DPPolicy:
             population=cohort.population,
             cohort=len(cohort.members),
             survivors=survivors,
-            dim=dim,
+            dim=dim + self.extra_coordinates,
             scale=scale if self.config.mode is DPMode.DISTRIBUTED else None,
+            clip_norm=self.clip_norm,
         )
 
+    # -- adaptive clipping (Andrew et al. 2021) -------------------------------
+
+    @property
+    def extra_coordinates(self) -> int:
+        return 1 if self._adaptive is not None else 0
+
+    def client_extra(self, clip: ClipOutcome) -> npt.NDArray[np.float64]:
+        """The centred bit ``[norm <= C] - 1/2``, scaled by C (sensitivity 1/2 of a count unit)."""
+        if self._adaptive is None:
+            return np.zeros(0)
+        bit = 1.0 if clip.norm <= self.clip_norm else 0.0
+        return np.asarray([(bit - 0.5) * self.clip_norm])
+
+    def observe_extra(self, values: npt.NDArray[np.float64]) -> None:
+        if self._adaptive is None:
+            return
+        centred_count = float(values[0]) / self.clip_norm
+        expected = max(self.sampler.expected_cohort(), 1.0)
+        self._pending_fraction = centred_count / expected + 0.5
+
     def after_round(self, clipped_fraction_estimate: float) -> None:
-        return None
+        """Apply the pending clip update once the round has been committed."""
+        if self._adaptive is not None and self._pending_fraction is not None:
+            self._adaptive.update(self._pending_fraction)
+        self._pending_fraction = None
 
     def check_inflation(self, scale: float, *, max_inflation: float = 0.05) -> float:
         """The rounding inflation of the sensitivity at ``scale``; a typed error above ``max_inflation``."""
@@ -200,6 +264,16 @@ def build_privacy(cfg: RunConfig, sampler: Sampler, model: nn.Module) -> tuple[d
             "raise the cohort size or lower --colluders",
             option="colluders",
         )
+    adaptive = None
+    if cfg.adaptive_clip:
+        if mode is DPMode.LOCAL:
+            raise ConfigError(
+                "--adaptive-clip needs an aggregate count: not available with --dp local", option="adaptive_clip"
+            )
+        sigma_b = cfg.count_noise_std if cfg.count_noise_std is not None else max(expected / 20.0, 0.5 * z + 1e-3)
+        adaptive = AdaptiveClipConfig(
+            count_noise_std=sigma_b, target_quantile=cfg.target_quantile, learning_rate=cfg.clip_lr
+        )
     try:
         config = DPConfig(
             mode=mode,
@@ -208,6 +282,7 @@ def build_privacy(cfg: RunConfig, sampler: Sampler, model: nn.Module) -> tuple[d
             expected_cohort=max(expected, min_surv),
             min_survivors=min_surv,
             colluders=cfg.colluders,
+            adaptive=adaptive,
         )
     except Exception as exc:
         raise ConfigError(f"invalid DP configuration: {exc}", option="dp") from exc
@@ -227,6 +302,7 @@ def build_privacy(cfg: RunConfig, sampler: Sampler, model: nn.Module) -> tuple[d
         accountant_version=ACCOUNTANT_VERSIONS.get(accountant, ""),
     )
     extra = {
+        "adaptive_clip": adaptive is not None,
         "ledger": str(ledger_path),
         "noise_multiplier": z,
         "clip": config.clip_norm,

@@ -47,6 +47,16 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         clip: Optional[float] = typer.Option(
             None, help="L2 clip norm of each client update [1.0 with DP, 10 without]."
         ),
+        adaptive_clip: Optional[bool] = typer.Option(
+            None, "--adaptive-clip/--fixed-clip", help="Track a quantile of update norms (Andrew et al. 2021)."
+        ),
+        target_quantile: Optional[float] = typer.Option(
+            None, "--target-quantile", help="Adaptive clip quantile [0.5]."
+        ),
+        clip_lr: Optional[float] = typer.Option(None, "--clip-lr", help="Adaptive clip learning rate [0.2]."),
+        count_noise_std: Optional[float] = typer.Option(
+            None, "--count-noise-std", help="Noise std on the adaptive clip's count [expected cohort / 20]."
+        ),
         noise_multiplier: Optional[float] = typer.Option(
             None, "--noise-multiplier", help="Noise std / sensitivity [1.0]."
         ),
@@ -94,6 +104,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 dp=dp,
                 mechanism=mechanism,
                 clip=clip,
+                adaptive_clip=adaptive_clip,
+                target_quantile=target_quantile,
+                clip_lr=clip_lr,
+                count_noise_std=count_noise_std,
                 noise_multiplier=noise_multiplier,
                 target_epsilon=target_epsilon,
                 delta=delta,

@@ -192,3 +192,60 @@ def test_configuration_errors():
         build_privacy(RunConfig(dp="central", noise_multiplier=0.0), Sampler.full(3), nn.Linear(2, 2))
     assert default_min_survivors(Sampler.poisson(1000, 0.1)) == 70
     assert default_min_survivors(Sampler.fixed_size(100, 50), 0.2) == 40
+
+
+def _adaptive_fed(mode, n=40, clip=0.01, sigma_b=3.0, dropout=0.0, min_survivors=None):
+    from dp.calibration import AdaptiveClipConfig
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    sampler = Sampler.full(n)
+    cfg = DPConfig(
+        mode=DPMode(mode),
+        noise_multiplier=1.0,
+        clip_norm=clip,
+        expected_cohort=n,
+        min_survivors=min_survivors or n,
+        adaptive=AdaptiveClipConfig(count_noise_std=sigma_b, learning_rate=0.5),
+    )
+    policy = DPPolicy(cfg, sampler=sampler, dim=8, delta=1e-5)
+
+    def train(model, data):  # every update has norm ~ 1: far above a 0.01 clip
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3)
+
+    fed = Federation(
+        model, train, _data(n), rng=SeededRandomSource(1), sampler=sampler, privacy=policy, dropout=dropout
+    )
+    return fed, policy
+
+
+@pytest.mark.parametrize("mode", ["central", "distributed"])
+def test_adaptive_clip_moves_towards_the_quantile_and_is_accounted(mode):
+    fed, policy = _adaptive_fed(mode)
+    clips = [policy.clip_norm]
+    for _ in range(6):
+        res = fed.run_round()
+        clips.append(policy.clip_norm)
+        assert res.event.clip_query_noise_multiplier > 0
+        assert res.event.clip_norm == pytest.approx(clips[-2])
+    # all updates are clipped (fraction below ~ 0), so the clip grows geometrically
+    assert all(b > a for a, b in zip(clips, clips[1:]))
+    assert clips[-1] > 2 * clips[0]
+    assert policy.config.update_noise_multiplier > policy.config.noise_multiplier
+    assert fed.dim == 8 and fed.plan.dim == 9  # one extra coordinate carries the clip count
+
+
+def test_adaptive_clip_is_not_updated_by_a_failed_round():
+    fed, policy = _adaptive_fed("distributed", n=10, dropout=0.3, min_survivors=9)
+    before = policy.clip_norm
+    with pytest.raises(RoundFailedError):
+        fed.run_round()
+    assert policy.clip_norm == before
+
+
+def test_adaptive_clip_refused_in_local_mode():
+    cfg = RunConfig(dp="local", adaptive_clip=True)
+    with pytest.raises(ConfigError, match="adaptive"):
+        build_privacy(cfg, Sampler.full(3), nn.Linear(2, 2))
