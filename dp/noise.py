@@ -214,19 +214,21 @@ def _dg_constants(sigma: Fraction) -> _DGConstants:
     return _DGConstants(t=t, a=a, b=b, fn=f.numerator, fd=f.denominator)
 
 
+def _dg_accept_scalar(y: int, c: _DGConstants, rng: RandomSource) -> bool:
+    """Bernoulli(exp(-gamma(y))) with exact Python integers (CKS20 Alg. 1)."""
+    x = c.a * abs(y) - c.b
+    whole, frac = divmod(x * x * c.fn, c.fd)
+    for _ in range(whole):
+        if not _bern_exp_frac_scalar(1, 1, 1, rng):
+            return False
+    return _bern_exp_frac_scalar(frac, c.fd, 1, rng)
+
+
 def _dg_scalar(c: _DGConstants, rng: RandomSource) -> int:
     """One exact draw with Python integers (CKS20 Alg. 3); the fallback path."""
     while True:
         y = int(discrete_laplace(1, c.t, rng)[0]) if c.t < (1 << 40) else _dlap_scalar(c.t, rng)
-        x = c.a * abs(y) - c.b
-        num, den = x * x * c.fn, c.fd
-        whole, frac = divmod(num, den)
-        ok = True
-        for _ in range(whole):
-            if not _bern_exp_frac_scalar(1, 1, 1, rng):
-                ok = False
-                break
-        if ok and _bern_exp_frac_scalar(frac, den, 1, rng):
+        if _dg_accept_scalar(y, c, rng):
             return y
 
 
@@ -281,13 +283,14 @@ def discrete_gaussian(size: int, sigma: float | int | Fraction, rng: RandomSourc
         m = n - filled
         y = discrete_laplace(m + m // 2 + 8, c.t, rng)
         ay = np.abs(y)
+        keep = np.zeros(y.shape[0], dtype=np.bool_)
         big = ay > ycap
-        if big.any():  # far tail: decide exactly with Python integers
-            y = y[~big]
-            ay = ay[~big]
-        x = np.abs(ay * c.a - c.b).astype(np.uint64)
-        num = x * x * np.uint64(c.fn)
-        keep = _bern_exp(num, c.fd, rng)
+        small = np.nonzero(~big)[0]
+        x = np.abs(ay[small] * c.a - c.b).astype(np.uint64)
+        keep[small] = _bern_exp(x * x * np.uint64(c.fn), c.fd, rng)
+        for j in np.nonzero(big)[0].tolist():  # far tail (astronomically rare): exact Python integers
+            keep[j] = _dg_accept_scalar(int(y[j]), c, rng)
+        # Candidates are i.i.d.; keeping the first m accepted in draw order keeps them so.
         acc = y[keep][:m]
         out[filled : filled + acc.shape[0]] = acc
         filled += acc.shape[0]

@@ -1,0 +1,267 @@
+"""Noise samplers: exact distributions (vs pmf and vs a slow reference), grid safety, injected randomness, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from dp import noise
+from dp.errors import ConfigurationError
+from dp.randomness import RandomSource, SeededRandomSource
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "dp"
+P_MIN = 1e-4  # fixed seeds: each test is deterministic; this only guards against a wrong distribution
+
+
+def chi2_pvalue(samples: np.ndarray, pmf: dict[int, float]) -> float:
+    """Goodness of fit against an exact pmf; bins with expected count < 5 are pooled into one."""
+    n = samples.shape[0]
+    values, counts = np.unique(samples, return_counts=True)
+    observed = dict(zip(values.tolist(), counts.tolist(), strict=True))
+    obs, exp = [], []
+    pooled_o, pooled_e = 0.0, 0.0
+    for y, p in pmf.items():
+        e = n * p
+        if e >= 5:
+            obs.append(observed.get(y, 0))
+            exp.append(e)
+        else:
+            pooled_o += observed.get(y, 0)
+            pooled_e += e
+    outside = n - sum(observed.get(y, 0) for y in pmf)
+    pooled_o += outside
+    pooled_e += max(0.0, n - n * sum(pmf.values()))
+    if pooled_e >= 5 or pooled_o > 0:
+        obs.append(pooled_o)
+        exp.append(max(pooled_e, 1e-12))
+    exp_arr = np.array(exp) * (n / sum(exp))
+    return float(stats.chisquare(np.array(obs), exp_arr).pvalue)
+
+
+def dg_pmf(sigma: float | Fraction, top: int) -> dict[int, float]:
+    s2 = float(Fraction(sigma) ** 2)
+    ys = np.arange(-top * 3, top * 3 + 1)
+    w = np.exp(-(ys.astype(np.float64) ** 2) / (2 * s2))
+    w /= w.sum()
+    return {int(y): float(p) for y, p in zip(ys, w, strict=True) if abs(y) <= top}
+
+
+def reference_discrete_gaussian(n: int, sigma: float, rng: RandomSource) -> np.ndarray:
+    """Slow, obviously correct reference: inverse cdf of the pmf on |y| <= 14 sigma + 3 (tail < 1e-40)."""
+    pmf = dg_pmf(sigma, int(14 * sigma) + 3)
+    ys = np.array(list(pmf))
+    cdf = np.cumsum(np.array(list(pmf.values())))
+    u = rng.uniform(n)
+    return np.array([ys[min(int(np.searchsorted(cdf, x, side="right")), len(ys) - 1)] for x in u])
+
+
+# ------------------------------------------------------------------ discrete Gaussian
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 3.0, 10.5])
+def test_discrete_gaussian_matches_exact_pmf(sigma: float) -> None:
+    vec = next(v for v in json.loads((VECTORS / "discrete_gaussian_pmf.json").read_text()) if v["sigma"] == sigma)
+    pmf = {int(k): float(p) for k, p in vec["pmf"].items()}
+    x = noise.discrete_gaussian(100_000, sigma, SeededRandomSource(f"dg{sigma}"))
+    assert x.dtype == np.int64
+    assert chi2_pvalue(x, pmf) > P_MIN
+    assert x.var() == pytest.approx(vec["variance"], rel=0.03)
+
+
+def test_discrete_gaussian_matches_slow_reference() -> None:
+    fast = noise.discrete_gaussian(20_000, 3.0, SeededRandomSource("fast"))
+    ref = reference_discrete_gaussian(20_000, 3.0, SeededRandomSource("ref"))
+    values = np.union1d(fast, ref)
+    table = np.array([[np.sum(fast == v) for v in values], [np.sum(ref == v) for v in values]])
+    keep = table.sum(axis=0) >= 10
+    table = np.concatenate([table[:, keep], table[:, ~keep].sum(axis=1, keepdims=True)], axis=1)
+    assert stats.chi2_contingency(table).pvalue > P_MIN
+    assert stats.ks_2samp(fast, ref).pvalue > P_MIN
+
+
+def test_discrete_gaussian_exact_slow_path_for_awkward_sigma() -> None:
+    # 1.2 as a float has a 53-bit mantissa: its exact rational constants overflow 62 bits,
+    # so every draw takes the Python-integer path; the law is still N_Z(0, 1.2^2).
+    x = noise.discrete_gaussian(3000, 1.2, SeededRandomSource("slow"))
+    assert chi2_pvalue(x, dg_pmf(1.2, 12)) > P_MIN
+    # A simple fraction takes the fast path and gives the same law.
+    y = noise.discrete_gaussian(30_000, Fraction(6, 5), SeededRandomSource("frac"))
+    assert chi2_pvalue(y, dg_pmf(Fraction(6, 5), 12)) > P_MIN
+
+
+def test_discrete_gaussian_large_sigma() -> None:
+    s = 2**20
+    x = noise.discrete_gaussian(200_000, s, SeededRandomSource("big"))
+    assert abs(x.mean()) < 5 * s / math.sqrt(x.shape[0])
+    assert x.var() / s**2 == pytest.approx(1.0, rel=0.02)
+    assert stats.kstest(x / s, "norm").pvalue > P_MIN
+
+
+def test_far_tail_candidates_are_decided_not_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Force the exact Python-integer decision on every candidate beyond |y| = 2 and check the law.
+    real = noise.math.isqrt
+
+    def tiny_cap(n: int) -> int:
+        # sigma = 2: t = 2, a = 1, b = 2, so ycap = (root - b) // a = 2.
+        return real(n) if n < (1 << 40) else 4
+
+    monkeypatch.setattr(noise.math, "isqrt", tiny_cap)
+    x = noise.discrete_gaussian(20_000, 2, SeededRandomSource("tail"))
+    monkeypatch.undo()
+    assert np.abs(x).max() > 2
+    assert chi2_pvalue(x, dg_pmf(2.0, 20)) > P_MIN
+
+
+@pytest.mark.parametrize(("num", "den"), [(0, 1), (1, 1), (1, 3), (7, 2), (5, 1000)])
+def test_bernoulli_exp_is_exact(num: int, den: int) -> None:
+    n = 200_000
+    hits = noise._bern_exp(np.full(n, num, dtype=np.uint64), den, SeededRandomSource(f"b{num}/{den}")).mean()
+    p = math.exp(-num / den)
+    assert abs(hits - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-12
+
+
+def test_discrete_laplace_pmf() -> None:
+    t = 3
+    x = noise.discrete_laplace(100_000, t, SeededRandomSource("dlap"))
+    r = math.exp(-1 / t)
+    pmf = {y: (1 - r) / (1 + r) * r ** abs(y) for y in range(-60, 61)}
+    assert chi2_pvalue(x, pmf) > P_MIN
+    assert noise.discrete_laplace(0, 2, SeededRandomSource(1)).shape == (0,)
+
+
+def test_discrete_gaussian_speed() -> None:
+    rng = SeededRandomSource("speed")
+    t0 = time.process_time()
+    x = noise.discrete_gaussian(1_000_000, 2**16, rng)
+    elapsed = time.process_time() - t0
+    assert x.shape == (1_000_000,)
+    assert elapsed < 6.0, elapsed  # about 1 s of CPU on one core
+
+
+# ------------------------------------------------------------------ Skellam / Poisson
+
+
+@pytest.mark.parametrize("lam", [0.5, 7.0, 12.0, 1000.0])
+def test_poisson_matches_pmf(lam: float) -> None:
+    x = noise.poisson(100_000, lam, SeededRandomSource(f"p{lam}"))
+    top = int(lam + 12 * math.sqrt(lam) + 20)
+    pmf = {k: float(stats.poisson.pmf(k, lam)) for k in range(top)}
+    assert chi2_pvalue(x, pmf) > P_MIN
+
+
+@pytest.mark.parametrize("variance", [3.0, 50.0, 2.0e6])
+def test_skellam_matches_pmf(variance: float) -> None:
+    x = noise.skellam(100_000, variance, SeededRandomSource(f"sk{variance}"))
+    mu = variance / 2
+    top = int(12 * math.sqrt(variance) + 10)
+    if variance < 1e5:
+        pmf = {k: float(stats.skellam.pmf(k, mu, mu)) for k in range(-top, top + 1)}
+        assert chi2_pvalue(x, pmf) > P_MIN
+    else:  # very wide: excess kurtosis 1/variance, indistinguishable from N(0, variance) at this n
+        assert stats.kstest(x / math.sqrt(variance), "norm").pvalue > P_MIN
+    assert x.var() == pytest.approx(variance, rel=0.03)
+
+
+def test_skellam_speed_and_zero() -> None:
+    t0 = time.process_time()
+    noise.skellam(1_000_000, 1e8, SeededRandomSource("sk-speed"))
+    assert time.process_time() - t0 < 4.0
+    assert not noise.skellam(10, 0.0, SeededRandomSource(1)).any()
+    assert noise.poisson(0, 3.0, SeededRandomSource(1)).shape == (0,)
+
+
+# ------------------------------------------------------------------ float Gaussian on a grid
+
+
+def test_gaussian_grid_choice() -> None:
+    g = noise.gaussian_grid(0.37, grid_bits=20)
+    assert math.frexp(g.granularity)[0] == 0.5  # a power of two
+    assert g.sigma_int >= 2**20
+    assert 0.37 <= g.std <= 0.37 * (1 + 2**-19)
+
+
+def test_gaussian_float_on_grid_and_std() -> None:
+    x = noise.gaussian_float(200_000, 0.37, SeededRandomSource("gf"))
+    g = noise.gaussian_grid(0.37).granularity
+    assert np.all(np.mod(x, g) == 0)
+    assert x.std() == pytest.approx(0.37, rel=0.01)
+    assert stats.kstest(x / 0.37, "norm").pvalue > P_MIN
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    x=st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=8),
+    std=st.floats(1e-3, 10.0),
+)
+def test_release_support_is_a_fixed_grid(x: list[float], std: float) -> None:
+    # Floating-point attack resistance: whatever the clean value, every released coordinate is an
+    # exact multiple of the same power-of-two grid, so the low bits carry no information about x.
+    rel = noise.add_gaussian_noise(np.array(x), std, SeededRandomSource("rel"), grid_bits=12)
+    k = rel.values / rel.granularity
+    assert np.all(k == np.round(k))
+    snapped = noise.snap_to_grid(np.array(x), rel.granularity)
+    assert np.all(np.abs(snapped - np.array(x)) <= rel.granularity / 2)
+    assert rel.std >= std
+
+
+def test_naive_float_noise_would_leak() -> None:
+    # Why the grid matters: with plain float noise the lattice of attainable outputs depends on x.
+    a = 1.0 + np.float64(2.0**-40)
+    assert (a + 1e-3) - 1e-3 != 1.0 + 1e-3 - 1e-3  # the clean value's low bits survive
+    g = noise.gaussian_grid(1e-3).granularity
+    assert noise.snap_to_grid(np.array([a]), g)[0] == noise.snap_to_grid(np.array([1.0]), g)[0]
+
+
+# ------------------------------------------------------------------ randomness and errors
+
+
+def test_no_global_numpy_randomness(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("global numpy randomness used")
+
+    for name in ("normal", "standard_normal", "random", "poisson", "randint", "default_rng", "uniform"):
+        monkeypatch.setattr(np.random, name, boom)
+    rng = SeededRandomSource("no-global")
+    noise.discrete_gaussian(100, 3, rng)
+    noise.skellam(100, 40.0, rng)
+    noise.gaussian_float(100, 1.0, rng)
+
+
+def test_seeded_determinism() -> None:
+    a = noise.discrete_gaussian(1000, 5, SeededRandomSource(42))
+    b = noise.discrete_gaussian(1000, 5, SeededRandomSource(42))
+    c = noise.discrete_gaussian(1000, 5, SeededRandomSource(43))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.array_equal(noise.skellam(50, 9.0, SeededRandomSource(1)), noise.skellam(50, 9.0, SeededRandomSource(1)))
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda r: noise.discrete_gaussian(-1, 1.0, r), "size"),
+        (lambda r: noise.discrete_gaussian(3, 0.0, r), "sigma"),
+        (lambda r: noise.discrete_gaussian(3, float("nan"), r), "sigma"),
+        (lambda r: noise.discrete_gaussian(3, "1", r), "sigma"),
+        (lambda r: noise.discrete_gaussian(3, True, r), "sigma"),
+        (lambda r: noise.discrete_laplace(3, 0, r), "t must"),
+        (lambda r: noise.gaussian_grid(0.0), "std"),
+        (lambda r: noise.gaussian_grid(1.0, grid_bits=2), "grid_bits"),
+        (lambda r: noise.gaussian_float(3, -1.0, r), "std"),
+        (lambda r: noise.snap_to_grid([1.0], 0.3), "power of two"),
+        (lambda r: noise.snap_to_grid([float("inf")], 0.5), "NaN or Inf"),
+        (lambda r: noise.poisson(3, -1.0, r), "lam"),
+        (lambda r: noise.skellam(3, float("inf"), r), "variance"),
+    ],
+)
+def test_errors(call: object, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        call(SeededRandomSource(0))  # type: ignore[operator]
