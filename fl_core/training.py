@@ -14,14 +14,14 @@ __all__ = ["make_sgd_train_fn"]
 def make_sgd_train_fn(*, epochs: int = 1, lr: float = 0.1, batch_size: int = 16, momentum: float = 0.0, seed: int = 0):  # type: ignore[no-untyped-def]
     """Return ``train_fn(model, data)`` running ``epochs`` of minibatch SGD with cross-entropy.
 
-    Shuffling uses a torch Generator seeded per call from ``seed`` and the data size,
-    so runs are reproducible.
+    Shuffling uses a torch Generator seeded per call from ``seed``, the starting
+    weights and the data size - not from how many calls came before - so runs are
+    reproducible and a client trains identically in the in-process simulation and
+    on its own machine (a Flower SuperNode runs each round in a fresh process).
     """
-    calls = {"n": 0}
 
     def train_fn(model: nn.Module, data: Dataset[Any]) -> None:
-        calls["n"] += 1
-        g = torch.Generator().manual_seed(seed * 1_000_003 + calls["n"])
+        g = torch.Generator().manual_seed((seed * 1_000_003 + _call_key(model, len(data))) % (1 << 63))  # type: ignore[arg-type]
         loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=g)
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
         model.train()
@@ -33,3 +33,14 @@ def make_sgd_train_fn(*, epochs: int = 1, lr: float = 0.1, batch_size: int = 16,
                 opt.step()
 
     return train_fn
+
+
+def _call_key(model: nn.Module, n: int) -> int:
+    """63 bits of SHA-256 over the model's starting weights and the data size."""
+    import hashlib
+
+    h = hashlib.sha256(n.to_bytes(8, "little"))
+    with torch.no_grad():
+        for p in model.parameters():
+            h.update(p.detach().to(torch.float32).cpu().numpy().tobytes())
+    return int.from_bytes(h.digest()[:8], "little") >> 1
