@@ -19,8 +19,6 @@ import argparse
 import json
 import time
 
-from phe import paillier
-
 from dp.randomness import SeededRandomSource
 from fl_core.commands.bench_paillier import bench_paillier, machine_info
 from secagg.primitives.paillier_core import generate_keypair

@@ -121,7 +121,7 @@ def bench_paillier(
     def rng_for(c: int) -> Any:
         return rng.spawn(f"client {c}")
 
-    outcome = run_round(_Recorder(), inputs, round_id=1, rng_for=rng_for)  # type: ignore[arg-type]
+    outcome = run_round(_Recorder(), inputs, round_id=1, rng_for=rng_for)
     server = sessions[0]
     verified = outcome.error is None and outcome.total is not None and bool(np.array_equal(outcome.total, expected))
     enc = [outcome.client_cpu_s[c] for c in inputs]
