@@ -34,6 +34,7 @@ from secagg.primitives.paillier_core import (
     PaillierPublicKey,
     generate_keypair,
 )
+from secagg.primitives.paillier_phe import from_phe_private, from_phe_public, to_phe_private, to_phe_public
 from secagg.primitives.paillier_threshold import KeyShare, ThresholdParams, generate_threshold_key
 
 __all__ = [
@@ -58,6 +59,8 @@ __all__ = [
     "dump_private_key",
     "dump_public_key",
     "dump_threshold_params",
+    "from_phe_private",
+    "from_phe_public",
     "generate_keypair",
     "generate_threshold_key",
     "load_key_share",
@@ -65,4 +68,6 @@ __all__ = [
     "load_public_key",
     "load_threshold_params",
     "plan_packing",
+    "to_phe_private",
+    "to_phe_public",
 ]
