@@ -1,0 +1,404 @@
+"""The sweep engine: plans cells, calibrates their noise, runs them in worker processes and resumes.
+
+Each cell is one :func:`fl_core.runner.execute` call. Cells run in up to
+``workers`` processes (spawned, one torch thread each); the dataset is loaded
+once per process and split once. A finished cell is written atomically to
+``OUT/cells/<cell_id>.json`` and is never rerun: a later invocation with the
+same options reads it back (the cell id hashes the full run configuration, so
+any change of option reruns exactly the cells it affects). A failed cell is
+reported and not stored, so it is retried next time.
+
+The held-out set is split once, by a fixed permutation, into a validation half
+(hyperparameter choice, ``--tune``) and a test half (every reported number).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from fl_core.config import RunConfig
+from fl_core.errors import ConfigError
+from fl_core.utility_bench.calibrate import Calibration, calibrate_noise
+from fl_core.utility_bench.spec import (
+    BENCH_VERSION,
+    Cell,
+    Hyper,
+    Mode,
+    Split,
+    SweepSpec,
+    base_options,
+    default_hyper,
+)
+
+__all__ = [
+    "HELDOUT_SPLIT_SEED",
+    "build_cells",
+    "run_cells",
+    "run_cell",
+    "split_heldout",
+    "load_cell_data",
+]
+
+#: Seed of the fixed permutation that splits the held-out set into validation and test halves.
+HELDOUT_SPLIT_SEED = 20210401
+
+_SECURE_SUM_OF: dict[Mode, str | None] = {
+    Mode.NONE: "plain",
+    Mode.CENTRAL: None,  # the spec's secure sum
+    Mode.DISTRIBUTED: None,
+    Mode.LOCAL: "plain",  # each update is private alone: no secure aggregation needed
+    Mode.RECORD: "plain",
+}
+
+
+def _record_dp_available() -> bool:
+    try:
+        import importlib
+
+        importlib.import_module("fl_core.record_dp")
+    except ImportError:
+        return False
+    return True
+
+
+def _cell_config(spec: SweepSpec, mode: Mode, model: str, seed: int, hyper: Hyper) -> RunConfig:
+    base = base_options(spec.dataset, model)
+    secure_sum = _SECURE_SUM_OF[mode] or spec.secure_sum
+    return RunConfig(
+        dataset=spec.dataset,
+        clients=spec.clients,
+        rounds=spec.rounds_for(model),
+        sampling_rate=spec.sampling_rate if spec.per_round < spec.clients else None,
+        partition=spec.partition,
+        model=model,
+        local_epochs=int(base["local_epochs"]),
+        lr=float(base["lr"]),
+        batch_size=int(base["batch_size"]),
+        server_lr=hyper.server_lr,
+        server_momentum=hyper.server_momentum,
+        secure_sum=secure_sum,
+        graph="sparse",
+        dp=mode.value if mode in (Mode.CENTRAL, Mode.DISTRIBUTED, Mode.LOCAL) else "none",
+        clip=hyper.clip,
+        delta=spec.delta,
+        seed=seed,
+        threads=1,
+    )
+
+
+def build_cells(
+    spec: SweepSpec,
+    *,
+    hyper_for: Callable[[str, Mode, float | None], Hyper] | None = None,
+    calibrations: dict[tuple[str, Mode, float, float], Calibration] | None = None,
+    store: Path | None = None,
+) -> list[Cell]:
+    """Every cell of ``spec``: the baseline per (model, seed), then model x mode x epsilon x seed.
+
+    Args:
+        spec: the sweep.
+        hyper_for: ``(model, mode, epsilon) -> Hyper``; default: :func:`default_hyper`.
+        calibrations: a cache of calibrations keyed by (model, mode, epsilon, clip), filled in place.
+        store: a folder whose ``calibrations.json`` keeps calibrations across invocations
+            (keyed by the hash of the run configuration, target and accountant).
+
+    Raises:
+        ConfigError: ``record`` mode requested but record-level DP is not available, or a
+            target epsilon that cannot be reached.
+    """
+    if Mode.RECORD in spec.modes and not _record_dp_available():
+        raise ConfigError(
+            "--modes record needs record-level DP (fl_core.record_dp), which this build does not have; "
+            "drop 'record' from --modes",
+            option="modes",
+        )
+    hyper_for = hyper_for or (lambda model, mode, eps: default_hyper(spec.dataset, model, eps))
+    cache = calibrations if calibrations is not None else {}
+    cells: list[Cell] = []
+    for model in spec.models:
+        for seed in range(spec.seeds):
+            hyper = hyper_for(model, Mode.NONE, None)
+            cfg = _cell_config(spec, Mode.NONE, model, seed, hyper)
+            cells.append(Cell(Mode.NONE, model, None, seed, spec.split, cfg, hyper))
+        for mode in spec.modes:
+            for eps in spec.epsilons:
+                hyper = hyper_for(model, mode, eps)
+                key = (model, mode, float(eps), hyper.clip)
+                for seed in range(spec.seeds):
+                    cfg = _cell_config(spec, mode, model, seed, hyper)
+                    if key not in cache:
+                        cache[key] = _calibrate_cached(cfg, float(eps), spec, store)
+                    cal = cache[key]
+                    cfg = cfg.replace(noise_multiplier=round(cal.noise_multiplier, 6))
+                    cells.append(Cell(mode, model, float(eps), seed, spec.split, cfg, hyper, cal.to_dict()))
+    return cells
+
+
+def _calibrate_cached(cfg: RunConfig, eps: float, spec: SweepSpec, store: Path | None) -> Calibration:
+    ident = {"v": BENCH_VERSION, "config": cfg.replace(noise_multiplier=None).to_dict(), "eps": eps}
+    ident["accountant"] = spec.accountant
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = store / "calibrations.json" if store is not None else None
+    saved: dict[str, Any] = {}
+    if path is not None and path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            saved = {}
+    if key in saved:
+        try:
+            return Calibration(**saved[key])
+        except TypeError:
+            pass
+    cal = calibrate_noise(cfg, eps, data=load_cell_data(cfg, spec.split), accountant=spec.accountant)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        saved[key] = cal.to_dict()
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(saved, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
+    return cal
+
+
+# -- data, per process -----------------------------------------------------------
+
+_DATA_CACHE: dict[tuple[Any, ...], Any] = {}
+
+
+def split_heldout(n: int) -> tuple[list[int], list[int]]:
+    """Indices of the validation and test halves of a held-out set of ``n`` examples (fixed permutation)."""
+    import numpy as np
+
+    order = np.random.default_rng(HELDOUT_SPLIT_SEED).permutation(n)
+    half = n // 2
+    return sorted(int(i) for i in order[:half]), sorted(int(i) for i in order[half:])
+
+
+def load_cell_data(cfg: RunConfig, split: Split) -> Any:
+    """The federated data of ``cfg`` with ``test`` replaced by the requested half (cached per process)."""
+    from torch.utils.data import Subset, TensorDataset
+
+    from fl_core.runner import load_federated_data
+
+    key = (cfg.dataset, cfg.clients, cfg.partition, cfg.alpha, cfg.seed)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()  # one dataset at a time per process
+        _DATA_CACHE[key] = load_federated_data(cfg)
+    data = _DATA_CACHE[key]
+    val_idx, test_idx = split_heldout(len(data.test))
+    idx = val_idx if split is Split.VALIDATION else test_idx
+    test = data.test
+    if isinstance(test, TensorDataset):
+        x, y = test.tensors
+        part: Any = TensorDataset(x[idx], y[idx])
+    else:
+        part = Subset(test, idx)
+    return dataclasses.replace(data, test=part)
+
+
+# -- one cell ----------------------------------------------------------------------
+
+
+def _init_worker() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_cell(cell: Cell, ledger_dir: str) -> dict[str, Any]:
+    """Run one cell and return its record (never raises: a failure is returned as ``error``)."""
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    try:
+        from fl_core.runner import execute
+
+        ledger = Path(ledger_dir) / f"{cell.cell_id}.jsonl"
+        if ledger.exists():
+            ledger.unlink()  # an unfinished earlier attempt of this cell: start a fresh chain
+        cfg = cell.config.replace(ledger=str(ledger)) if cell.mode is not Mode.NONE else cell.config
+        data = load_cell_data(cfg, cell.split)
+        rounds: list[dict[str, Any]] = []
+        last = [time.process_time()]
+
+        def on_round(res: Any) -> None:
+            now = time.process_time()
+            eps = res.epsilon
+            rounds.append(
+                {
+                    "round": res.round,
+                    "accuracy": res.metrics.get("accuracy"),
+                    "loss": res.metrics.get("loss"),
+                    "epsilon": None if eps is None or not math.isfinite(eps) else eps,
+                    "cohort": len(res.cohort),
+                    "survivors": len(res.survivors),
+                    "bytes_up_per_client": res.bytes_up_per_client,
+                    "bytes_down_per_client": res.bytes_down_per_client,
+                    "clipped_fraction": res.clipped_fraction,
+                    "wall_s": res.wall_s,
+                    "cpu_s": now - last[0],
+                    "skipped": res.skipped,
+                }
+            )
+            last[0] = now
+
+        summary = execute(cfg, data=data, on_round=on_round)
+        out = summary.to_json()
+        for k in ("per_round_accuracy", "client_sizes"):
+            out.pop(k, None)
+        record = cell.to_dict()
+        record.update(
+            {
+                "label": cell.label,
+                "status": "ok",
+                "accuracy": out.get("accuracy"),
+                "loss": out.get("loss"),
+                "epsilon": out.get("epsilon"),
+                "summary": out,
+                "rounds": rounds,
+                "wall_s": time.perf_counter() - t0,
+                "cpu_s": time.process_time() - cpu0,
+                "evaluated_on": f"{cell.split.value} half of the held-out set ({len(data.test)} examples)",
+            }
+        )
+        return record
+    except Exception as exc:  # reported, not stored: the cell is retried on the next invocation
+        record = cell.to_dict()
+        record.update(
+            {
+                "label": cell.label,
+                "status": "error",
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=8),
+                "wall_s": time.perf_counter() - t0,
+            }
+        )
+        return record
+
+
+# -- the store and the pool --------------------------------------------------------
+
+
+def _cell_path(out: Path, cell_id: str) -> Path:
+    return out / "cells" / f"{cell_id}.json"
+
+
+def load_finished(out: Path, cells: Iterable[Cell]) -> dict[str, dict[str, Any]]:
+    """Stored records of the finished ``cells`` (a torn or foreign file is ignored and rerun)."""
+    done: dict[str, dict[str, Any]] = {}
+    for cell in cells:
+        p = _cell_path(out, cell.cell_id)
+        if not p.is_file():
+            continue
+        try:
+            rec = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("cell_id") == cell.cell_id and rec.get("status") == "ok":
+            done[cell.cell_id] = rec
+    return done
+
+
+def _store(out: Path, record: dict[str, Any]) -> None:
+    p = _cell_path(out, record["cell_id"])
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
+_COST = {"logreg": 1.0, "mlp": 2.0, "cnn": 8.0}
+
+
+def _cost(cell: Cell) -> float:
+    c = _COST.get(cell.model, 1.0) * cell.config.rounds
+    return c * (1.5 if cell.config.secure_sum == "masking" else 1.0)
+
+
+def run_cells(
+    cells: Sequence[Cell],
+    out: Path,
+    *,
+    workers: int = 2,
+    progress: bool | None = None,
+    description: str = "cells",
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Run every unfinished cell of ``cells`` and return (records in ``cells`` order, counts).
+
+    Args:
+        cells: the cells.
+        out: output folder (``cells/`` and ``ledgers/`` live below it).
+        workers: worker processes (1: in this process).
+        progress: show a progress bar on stderr (default: only when stderr is a terminal).
+        description: progress bar label.
+
+    Raises:
+        ConfigError: ``workers`` < 1.
+    """
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}", option="workers")
+    out.mkdir(parents=True, exist_ok=True)
+    ledger_dir = out / "ledgers"
+    ledger_dir.mkdir(exist_ok=True)
+    unique: dict[str, Cell] = {}
+    for c in cells:
+        unique.setdefault(c.cell_id, c)
+    done = load_finished(out, unique.values())
+    todo = sorted((c for cid, c in unique.items() if cid not in done), key=_cost, reverse=True)
+    results: dict[str, dict[str, Any]] = dict(done)
+    show = sys.stderr.isatty() if progress is None else progress
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn(f"[bold]{description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not show,
+        transient=False,
+    )
+    with bar:
+        task = bar.add_task(description, total=len(unique), completed=len(done), status=f"{len(done)} resumed")
+
+        def finish(rec: dict[str, Any]) -> None:
+            results[rec["cell_id"]] = rec
+            if rec["status"] == "ok":
+                _store(out, rec)
+                acc = rec.get("accuracy")
+                status = f"{rec['label']}: acc {acc:.3f}" if isinstance(acc, float) else rec["label"]
+            else:
+                status = f"{rec['label']}: FAILED"
+            bar.update(task, advance=1, status=status)
+
+        if workers == 1 or len(todo) <= 1:
+            for c in todo:
+                finish(run_cell(c, str(ledger_dir)))
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(
+                max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_init_worker
+            ) as pool:
+                futures: list[Future[dict[str, Any]]] = [pool.submit(run_cell, c, str(ledger_dir)) for c in todo]
+                for fut in as_completed(futures):
+                    finish(fut.result())
+    counts = {"total": len(unique), "resumed": len(done), "ran": len(todo)}
+    return [results[c.cell_id] for c in cells], counts

@@ -1,0 +1,459 @@
+"""Everything a sweep writes: the summary table, CSV and JSON of every run, PNG plots and the Markdown report.
+
+Plots use matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["summarize", "write_outputs", "ROUND_FIELDS", "RUN_FIELDS"]
+
+RUN_FIELDS = (
+    "cell_id",
+    "model",
+    "mode",
+    "target_epsilon",
+    "epsilon",
+    "predicted_epsilon",
+    "seed",
+    "accuracy",
+    "loss",
+    "noise_multiplier",
+    "clip",
+    "server_lr",
+    "server_momentum",
+    "secure_sum",
+    "rounds",
+    "clients",
+    "sampling_rate",
+    "delta",
+    "bytes_up_per_client_per_round",
+    "wall_s_per_round",
+    "cpu_s_per_round",
+    "wall_s",
+    "split",
+    "status",
+)
+ROUND_FIELDS = (
+    "cell_id",
+    "model",
+    "mode",
+    "target_epsilon",
+    "seed",
+    "round",
+    "accuracy",
+    "loss",
+    "epsilon",
+    "cohort",
+    "survivors",
+    "bytes_up_per_client",
+    "bytes_down_per_client",
+    "clipped_fraction",
+    "wall_s",
+    "cpu_s",
+)
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(statistics.fmean(xs)) if xs else math.nan
+
+
+def _std(xs: Sequence[float]) -> float:
+    return float(statistics.stdev(xs)) if len(xs) > 1 else 0.0
+
+
+def run_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """One flat row per run (the CSV line)."""
+    cfg = rec.get("config", {})
+    rounds = [r for r in rec.get("rounds", []) if not r.get("skipped")]
+    cal = rec.get("calibration", {})
+    return {
+        "cell_id": rec["cell_id"],
+        "model": rec["model"],
+        "mode": rec["mode"],
+        "target_epsilon": rec.get("target_epsilon"),
+        "epsilon": rec.get("epsilon"),
+        "predicted_epsilon": cal.get("predicted_epsilon"),
+        "seed": rec.get("seed"),
+        "accuracy": rec.get("accuracy"),
+        "loss": rec.get("loss"),
+        "noise_multiplier": cfg.get("noise_multiplier"),
+        "clip": cfg.get("clip"),
+        "server_lr": cfg.get("server_lr"),
+        "server_momentum": cfg.get("server_momentum"),
+        "secure_sum": cfg.get("secure_sum"),
+        "rounds": cfg.get("rounds"),
+        "clients": cfg.get("clients"),
+        "sampling_rate": cfg.get("sampling_rate"),
+        "delta": cfg.get("delta") if rec["mode"] != "none" else None,
+        "bytes_up_per_client_per_round": _mean([r["bytes_up_per_client"] for r in rounds]) if rounds else None,
+        "wall_s_per_round": _mean([r["wall_s"] for r in rounds]) if rounds else None,
+        "cpu_s_per_round": _mean([r["cpu_s"] for r in rounds]) if rounds else None,
+        "wall_s": rec.get("wall_s"),
+        "split": rec.get("split"),
+        "status": rec.get("status"),
+    }
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Group runs over seeds: baselines per model, one result per (model, mode, target epsilon).
+
+    Monotonicity: within each (model, mode), consecutive epsilons must not lose more
+    accuracy than the noise between seeds explains (2 standard errors of the
+    difference, or 1 point with a single seed).
+    """
+    ok = [r for r in records if r.get("status") == "ok"]
+    base: dict[str, list[float]] = defaultdict(list)
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in ok:
+        if r["mode"] == "none":
+            base[r["model"]].append(float(r["accuracy"]))
+        else:
+            groups[(r["model"], r["mode"], float(r["target_epsilon"]))].append(r)
+    baselines = {m: {"accuracy": _mean(v), "accuracy_std": _std(v), "seeds": len(v)} for m, v in base.items()}
+    results = []
+    for (model, mode, teps), rs in sorted(groups.items()):
+        accs = [float(r["accuracy"]) for r in rs]
+        epss = [float(r["epsilon"]) for r in rs if r.get("epsilon") is not None]
+        row = run_row(rs[0])
+        b = baselines.get(model, {}).get("accuracy")
+        results.append(
+            {
+                "model": model,
+                "mode": mode,
+                "target_epsilon": teps,
+                "epsilon": max(epss) if epss else None,
+                "epsilon_mean": _mean(epss) if epss else None,
+                "accuracy": _mean(accs),
+                "accuracy_std": _std(accs),
+                "seeds": len(accs),
+                "noise_multiplier": row["noise_multiplier"],
+                "clip": row["clip"],
+                "server_lr": row["server_lr"],
+                "server_momentum": row["server_momentum"],
+                "secure_sum": row["secure_sum"],
+                "rounds": row["rounds"],
+                "gap_to_baseline": (b - _mean(accs)) if b is not None else None,
+            }
+        )
+    monotone: dict[str, bool] = {}
+    by_curve: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for res in results:
+        by_curve[(res["model"], res["mode"])].append(res)
+    for (model, mode), rs in by_curve.items():
+        rs = sorted(rs, key=lambda x: x["target_epsilon"])
+        good = True
+        for a, b2 in zip(rs, rs[1:], strict=False):
+            se = math.sqrt(a["accuracy_std"] ** 2 / a["seeds"] + b2["accuracy_std"] ** 2 / b2["seeds"])
+            tol = 2 * se if min(a["seeds"], b2["seeds"]) > 1 else 0.01
+            if b2["accuracy"] < a["accuracy"] - tol:
+                good = False
+        monotone[f"{model}/{mode}"] = good
+    return {"baselines": baselines, "results": results, "monotone": monotone}
+
+
+def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fields})
+
+
+def _round_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for rec in records:
+        if rec.get("status") != "ok":
+            continue
+        for r in rec["rounds"]:
+            out.append(
+                {
+                    "cell_id": rec["cell_id"],
+                    "model": rec["model"],
+                    "mode": rec["mode"],
+                    "target_epsilon": rec.get("target_epsilon"),
+                    "seed": rec.get("seed"),
+                    **r,
+                }
+            )
+    return out
+
+
+# -- plots -------------------------------------------------------------------------
+
+_MODE_STYLE = {
+    "distributed": ("o", "-"),
+    "central": ("s", "--"),
+    "local": ("^", ":"),
+    "record": ("D", "-."),
+    "none": ("", "-"),
+}
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy_vs_epsilon(summary: dict[str, Any], path: Path, *, title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    models = sorted({r["model"] for r in summary["results"]} | set(summary["baselines"]))
+    colors = {m: f"C{i}" for i, m in enumerate(models)}
+    curves: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in summary["results"]:
+        curves[(r["model"], r["mode"])].append(r)
+    all_eps: list[float] = []
+    for (model, mode), rs in sorted(curves.items()):
+        rs = sorted(rs, key=lambda x: x["target_epsilon"])
+        xs = [r["epsilon_mean"] if r["epsilon_mean"] is not None else r["target_epsilon"] for r in rs]
+        ys = [100 * r["accuracy"] for r in rs]
+        es = [100 * r["accuracy_std"] for r in rs]
+        all_eps += xs
+        marker, ls = _MODE_STYLE.get(mode, ("o", "-"))
+        ax.errorbar(
+            xs, ys, yerr=es, marker=marker, linestyle=ls, color=colors[model], capsize=3, label=f"{model}, {mode}"
+        )
+    for model, b in sorted(summary["baselines"].items()):
+        ax.axhline(
+            100 * b["accuracy"],
+            color=colors[model],
+            linestyle=(0, (1, 1)),
+            linewidth=1.2,
+            label=f"{model}, non-private",
+        )
+    ax.set_xscale("log")
+    if all_eps:
+        ticks = sorted({round(t, 2) for t in (r["target_epsilon"] for r in summary["results"])})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlim(min(all_eps) / 1.3, max(all_eps) * 1.3)
+    ax.set_xlabel("accounted ε (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_rounds(records: Sequence[dict[str, Any]], path: Path, *, title: str) -> None:
+    """Accuracy vs round and cumulative epsilon vs round (seed 0), one row per model."""
+    plt = _plt()
+    ok = [r for r in records if r.get("status") == "ok" and r.get("seed") == 0]
+    models = sorted({r["model"] for r in ok})
+    if not models:
+        return
+    eps_values = sorted({float(r["target_epsilon"]) for r in ok if r.get("target_epsilon") is not None})
+    cmap = plt.get_cmap("viridis")
+    ecol = {e: cmap(i / max(1, len(eps_values) - 1) * 0.85) for i, e in enumerate(eps_values)}
+    fig, axes = plt.subplots(len(models), 2, figsize=(10, 3.6 * len(models)), dpi=110, squeeze=False)
+    for row, model in enumerate(models):
+        ax_acc, ax_eps = axes[row]
+        for r in sorted(ok, key=lambda x: (x["mode"], x.get("target_epsilon") or 0)):
+            if r["model"] != model:
+                continue
+            xs = [p["round"] for p in r["rounds"]]
+            acc = [100 * p["accuracy"] if p["accuracy"] is not None else math.nan for p in r["rounds"]]
+            if r["mode"] == "none":
+                ax_acc.plot(xs, acc, color="black", linewidth=1.5, label="non-private")
+                continue
+            e = float(r["target_epsilon"])
+            _m, ls = _MODE_STYLE.get(r["mode"], ("o", "-"))
+            lab = f"{r['mode']} ε={e:g}"
+            ax_acc.plot(xs, acc, color=ecol[e], linestyle=ls, linewidth=1.2, label=lab)
+            eps = [p["epsilon"] if p["epsilon"] is not None else math.nan for p in r["rounds"]]
+            ax_eps.plot(xs, eps, color=ecol[e], linestyle=ls, linewidth=1.2, label=lab)
+        from matplotlib.ticker import MaxNLocator
+
+        for ax in (ax_acc, ax_eps):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_acc.set_title(f"{model}: test accuracy per round", fontsize=10)
+        ax_acc.set_xlabel("round")
+        ax_acc.set_ylabel("accuracy (%)")
+        ax_acc.grid(True, alpha=0.3)
+        ax_acc.legend(fontsize=7, ncol=2, loc="best")
+        ax_eps.set_title(f"{model}: cumulative ε per round", fontsize=10)
+        ax_eps.set_xlabel("round")
+        ax_eps.set_ylabel("ε (accounted)")
+        ax_eps.grid(True, alpha=0.3)
+        ax_eps.legend(fontsize=7, ncol=2, loc="upper left")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_cost(records: Sequence[dict[str, Any]], path: Path, *, title: str) -> None:
+    """Mean upload bytes per client per round and mean wall time per round, by secure sum and mode."""
+    plt = _plt()
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        if rec.get("status") != "ok":
+            continue
+        row = run_row(rec)
+        groups[
+            f"{row['secure_sum']}\n({rec['mode'] if rec['mode'] != 'none' else 'non-private'}, {rec['model']})"
+        ].append(row)
+    if not groups:
+        return
+    labels = sorted(groups)
+    kb = [_mean([g["bytes_up_per_client_per_round"] for g in groups[k]]) / 1024 for k in labels]
+    wall = [_mean([g["wall_s_per_round"] for g in groups[k]]) for k in labels]
+    cpu = [_mean([g["cpu_s_per_round"] for g in groups[k]]) for k in labels]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(labels) * 2), 4), dpi=110)
+    xs = list(range(len(labels)))
+    colors = ["C0" if lab.startswith("plain") else "C1" if lab.startswith("masking") else "C2" for lab in labels]
+    a1.bar(xs, kb, color=colors)
+    a1.set_xticks(xs)
+    a1.set_xticklabels(labels, fontsize=7)
+    a1.set_ylabel("KiB uploaded per client per round")
+    a1.set_title("communication", fontsize=10)
+    w = 0.4
+    a2.bar([x - w / 2 for x in xs], wall, width=w, color=colors, label="wall")
+    a2.bar([x + w / 2 for x in xs], cpu, width=w, color=colors, alpha=0.45, hatch="//", label="CPU (worker)")
+    a2.set_xticks(xs)
+    a2.set_xticklabels(labels, fontsize=7)
+    a2.set_ylabel("seconds per round (incl. evaluation)")
+    a2.set_title("time", fontsize=10)
+    a2.legend(fontsize=8)
+    for ax in (a1, a2):
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# -- report ------------------------------------------------------------------------
+
+
+def _fmt(x: Any, nd: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def results_table(summary: dict[str, Any]) -> str:
+    """The Markdown table of results (also used in the README section)."""
+    lines = [
+        "| model | mode | target ε | accounted ε | noise mult. | clip | server lr / mom. "
+        "| accuracy (%) | non-private (%) | gap (pts) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["results"]:
+        b = summary["baselines"].get(r["model"], {})
+        gap = 100 * r["gap_to_baseline"] if r["gap_to_baseline"] is not None else None
+        acc = f"{100 * r['accuracy']:.1f}" + (f" ± {100 * r['accuracy_std']:.1f}" if r["seeds"] > 1 else "")
+        lines.append(
+            f"| {r['model']} | {r['mode']} | {r['target_epsilon']:g} | {_fmt(r['epsilon'])} | "
+            f"{_fmt(r['noise_multiplier'], 3)} | {_fmt(r['clip'])} | {r['server_lr']:g} / {r['server_momentum']:g} | "
+            f"{acc} | {_fmt(100 * b['accuracy'] if b else None, 1)} | {_fmt(gap, 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(path: Path, meta: dict[str, Any], summary: dict[str, Any], runs: Sequence[dict[str, Any]]) -> None:
+    spec = meta["spec"]
+    acct = meta.get("accountant_version", spec["accountant"])
+    seeds = spec["seeds"]
+    mono = summary["monotone"]
+    failed = [r for r in runs if r.get("status") != "ok"]
+    modes_sum = ", ".join(f"{m}: {'plain' if m in ('local', 'record') else spec['secure_sum']}" for m in spec["modes"])
+    settings = [
+        ("dataset", f"{spec['dataset']} ({spec['partition']} split over clients)"),
+        ("privacy unit", "one client's whole contribution (client-level DP, add/remove one client)"),
+        (
+            "sampling scheme",
+            f"Poisson, q = {spec['per_round']}/{spec['clients']} = {spec['sampling_rate']:g} per round",
+        ),
+        ("clients", str(spec["clients"])),
+        ("rounds", ", ".join(f"{m}: {n}" for m, n in meta["rounds"].items())),
+        ("accountant", f"{spec['accountant']} — {acct}"),
+        ("δ", f"{spec['delta']:g}"),
+        (
+            "noise",
+            "calibrated per target ε by bisection on the accountant (see the table: noise multiplier = σ / clip)",
+        ),
+        ("clip", "fixed L2 clip per ε from the grid (adaptive clipping is not wired into the round loop)"),
+        ("secure sum", f"{modes_sum}; non-private baseline: plain"),
+        ("distributed noise", "Skellam shares inside the ring, sized for the planned minimum survivors"),
+        ("client training", "; ".join(f"{m}: {o}" for m, o in meta["client_training"].items())),
+        ("hyperparameters", meta["tuning_note"]),
+        ("evaluation", f"{spec['split']} half of the held-out set (fixed permutation), final round"),
+        ("seeds", f"{seeds} per cell (0..{seeds - 1}); ± is the std over seeds"),
+    ]
+    parts = [
+        f"# Privacy-utility sweep: {spec['dataset']}",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        "## Settings",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in settings],
+        "",
+        "## Results",
+        "",
+        results_table(summary),
+        "",
+        "Non-private baselines: "
+        + ", ".join(f"{m} {100 * b['accuracy']:.1f}%" for m, b in sorted(summary["baselines"].items()))
+        + ".",
+        "",
+        "Accuracy monotone in ε within noise "
+        f"({seeds} seed{'s' if seeds > 1 else ''}; tolerance 2 s.e. of the difference, 1 point with one seed): "
+        + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in sorted(mono.items()))
+        + ".",
+        "",
+        "![accuracy vs epsilon](accuracy_vs_epsilon.png)",
+        "",
+        "![accuracy and epsilon per round](rounds.png)",
+        "",
+        "![bytes and time per round](cost.png)",
+        "",
+        "## Run",
+        "",
+        f"- cells: {meta['counts']['total']} ({meta['counts']['ran']} run now, "
+        f"{meta['counts']['resumed']} resumed from earlier invocations)",
+        f"- wall time of this invocation: {meta['wall_s']:.0f} s with {meta['workers']} worker process(es), "
+        "one torch thread each",
+        f"- machine: {meta['machine']}",
+        f"- load average (1 min) at start / end: {meta['load_start']} / {meta['load_end']}",
+    ]
+    if failed:
+        parts += ["", "## Failed cells", ""] + [f"- {r['label']}: {r.get('error')}" for r in failed]
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+
+
+def write_outputs(out: Path, meta: dict[str, Any], records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Write runs.csv, rounds.csv, results.json, the three PNGs and report.md; return the summary."""
+    summary = summarize(records)
+    _write_csv(out / "runs.csv", RUN_FIELDS, [run_row(r) for r in records])
+    _write_csv(out / "rounds.csv", ROUND_FIELDS, _round_rows(records))
+    sp = meta["spec"]
+    title = f"{sp['dataset']}: {sp['clients']} clients, q = {sp['sampling_rate']:g}, δ = {sp['delta']:g}"
+    plot_accuracy_vs_epsilon(summary, out / "accuracy_vs_epsilon.png", title=title)
+    plot_rounds(records, out / "rounds.png", title=title + " (seed 0)")
+    plot_cost(records, out / "cost.png", title=title)
+    doc = {**meta, **summary, "runs": list(records)}
+    (out / "results.json").write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
+    write_report(out / "report.md", meta, summary, records)
+    return summary

@@ -1,0 +1,268 @@
+"""What a privacy-utility sweep is made of: its modes, its documented defaults and grid, and its cells.
+
+A *sweep* is the product (model x DP mode x target epsilon x seed) plus one
+non-private baseline per (model, seed); every element is a :class:`Cell`, one
+complete federated run described by a :class:`~fl_core.config.RunConfig`. A
+cell's identity is the hash of everything that determines its result, which
+is what makes resuming safe: a stored result is reused only for the exact same
+configuration.
+
+The per-epsilon defaults (clip, server learning rate, server momentum) come
+from the small grid :data:`GRID`, searched on a *validation* half of the
+held-out set (``privagg bench utility --tune``); the reported accuracy is
+measured on the other, *test* half, which tuning never sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from fl_core.config import RunConfig
+from fl_core.errors import ConfigError
+
+__all__ = [
+    "BENCH_VERSION",
+    "GRID",
+    "Hyper",
+    "Mode",
+    "Split",
+    "Cell",
+    "SweepSpec",
+    "default_hyper",
+    "base_options",
+]
+
+#: Bumped whenever the meaning of a stored cell changes (its result must not be reused).
+BENCH_VERSION = 1
+
+
+class Mode(str, Enum):
+    """The privacy mode of a cell."""
+
+    NONE = "none"  # the non-private baseline (updates clipped only so they can be encoded)
+    CENTRAL = "central"  # server adds Gaussian noise to the exact secure sum
+    DISTRIBUTED = "distributed"  # clients add integer noise inside the secure sum
+    LOCAL = "local"  # each client noises its own update
+    RECORD = "record"  # Opacus DP-SGD inside each client (record-level), no client-level noise
+
+
+class Split(str, Enum):
+    """Which half of the held-out set a cell is evaluated on."""
+
+    VALIDATION = "validation"  # used to choose hyperparameters
+    TEST = "test"  # reported; never used for choices
+
+
+@dataclass(frozen=True, slots=True)
+class Hyper:
+    """The per-epsilon knobs a sweep tunes.
+
+    Attributes:
+        clip: L2 clip norm of each client's update.
+        server_lr: server learning rate (FedAvg step on the averaged update).
+        server_momentum: server momentum (FedAvgM).
+    """
+
+    clip: float
+    server_lr: float
+    server_momentum: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"clip": self.clip, "server_lr": self.server_lr, "server_momentum": self.server_momentum}
+
+
+#: The documented grid searched per (dataset, model, mode, epsilon) by ``--tune``:
+#: 3 clip norms x 2 server learning rates x 2 momenta = 12 runs on the validation half.
+#: Clip norms are relative to the dataset's base clip (see :data:`_BASE`).
+GRID: dict[str, tuple[float, ...]] = {
+    "clip_factor": (0.5, 1.0, 2.0),
+    "server_lr": (1.0, 2.0),
+    "server_momentum": (0.5, 0.9),
+}
+
+# Client-side training and the default rounds per (dataset, model), and the base clip.
+# digits: the configuration measured in the foundation work (logreg, lr 0.5, 2 epochs).
+_BASE: dict[tuple[str, str], dict[str, Any]] = {
+    ("digits", "logreg"): {"lr": 0.5, "local_epochs": 2, "batch_size": 16, "rounds": 30, "clip": 1.0},
+    ("digits", "mlp"): {"lr": 0.5, "local_epochs": 2, "batch_size": 16, "rounds": 30, "clip": 1.0},
+    ("digits", "cnn"): {"lr": 0.1, "local_epochs": 2, "batch_size": 16, "rounds": 30, "clip": 1.0},
+    ("fashion-mnist", "logreg"): {"lr": 0.1, "local_epochs": 2, "batch_size": 16, "rounds": 40, "clip": 1.0},
+    ("fashion-mnist", "mlp"): {"lr": 0.1, "local_epochs": 2, "batch_size": 16, "rounds": 40, "clip": 1.0},
+    ("fashion-mnist", "cnn"): {"lr": 0.05, "local_epochs": 2, "batch_size": 16, "rounds": 40, "clip": 1.0},
+}
+
+# Tuned per-epsilon choices: (dataset, model) -> {epsilon: Hyper}. Filled from ``--tune``
+# runs on the validation half (the commands are in docs/utility-results.md); an epsilon
+# not listed takes the entry of the nearest listed epsilon, and a pair not listed the
+# base clip with server lr 1 and momentum 0.5.
+_TUNED: dict[tuple[str, str], dict[float, Hyper]] = {}
+
+
+def base_options(dataset: str, model: str) -> dict[str, Any]:
+    """Client training options and default rounds for ``(dataset, model)``."""
+    key = (dataset, model)
+    if key not in _BASE:
+        raise ConfigError(f"no benchmark defaults for dataset {dataset!r} with model {model!r}", option="model")
+    return dict(_BASE[key])
+
+
+def default_hyper(dataset: str, model: str, epsilon: float | None) -> Hyper:
+    """The documented default knobs for one cell (epsilon None: the non-private baseline)."""
+    base = base_options(dataset, model)
+    tuned = _TUNED.get((dataset, model), {})
+    if tuned:
+        if epsilon is None:
+            # The baseline takes the choice made for the largest epsilon (least noise).
+            return tuned[max(tuned)]
+        nearest = min(tuned, key=lambda e: (abs(math.log(e) - math.log(epsilon)), e))
+        return tuned[nearest]
+    return Hyper(clip=float(base["clip"]), server_lr=1.0, server_momentum=0.5)
+
+
+def grid_for(dataset: str, model: str) -> list[Hyper]:
+    """Every point of :data:`GRID` for ``(dataset, model)``."""
+    base_clip = float(base_options(dataset, model)["clip"])
+    return [
+        Hyper(clip=base_clip * f, server_lr=lr, server_momentum=m)
+        for f in GRID["clip_factor"]
+        for lr in GRID["server_lr"]
+        for m in GRID["server_momentum"]
+    ]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One federated run of a sweep.
+
+    Attributes:
+        mode: privacy mode.
+        model: model name.
+        target_epsilon: the epsilon the noise was calibrated for (None: baseline).
+        seed: run seed (data partition, sampling, noise: experiments only).
+        split: which half of the held-out set is evaluated.
+        config: the full run configuration (noise multiplier already calibrated).
+        hyper: the tuned knobs used.
+        calibration: how the noise was chosen (noise multiplier, predicted epsilon, accountant).
+    """
+
+    mode: Mode
+    model: str
+    target_epsilon: float | None
+    seed: int
+    split: Split
+    config: RunConfig
+    hyper: Hyper
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cell_id(self) -> str:
+        """A stable hash of everything that determines this cell's result."""
+        ident = {
+            "v": BENCH_VERSION,
+            "mode": self.mode.value,
+            "split": self.split.value,
+            "target_epsilon": self.target_epsilon,
+            "config": self.config.to_dict(),
+        }
+        blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        eps = "non-private" if self.target_epsilon is None else f"eps={self.target_epsilon:g}"
+        return f"{self.model} {self.mode.value} {eps} seed={self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cell_id": self.cell_id,
+            "mode": self.mode.value,
+            "model": self.model,
+            "target_epsilon": self.target_epsilon,
+            "seed": self.seed,
+            "split": self.split.value,
+            "config": self.config.to_dict(),
+            "hyper": self.hyper.to_dict(),
+            "calibration": dict(self.calibration),
+        }
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A whole sweep, as given on the command line.
+
+    Attributes:
+        dataset: ``digits`` or ``fashion-mnist``.
+        clients: population size N.
+        per_round: expected cohort K; clients are Poisson-sampled with q = K / N.
+        epsilons: target epsilons.
+        models: model names.
+        modes: DP modes (the non-private baseline is always added).
+        rounds: rounds per run (None: the dataset/model default).
+        seeds: number of seeds per cell (0, 1, ...).
+        delta: the delta of every guarantee.
+        secure_sum: backend for the central and distributed modes (baseline, local
+            and record use the plain sum: they need no secure aggregation).
+        accountant: ``pld`` or ``rdp``.
+        split: evaluate on the test half (reported) or the validation half (tuning).
+        partition: how data is split among clients.
+    """
+
+    dataset: str = "digits"
+    clients: int = 1000
+    per_round: int = 100
+    epsilons: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    models: tuple[str, ...] = ("logreg",)
+    modes: tuple[Mode, ...] = (Mode.DISTRIBUTED, Mode.CENTRAL)
+    rounds: int | None = None
+    seeds: int = 1
+    delta: float = 1e-5
+    secure_sum: str = "masking"
+    accountant: str = "pld"
+    split: Split = Split.TEST
+    partition: str = "iid"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.per_round <= self.clients:
+            raise ConfigError(f"--per-round must be in 1..{self.clients}, got {self.per_round}", option="per_round")
+        if not self.epsilons or any(not (e > 0 and math.isfinite(e)) for e in self.epsilons):
+            raise ConfigError(f"--epsilons must be positive numbers, got {self.epsilons}", option="epsilons")
+        if not self.models:
+            raise ConfigError("give at least one --model", option="model")
+        if self.seeds < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {self.seeds}", option="seeds")
+        if self.rounds is not None and self.rounds < 1:
+            raise ConfigError(f"--rounds must be >= 1, got {self.rounds}", option="rounds")
+        if self.accountant not in ("pld", "rdp"):
+            raise ConfigError(f"--accountant must be pld or rdp, got {self.accountant!r}", option="accountant")
+        for m in self.models:
+            base_options(self.dataset, m)
+
+    @property
+    def sampling_rate(self) -> float:
+        return self.per_round / self.clients
+
+    def rounds_for(self, model: str) -> int:
+        return self.rounds if self.rounds is not None else int(base_options(self.dataset, model)["rounds"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "clients": self.clients,
+            "per_round": self.per_round,
+            "sampling_rate": self.sampling_rate,
+            "epsilons": list(self.epsilons),
+            "models": list(self.models),
+            "modes": [m.value for m in self.modes],
+            "rounds": self.rounds,
+            "seeds": self.seeds,
+            "delta": self.delta,
+            "secure_sum": self.secure_sum,
+            "accountant": self.accountant,
+            "split": self.split.value,
+            "partition": self.partition,
+        }
