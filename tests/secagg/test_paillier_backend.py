@@ -637,3 +637,32 @@ def test_verified_decryption_proof_must_have_the_right_length():
         rng_for=rng_for,
     )
     assert isinstance(out.error, MalformedCiphertextError) and "proof" in str(out.error)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 6),
+    bits=st.sampled_from([16, 24, 32]),
+    noise_std=st.floats(0.0, 0.05),
+    seed=st.integers(0, 2**31),
+)
+def test_fixed_point_encoded_floats_with_noise_decode_to_the_float_sum(n, bits, noise_std, seed):
+    """secagg.encoding end to end: clipped floats + integer noise -> Paillier -> decoded sum within n quanta."""
+    from secagg.encoding import FixedPointEncoder, plan_encoding
+
+    dim, clip = 12, 1.0
+    plan = plan_encoding(clip_norm=clip, dim=dim, max_clients=8, bits=bits, noise_std=noise_std, min_levels=16)
+    enc = FixedPointEncoder(plan)
+    g = np.random.default_rng(seed)
+    xs = {c: g.uniform(-clip, clip, dim) for c in range(1, n + 1)}
+    noise = {c: np.rint(g.normal(0, noise_std * plan.scale, dim)).astype(np.int64) for c in xs}
+    inputs = {}
+    for c, x in xs.items():
+        v = enc.encode(x, SeededRandomSource(seed + c))
+        plan.ring.add_into(v, enc.encode_integers(noise[c]))
+        inputs[c] = v
+    ss = single(plan.ring, dim, max_clients=8)
+    out = run_round(ss, inputs, round_id=1, rng_for=rng_for)
+    assert np.array_equal(out.total, plan.ring.sum(inputs.values(), dim))  # exact in the ring
+    expected = sum(xs.values()) + sum(noise.values()) / plan.scale
+    assert np.all(np.abs(enc.decode(out.total) - expected) <= n * plan.quantum + 1e-9)
