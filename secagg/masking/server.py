@@ -12,6 +12,7 @@ Security:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -67,6 +68,8 @@ class MaskingServer:
         self._holder_sets: list[tuple[int, ...]] = []
         self._error: SecAggError | None = None
         self.unmask_cpu_s = 0.0
+        self.stage_cpu_s: dict[Stage, float] = dict.fromkeys(Stage, 0.0)
+        """Process time per stage: handling its messages and closing it (for benchmarks)."""
         """Process time spent in the final unmasking computation (for benchmarks)."""
         self.unmask_prg_expansions = 0
         """PRG expansions the unmasking needed: survivors' self masks + dropped clients' pairs."""
@@ -131,10 +134,13 @@ class MaskingServer:
             raise RemoteProtocolError(f"client is not a participant of stage {msg.stage}", peer=msg.sender)
         if msg.sender in self._got:
             raise RemoteProtocolError(f"duplicate {msg.stage} message", peer=msg.sender)
+        t0 = time.process_time()
         try:
             self._got[msg.sender] = self._HANDLERS[expected_stage](self, msg.sender, msg.payload)
         except wire.WireFormatError as exc:
             raise RemoteProtocolError(f"malformed {msg.stage} message: {exc}", peer=msg.sender) from exc
+        finally:
+            self.stage_cpu_s[expected_stage] += time.process_time() - t0
         if len(self._got) == len(self._expected):
             return self._close()
         return []
@@ -146,6 +152,14 @@ class MaskingServer:
         return self._close()
 
     def _close(self) -> list[Message]:
+        t0 = time.process_time()
+        stage = SERVER_ACCEPTS[self._state]
+        try:
+            return self._close_stage()
+        finally:
+            self.stage_cpu_s[stage] += time.process_time() - t0
+
+    def _close_stage(self) -> list[Message]:
         answered = frozenset(self._got)
         state = self._state
         self._state = SERVER_NEXT[state]
@@ -303,8 +317,6 @@ class MaskingServer:
         return None
 
     def _close_unmasking(self, answered: frozenset[int]) -> list[Message]:
-        import time
-
         t0 = time.process_time()
         try:
             self._result = self._unmask()
