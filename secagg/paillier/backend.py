@@ -434,12 +434,22 @@ class PaillierSecureSum:
         self.encryptor.precompute(count, rng)
 
     def client(self, me: ClientId, round_id: int, rng: RandomSource) -> PaillierClientSession:
-        if me < 1:
-            raise LocalProtocolError(f"client ids are >= 1 (0 is the server), got {me}")
+        if not 1 <= me < _INT64:
+            raise LocalProtocolError(f"client ids are in 1..2^63-1 (0 is the server), got {me}")
+        _check_round(round_id)
         return PaillierClientSession(self, me, round_id, rng)
 
     def server(self, cohort: Sequence[ClientId], round_id: int) -> PaillierServerSession:
+        _check_round(round_id)
         return PaillierServerSession(self, cohort, round_id)
+
+
+_INT64 = 1 << 63
+
+
+def _check_round(round_id: int) -> None:
+    if not -_INT64 <= round_id < _INT64:
+        raise LocalProtocolError(f"round ids must fit in 64 signed bits (the wire header), got {round_id}")
 
 
 class PaillierClientSession:

@@ -281,6 +281,12 @@ def test_session_misuse_is_a_local_error():
     ss = single(ring, 50)
     with pytest.raises(LocalProtocolError):
         ss.client(0, 1, rng_for(0))
+    with pytest.raises(LocalProtocolError, match="64"):
+        ss.client(1, 2**63, rng_for(1))
+    with pytest.raises(LocalProtocolError, match="64"):
+        ss.server([1], -(2**63) - 1)
+    with pytest.raises(LocalProtocolError, match="1..2"):
+        ss.client(2**63, 1, rng_for(1))
     client = ss.client(1, 1, rng_for(1))
     client.start(np.zeros(50, dtype=np.uint16))
     with pytest.raises(LocalProtocolError, match="twice"):
