@@ -8,7 +8,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -51,8 +51,8 @@ class FederatedData:
         client_sizes: examples per client (recorded for reports).
     """
 
-    clients: list[Dataset[tuple[torch.Tensor, torch.Tensor]]]
-    test: Dataset[tuple[torch.Tensor, torch.Tensor]]
+    clients: list[Dataset[Any]]
+    test: Dataset[Any]
     input_shape: tuple[int, ...]
     num_classes: int
     name: str
@@ -137,7 +137,7 @@ def load_dataset(name: str, *, seed: int = 0) -> tuple[TensorDataset, TensorData
     raise ConfigError(f"unknown dataset {name!r}; choose digits or fashion-mnist", option="dataset")
 
 
-def _labels_of(ds: Dataset[tuple[torch.Tensor, torch.Tensor]]) -> npt.NDArray[np.int64]:
+def _labels_of(ds: Dataset[Any]) -> npt.NDArray[np.int64]:
     if isinstance(ds, TensorDataset):
         return ds.tensors[1].numpy().astype(np.int64)
     return np.asarray([int(ds[i][1]) for i in range(len(ds))], dtype=np.int64)  # type: ignore[arg-type]
@@ -209,8 +209,8 @@ def partition_labels(
 
 
 def federate(
-    train: Dataset[tuple[torch.Tensor, torch.Tensor]],
-    test: Dataset[tuple[torch.Tensor, torch.Tensor]],
+    train: Dataset[Any],
+    test: Dataset[Any],
     *,
     num_clients: int,
     input_shape: tuple[int, ...],
@@ -225,7 +225,7 @@ def federate(
     parts = partition_labels(
         _labels_of(train), num_clients, scheme=scheme, alpha=alpha, shards_per_client=shards_per_client, seed=seed
     )
-    clients: list[Dataset[tuple[torch.Tensor, torch.Tensor]]]
+    clients: list[Dataset[Any]]
     if isinstance(train, TensorDataset):
         x, y = train.tensors
         clients = [TensorDataset(x[p], y[p]) for p in parts]
@@ -242,5 +242,5 @@ def federate(
     )
 
 
-def sizes(datasets: Sequence[Dataset[tuple[torch.Tensor, torch.Tensor]]]) -> list[int]:
+def sizes(datasets: Sequence[Dataset[Any]]) -> list[int]:
     return [len(d) for d in datasets]  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +41,7 @@ from dp.clipping import AdaptiveClip, clip_l2
 from dp.events import DPMode, Sampling
 from dp.ledger import Ledger
 from dp.noise import add_gaussian_noise, skellam
+from dp.randomness import RandomSource as DPRandomSource
 from fl_core.config import RunConfig
 from fl_core.errors import ConfigError
 from fl_core.pipeline import ClipOutcome, NoPrivacy
@@ -140,7 +141,9 @@ class DPPolicy:
     def local_noise(self, vec: npt.NDArray[np.float64], rng: RandomSource) -> npt.NDArray[np.float64]:
         if self.config.mode is not DPMode.LOCAL:
             return vec
-        return add_gaussian_noise(vec, local_noise_std(self.config), rng, grid_bits=self.config.grid_bits).values
+        return add_gaussian_noise(
+            vec, local_noise_std(self.config), cast(DPRandomSource, rng), grid_bits=self.config.grid_bits
+        ).values
 
     def client_integer_noise(
         self, dim: int, scale: float, sampler: Sampler, rng: RandomSource
@@ -150,11 +153,11 @@ class DPPolicy:
         extra = self.extra_coordinates
         c = self.clip_norm
         dn = distributed_noise(self.config, scale=scale, dim=dim, clip_norm=c)
-        noise = skellam(dim - extra, dn.per_client_variance, rng)
+        noise = skellam(dim - extra, dn.per_client_variance, cast(DPRandomSource, rng))
         if extra:
             # The centred clip bit is encoded as (b - 1/2) * C, so one count unit is C * scale
             # ring units: the count noise std sigma_b becomes sigma_b * C * scale.
-            count = skellam(extra, dn.count_variance_per_client * (c * scale) ** 2, rng)
+            count = skellam(extra, dn.count_variance_per_client * (c * scale) ** 2, cast(DPRandomSource, rng))
             noise = np.concatenate([noise, count])
         return noise
 
@@ -167,11 +170,14 @@ class DPPolicy:
         extra = self.extra_coordinates
         body = total[: total.shape[0] - extra]
         out = add_gaussian_noise(
-            body, server_noise_std(self.config, clip_norm=c), rng, grid_bits=self.config.grid_bits
+            body, server_noise_std(self.config, clip_norm=c), cast(DPRandomSource, rng), grid_bits=self.config.grid_bits
         ).values
         if extra:
             count = add_gaussian_noise(
-                total[-extra:], self.config.count_noise_std * c, rng.spawn("count"), grid_bits=self.config.grid_bits
+                total[-extra:],
+                self.config.count_noise_std * c,
+                cast(DPRandomSource, rng.spawn("count")),
+                grid_bits=self.config.grid_bits,
             ).values
             out = np.concatenate([out, count])
         return out
