@@ -249,3 +249,13 @@ def test_adaptive_clip_refused_in_local_mode():
     cfg = RunConfig(dp="local", adaptive_clip=True)
     with pytest.raises(ConfigError, match="adaptive"):
         build_privacy(cfg, Sampler.full(3), nn.Linear(2, 2))
+
+
+def test_dp_average_uses_a_data_independent_denominator():
+    from fl_core.pipeline import ServerPipeline
+
+    for sampler, expected in ((Sampler.poisson(1000, 0.1), 100.0), (Sampler.fixed_size(50, 10), 10.0)):
+        cfg = DPConfig(mode=DPMode.CENTRAL, noise_multiplier=1.0, clip_norm=1.0, expected_cohort=int(expected))
+        sp = ServerPipeline(DPPolicy(cfg, sampler=sampler, dim=4, delta=1e-5), encoder=None, sampler=sampler)
+        # the same whatever the number of survivors: the survivor count never scales the release
+        assert sp.denominator(3) == sp.denominator(97) == expected
