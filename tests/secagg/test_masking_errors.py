@@ -1,0 +1,242 @@
+"""One test per refusal of the masking sessions that other files do not already reach."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from test_masking_support import make_inputs, rngs
+
+from dp.randomness import SeededRandomSource
+from secagg.errors import RemoteProtocolError
+from secagg.masking import ClientState, MaskingSecureSum, ServerState, Stage, generate_identities, wire
+from secagg.primitives import aead
+from secagg.protocol import SERVER, Message
+from secagg.ring import RingSpec
+
+RING = RingSpec(16)
+IDS = [1, 2, 3, 4, 5]
+ROUND = 3
+
+
+def _spec(**kw: object) -> MaskingSecureSum:
+    return MaskingSecureSum(RING, 4, graph="complete", **kw)
+
+
+def _honest(spec: MaskingSecureSum) -> tuple[dict[Stage, Message], dict[Stage, dict[int, Message]]]:
+    inputs = make_inputs(spec.ring, spec.dim, IDS, 0)
+    server = spec.server(IDS, ROUND)
+    clients = {c: spec.client(c, ROUND, rngs(0)(c)) for c in IDS}
+    down: dict[Stage, Message] = {}
+    up: dict[Stage, dict[int, Message]] = {s: {} for s in Stage}
+    pending = [m for c in IDS for m in clients[c].start(inputs[c])]
+    while pending:
+        nxt = []
+        for m in pending:
+            if m.recipient == SERVER:
+                up[Stage(m.stage)][m.sender] = m
+                nxt += server.receive(m)
+            else:
+                if m.recipient == 1:
+                    down[Stage(m.stage)] = m
+                nxt += clients[m.recipient].receive(m)
+        pending = nxt
+    return down, up
+
+
+SPEC = _spec()
+DOWN, UP = _honest(SPEC)
+ORDER = [Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASKING]
+
+
+def _client_before(stage: Stage, spec: MaskingSecureSum = SPEC, down: dict[Stage, Message] = DOWN):  # type: ignore[no-untyped-def]
+    c = spec.client(1, ROUND, rngs(0)(1))
+    c.start(make_inputs(RING, 4, IDS, 0)[1])
+    for s in ORDER[: ORDER.index(stage)]:
+        c.receive(down[s])
+    return c
+
+
+def _refused(stage: Stage, payload: bytes, match: str) -> None:
+    client = _client_before(stage)
+    before = client.state
+    with pytest.raises(RemoteProtocolError, match=match):
+        client.receive(dataclasses.replace(DOWN[stage], payload=payload))
+    assert client.state is before
+
+
+# -- client, ShareKeys --------------------------------------------------------------------
+
+
+def _share_keys(**changes: object) -> bytes:
+    req = wire.decode_share_keys_request(DOWN[Stage.SHARE_KEYS].payload)
+    return wire.encode_share_keys_request(dataclasses.replace(req, **changes))
+
+
+def test_client_refuses_unsorted_cohort() -> None:
+    _refused(Stage.SHARE_KEYS, _share_keys(cohort=(2, 1, 3, 4, 5)), "not sorted")
+
+
+def test_client_refuses_cohort_without_itself() -> None:
+    _refused(Stage.SHARE_KEYS, _share_keys(cohort=(2, 3, 4, 5, 6)), "misses this client")
+
+
+def test_client_refuses_unusable_cohort() -> None:
+    req = wire.decode_share_keys_request(DOWN[Stage.SHARE_KEYS].payload)
+    _refused(Stage.SHARE_KEYS, _share_keys(cohort=(1,), peers=req.peers[:0]), "unusable cohort")
+
+
+def test_client_refuses_too_few_neighbours() -> None:
+    req = wire.decode_share_keys_request(DOWN[Stage.SHARE_KEYS].payload)
+    _refused(Stage.SHARE_KEYS, _share_keys(peers=req.peers[:2]), "threshold is 3")
+
+
+def test_client_refuses_repeated_keys() -> None:
+    req = wire.decode_share_keys_request(DOWN[Stage.SHARE_KEYS].payload)
+    (v0, a0), (v1, a1) = req.peers[0], req.peers[1]
+    peers = ((v0, a0), (v1, dataclasses.replace(a1, c_pk=a0.c_pk))) + req.peers[2:]
+    _refused(Stage.SHARE_KEYS, _share_keys(peers=peers), "repeat other keys")
+
+
+def test_client_refuses_degenerate_peer_key() -> None:
+    req = wire.decode_share_keys_request(DOWN[Stage.SHARE_KEYS].payload)
+    v0, a0 = req.peers[0]
+    peers = ((v0, dataclasses.replace(a0, c_pk=bytes(32))),) + req.peers[1:]
+    _refused(Stage.SHARE_KEYS, _share_keys(peers=peers), "degenerate")
+
+
+def test_client_refuses_peer_without_identity_key() -> None:
+    pub, sec = generate_identities(IDS, SeededRandomSource("ids"))
+    spec = _spec(identities={c: k for c, k in pub.items() if c != 2}, signing_keys={1: sec[1]})
+    client = spec.client(1, ROUND, rngs(0)(1))
+    client.start(make_inputs(RING, 4, IDS, 0)[1])
+    with pytest.raises(RemoteProtocolError, match="client 2 has no identity key"):
+        client.receive(DOWN[Stage.SHARE_KEYS])
+
+
+# -- client, MaskedInputCollection --------------------------------------------------------
+
+
+def _sealed(records: tuple[tuple[int, bytes], ...]) -> bytes:
+    return wire.encode_sealed_shares(wire.SealedShares(records))
+
+
+def _records() -> tuple[tuple[int, bytes], ...]:
+    return wire.decode_sealed_shares(DOWN[Stage.MASKED_INPUT].payload).records
+
+
+def test_client_refuses_shares_from_non_neighbours() -> None:
+    _refused(Stage.MASKED_INPUT, _sealed(((9, b"x"),) + _records()[1:]), "not neighbours")
+
+
+def test_client_refuses_too_few_share_holders() -> None:
+    _refused(Stage.MASKED_INPUT, _sealed(_records()[:2]), "threshold is 3")
+
+
+def test_client_refuses_share_naming_wrong_parties() -> None:
+    """A dealer that seals a share naming another holder is caught after decryption."""
+    client = _client_before(Stage.MASKED_INPUT)
+    recs = list(_records())
+    dealer = recs[0][0]
+    key = client._open_keys[dealer]  # the honest key: the ciphertext authenticates
+    pt = wire.encode_share_plaintext(wire.SharePlaintext(dealer, 4, 1, 2))
+    ad = aead.associated_data(version=wire.VERSION, round_id=ROUND, sender=dealer, recipient=1)
+    recs[0] = (dealer, aead.seal(key, bytes(12), pt, ad))
+    with pytest.raises(RemoteProtocolError, match="wrong parties"):
+        client.receive(dataclasses.replace(DOWN[Stage.MASKED_INPUT], payload=_sealed(tuple(recs))))
+    assert client.state is ClientState.SHARED
+
+
+# -- client, ConsistencyCheck and Unmasking ----------------------------------------------------
+
+
+def test_client_refuses_unsorted_or_foreign_survivor_list() -> None:
+    _refused(Stage.CONSISTENCY_CHECK, wire.encode_id_list([1, 2, 9]), "sorted subset")
+
+
+def test_client_refuses_survivor_list_without_itself() -> None:
+    _refused(Stage.CONSISTENCY_CHECK, wire.encode_id_list([2, 3, 4]), "omits this client")
+
+
+def test_client_refuses_survivor_list_below_threshold() -> None:
+    _refused(Stage.CONSISTENCY_CHECK, wire.encode_id_list([1, 2]), "below the threshold")
+
+
+def test_client_refuses_consistency_signatures_from_non_survivors() -> None:
+    pub, sec = generate_identities(IDS, SeededRandomSource("ids"))
+    spec = _spec(identities=pub, signing_keys=sec)
+    down, _ = _honest(spec)
+    client = _client_before(Stage.UNMASKING, spec, down)
+    req = wire.decode_unmask_request(down[Stage.UNMASKING].payload)
+    bad = dataclasses.replace(req, signatures=req.signatures[:-1] + ((77, bytes(64)),))
+    with pytest.raises(RemoteProtocolError, match="non-survivors"):
+        client.receive(dataclasses.replace(down[Stage.UNMASKING], payload=wire.encode_unmask_request(bad)))
+    assert client.state is ClientState.CHECKED
+
+
+# -- server ---------------------------------------------------------------------------------
+
+
+def _server_at(state: ServerState, spec: MaskingSecureSum = SPEC, up: dict[Stage, dict[int, Message]] = UP):  # type: ignore[no-untyped-def]
+    server = spec.server(IDS, ROUND)
+    stages = [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK]
+    for s in stages[
+        : [
+            ServerState.ADVERTISE,
+            ServerState.SHARE,
+            ServerState.MASKED,
+            ServerState.CONSISTENCY,
+            ServerState.UNMASK,
+        ].index(state)
+    ]:
+        for m in up[s].values():
+            server.receive(m)
+    assert server.state is state
+    return server
+
+
+def _server_refuses(state: ServerState, stage: Stage, payload: bytes, match: str) -> None:
+    server = _server_at(state)
+    with pytest.raises(RemoteProtocolError, match=match) as exc:
+        server.receive(dataclasses.replace(UP[stage][2], payload=payload))
+    assert exc.value.peer == 2 and server.state is state
+
+
+def test_server_refuses_shares_not_addressed_to_the_neighbours() -> None:
+    recs = wire.decode_sealed_shares(UP[Stage.SHARE_KEYS][2].payload).records
+    _server_refuses(ServerState.SHARE, Stage.SHARE_KEYS, _sealed(recs[:-1]), "exactly the sender's neighbours")
+
+
+def test_server_refuses_masked_input_of_wrong_length() -> None:
+    payload = UP[Stage.MASKED_INPUT][2].payload
+    _server_refuses(ServerState.MASKED, Stage.MASKED_INPUT, payload[:-2], "expected 8")
+
+
+def test_server_refuses_masked_input_outside_a_narrow_ring() -> None:
+    spec = MaskingSecureSum(RingSpec(12), 4, graph="complete")
+    _, up = _honest(spec)
+    server = _server_at(ServerState.MASKED, spec, up)
+    payload = wire.encode_masked_input(bytes(32), np.array([0, 0, 0, 5000], dtype="<u2").tobytes())
+    with pytest.raises(RemoteProtocolError, match="outside Z_2"):
+        server.receive(dataclasses.replace(up[Stage.MASKED_INPUT][2], payload=payload))
+    assert server.state is ServerState.MASKED
+
+
+def test_server_refuses_unmasking_response_that_does_not_answer() -> None:
+    resp = wire.decode_unmask_response(UP[Stage.UNMASKING][2].payload)
+    bad = wire.encode_unmask_response(dataclasses.replace(resp, b_shares=resp.b_shares[:-1]))
+    _server_refuses(ServerState.UNMASK, Stage.UNMASKING, bad, "does not answer")
+
+
+def test_server_result_reports_invalid_shares() -> None:
+    server = _server_at(ServerState.UNMASK)
+    for c, m in UP[Stage.UNMASKING].items():
+        resp = wire.decode_unmask_response(m.payload)
+        huge = tuple((u, (1 << 256) + 5) for u, _ in resp.b_shares)  # not a polynomial through a 32-byte secret
+        server.receive(
+            dataclasses.replace(m, payload=wire.encode_unmask_response(dataclasses.replace(resp, b_shares=huge)))
+        )
+    assert server.done
+    with pytest.raises(RemoteProtocolError, match="invalid|do not match"):
+        server.result()
