@@ -240,3 +240,16 @@ def test_server_result_reports_invalid_shares() -> None:
     assert server.done
     with pytest.raises(RemoteProtocolError, match="invalid|do not match"):
         server.result()
+
+
+def test_client_refuses_degenerate_mask_key_at_masking_time() -> None:
+    """A neighbour's s_pk of small order passes the key checks but cannot give a pairwise mask."""
+    req = wire.decode_share_keys_request(DOWN[Stage.SHARE_KEYS].payload)
+    v0, a0 = req.peers[0]
+    peers = ((v0, dataclasses.replace(a0, s_pk=bytes(32))),) + req.peers[1:]
+    client = SPEC.client(1, ROUND, rngs(0)(1))
+    client.start(make_inputs(RING, 4, IDS, 0)[1])
+    client.receive(dataclasses.replace(DOWN[Stage.SHARE_KEYS], payload=_share_keys(peers=peers)))
+    with pytest.raises(RemoteProtocolError, match="mask key"):
+        client.receive(DOWN[Stage.MASKED_INPUT])
+    assert client.state is ClientState.SHARED

@@ -51,3 +51,9 @@ def test_wrong_lengths_refused() -> None:
 def test_repr_hides_private() -> None:
     kp = key_agreement.keypair_from_private(bytes(range(32)))
     assert kp.private.hex() not in repr(kp)
+
+
+def test_exchange_refuses_wrong_peer_length() -> None:
+    kp = key_agreement.keypair_from_private(bytes(range(32)))
+    with pytest.raises(InvalidKeyError, match="32 bytes"):
+        kp.exchange(bytes(31))
