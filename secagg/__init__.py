@@ -11,6 +11,10 @@ from secagg.errors import (
     SecAggError,
     TooFewSurvivorsError,
 )
+
+# The two secure backends.
+from secagg.masking import MaskingSecureSum
+from secagg.paillier import KeyHolder, PaillierSecureSum, ThresholdDecryptor
 from secagg.plain import PlainSum
 from secagg.protocol import (
     SERVER,
@@ -32,8 +36,11 @@ __all__ = [
     "EncodingOverflowError",
     "EncodingPlan",
     "FixedPointEncoder",
+    "KeyHolder",
     "LocalProtocolError",
+    "MaskingSecureSum",
     "Message",
+    "PaillierSecureSum",
     "PlainSum",
     "RandomSource",
     "RemoteProtocolError",
@@ -43,6 +50,7 @@ __all__ = [
     "SecAggError",
     "SecureSum",
     "ServerSession",
+    "ThresholdDecryptor",
     "TooFewSurvivorsError",
     "plan_encoding",
     "run_round",
