@@ -309,6 +309,12 @@ def make_round_event(
         granularity: grid step of the float-safe Gaussian (central/local); defaults to
             the grid :func:`dp.noise.gaussian_grid` picks for the configured std.
 
+    The adaptive clip's count (a centred bit per client, scaled by C) is charged
+    with its noise std relative to sensitivity 1/2, shrunk for the rounding or
+    grid snapping of that coordinate: central mode assumes the server adds
+    ``add_gaussian_noise(count, sigma_b * C)``; distributed mode assumes each
+    client adds Skellam of variance ``count_variance_per_client * (C * scale)^2``.
+
     For distributed mode the event's noise is ``per_client_variance * max(0,
     survivors - colluders)``: a round where 30 of 100 clients drop after
     masking is charged with the 70 survivors' noise (minus colluders), never
@@ -343,6 +349,11 @@ def make_round_event(
         _finite_pos("per_client_variance", pcv, allow_zero=True)
         honest = max(0, survivors - config.colluders)
         count_sigma = math.sqrt(dn.count_variance_per_client * honest)
+        if count_sigma > 0.0:
+            # The centred bit is encoded as (b - 1/2) * C * scale ring units and rounded like the
+            # rest, so its sensitivity is 1/2 + 1 / (C * scale) count units: charge sigma_b as if
+            # the sensitivity were exactly 1/2 by shrinking it by that ratio.
+            count_sigma *= 0.5 / (0.5 + 1.0 / (c * scale))
         return RoundEvent(
             mechanism=Mechanism.SKELLAM,
             l2_sensitivity=dn.l2_sensitivity,
@@ -362,6 +373,11 @@ def make_round_event(
     grid = gaussian_grid(std, grid_bits=config.grid_bits)
     g = grid.granularity if granularity is None else granularity
     _finite_pos("granularity", g, allow_zero=True)
+    if count_sigma > 0.0:
+        # The server noises the count (scaled by C) on its own grid g_b: snapping adds up to g_b
+        # to its sensitivity C / 2, and the grid's std is at least sigma_b * C.
+        count_grid = gaussian_grid(count_sigma * c, grid_bits=config.grid_bits)
+        count_sigma = (count_grid.std / c) * 0.5 / (0.5 + count_grid.granularity / c)
     return RoundEvent(
         mechanism=Mechanism.GAUSSIAN,
         l2_sensitivity=sens + g * math.sqrt(max(dim, 0)),

@@ -50,7 +50,10 @@ def test_central_adaptive_clip_splits_the_noise() -> None:
     z_upd = cfg.update_noise_multiplier
     assert z_upd == pytest.approx((1.0 - 1 / 100) ** -0.5)
     e = make_round_event(cfg, survivors=100, dim=10, granularity=0.0, **ROUND)
-    assert e.clip_query_noise_multiplier == 5.0
+    # sigma_b = 5, shrunk by the count grid's snapping: 5 * g.std/5 * 0.5 / (0.5 + g.granularity).
+    g = gaussian_grid(5.0, grid_bits=cfg.grid_bits)
+    assert e.clip_query_noise_multiplier == pytest.approx(g.std * 0.5 / (0.5 + g.granularity))
+    assert 5.0 * (1 - 1e-5) < e.clip_query_noise_multiplier < 5.0
     assert charge_of(e).z == pytest.approx(1.0, rel=1e-5)  # the round as a whole has the target z
 
 
@@ -109,7 +112,8 @@ def test_distributed_adaptive_count_noise() -> None:
     dn = distributed_noise(cfg, scale=64.0, dim=16)
     assert dn.count_variance_per_client == pytest.approx(16.0 / 64)
     e = make_round_event(cfg, survivors=64, dim=16, scale=64.0, **ROUND)
-    assert e.clip_query_noise_multiplier == pytest.approx(4.0)
+    # sqrt(64 * 16 / 64) = 4, shrunk for rounding of the count coordinate (C * scale = 64 units).
+    assert e.clip_query_noise_multiplier == pytest.approx(4.0 * 0.5 / (0.5 + 1 / 64))
 
 
 @settings(max_examples=50, deadline=None)
