@@ -110,12 +110,10 @@ class RingSpec:
 
     def to_signed(self, v: RingVector) -> npt.NDArray[np.int64]:
         """Inverse of :meth:`from_signed`: elements >= 2^(bits-1) are negative."""
-        u = v.astype(np.uint64)
-        if self.bits == 64:
-            return u.view(np.int64).copy()
-        s = u.astype(np.int64)
-        s[s >= (1 << (self.bits - 1))] -= 1 << self.bits
-        return s
+        # Sign-extend: move bit b-1 to bit 63, reinterpret as int64, shift back arithmetically.
+        shift = np.uint64(64 - self.bits)
+        shifted = np.left_shift(v.astype(np.uint64), shift)
+        return np.right_shift(shifted.view(np.int64), np.int64(64 - self.bits))
 
     def to_bytes(self, v: RingVector) -> bytes:
         """Little-endian fixed-width serialization."""

@@ -73,3 +73,12 @@ def test_check_rejects_wrong_arrays():
         ring.check(np.zeros(3, dtype=np.uint32), 4)
     with pytest.raises(LocalProtocolError, match="outside"):
         RingSpec(5).check(np.asarray([32], dtype=np.uint8))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 31, 32, 33, 62, 63, 64])
+def test_to_signed_extremes(bits):
+    """Regression: bits = 63 once overflowed while sign-extending."""
+    ring = RingSpec(bits)
+    half = 1 << (bits - 1)
+    values = np.asarray([0, 1, -1, half - 1, -half], dtype=np.int64) if bits > 1 else np.asarray([0, -1])
+    assert ring.to_signed(ring.from_signed(values)).tolist() == values.tolist()
