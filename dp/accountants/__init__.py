@@ -209,17 +209,6 @@ def _wor_gaussian_rdp(q: float, z: float) -> tuple[float, ...]:
     return tuple(float(v) for v in np.asarray(vals, dtype=np.float64))
 
 
-@lru_cache(maxsize=4096)
-def _skellam_rdp_int(q: float, l2: float, l1: float, variance: float, count_sigma: float) -> tuple[float, ...]:
-    def base(alpha: int) -> float:
-        r = _rdp.skellam_rdp(float(alpha), l2=l2, l1=l1, variance=variance)
-        if count_sigma > 0.0:
-            r += alpha / (2.0 * (2.0 * count_sigma) ** 2)
-        return r
-
-    return tuple(float(v) for v in _rdp.poisson_general_rdp(q, base))
-
-
 def _rdp_matrix(charges: Sequence[RoundCharge]) -> npt.NDArray[np.float64]:
     """Per-round RDP at the integer orders, shape (n, len(INTEGER_ORDERS)); inf rows for non-private."""
     n = len(charges)
@@ -230,13 +219,24 @@ def _rdp_matrix(charges: Sequence[RoundCharge]) -> npt.NDArray[np.float64]:
         uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
         vals = _rdp.poisson_gaussian_rdp(uniq[:, 0], uniq[:, 1])
         out[np.array(pois)] = vals[inv.reshape(-1)]
+    sk = [i for i, c in enumerate(charges) if c.kind is ChargeKind.SKELLAM]
+    if sk:
+        params = np.array(
+            [(charges[i].q, charges[i].l2, charges[i].l1, charges[i].variance, charges[i].count_sigma) for i in sk],
+            dtype=np.float64,
+        )
+        uniq, inv = np.unique(params, axis=0, return_inverse=True)
+        ells = np.arange(2, max(_rdp.INTEGER_ORDERS) + 1, dtype=np.float64)
+        base = _rdp.skellam_rdp_batch(ells, l2=uniq[:, 1], l1=uniq[:, 2], variance=uniq[:, 3])
+        with np.errstate(divide="ignore"):
+            count = np.where(uniq[:, 4:5] > 0, ells[None, :] / (2.0 * (2.0 * uniq[:, 4:5]) ** 2), 0.0)
+        vals = _rdp.poisson_general_rdp_batch(uniq[:, 0], base + count)
+        out[np.array(sk)] = vals[inv.reshape(-1)]
     for i, c in enumerate(charges):
         if c.kind is ChargeKind.NON_PRIVATE:
             out[i] = np.inf
         elif c.kind is ChargeKind.GAUSSIAN_FIXED:
             out[i] = _wor_gaussian_rdp(c.q, c.z)
-        elif c.kind is ChargeKind.SKELLAM:
-            out[i] = _skellam_rdp_int(c.q, c.l2, c.l1, c.variance, c.count_sigma)
     return out
 
 

@@ -39,8 +39,11 @@ __all__ = [
     "eps_from_rdp",
     "gaussian_rdp",
     "poisson_gaussian_rdp",
+    "interpolate_orders",
     "poisson_general_rdp",
+    "poisson_general_rdp_batch",
     "skellam_rdp",
+    "skellam_rdp_batch",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -116,23 +119,47 @@ def poisson_general_rdp(q: float, base: Callable[[int], float]) -> FloatArray:
         Not subsampling at all is always valid, hence the min with the base RDP.
     """
     top = max(INTEGER_ORDERS)
-    eps_l = np.array([0.0, 0.0] + [base(ell) for ell in range(2, top + 1)], dtype=np.float64)
-    out = np.empty(len(INTEGER_ORDERS), dtype=np.float64)
+    eps_l = np.array([[base(ell) for ell in range(2, top + 1)]], dtype=np.float64)
+    out: FloatArray = poisson_general_rdp_batch(np.array([q], dtype=np.float64), eps_l)[0]
+    return out
+
+
+def poisson_general_rdp_batch(q: FloatArray, base: FloatArray) -> FloatArray:
+    """:func:`poisson_general_rdp` for many rounds at once.
+
+    Args:
+        q: sampling rates, shape (n,), each in (0, 1].
+        base: base RDP at orders 2, 3, ..., max(INTEGER_ORDERS), shape (n, max - 1).
+
+    Returns:
+        Array of shape (n, len(INTEGER_ORDERS)).
+    """
+    q = np.asarray(q, dtype=np.float64)
+    n = q.shape[0]
+    eps_l = np.concatenate([np.zeros((n, 2)), np.asarray(base, dtype=np.float64)], axis=1)  # index = order
+    out = np.empty((n, len(INTEGER_ORDERS)), dtype=np.float64)
+    full = q >= 1.0
+    part = ~full
+    qp = q[part]
+    log_q = np.log(qp)[:, None] if part.any() else np.zeros((0, 1))
+    log_1q = np.log1p(-qp)[:, None] if part.any() else np.zeros((0, 1))
+    ep = eps_l[part]
     for j, alpha in enumerate(INTEGER_ORDERS):
-        if q >= 1.0:
-            out[j] = eps_l[alpha]
+        out[full, j] = eps_l[full, alpha]
+        if not part.any():
             continue
-        log_q, log_1q = math.log(q), math.log1p(-q)
-        first = (alpha - 1) * log_1q + math.log(alpha * q - q + 1.0)
-        second = float(_log_comb(alpha, np.array([2]))[0]) + 2 * log_q + (alpha - 2) * log_1q + eps_l[2]
+        first = (alpha - 1) * log_1q[:, 0] + np.log(alpha * qp - qp + 1.0)
+        second = float(_log_comb(alpha, np.array([2]))[0]) + 2 * log_q[:, 0] + (alpha - 2) * log_1q[:, 0] + ep[:, 2]
         parts = [first, second]
         if alpha >= 3:
             ell = np.arange(3, alpha + 1, dtype=np.int64)
-            ef = ell.astype(np.float64)
-            rest = _log_comb(alpha, ell) + (alpha - ef) * log_1q + ef * log_q + (ef - 1.0) * eps_l[3 : alpha + 1]
-            parts.append(math.log(3.0) + float(logsumexp(rest)))
-        sub = float(logsumexp(np.array(parts))) / (alpha - 1)
-        out[j] = min(sub, eps_l[alpha])
+            ef = ell.astype(np.float64)[None, :]
+            rest = (
+                _log_comb(alpha, ell)[None, :] + (alpha - ef) * log_1q + ef * log_q + (ef - 1.0) * ep[:, 3 : alpha + 1]
+            )
+            parts.append(math.log(3.0) + logsumexp(rest, axis=1))
+        sub = logsumexp(np.stack(parts, axis=1), axis=1) / (alpha - 1)
+        out[part, j] = np.minimum(sub, ep[:, alpha])
     return out
 
 
@@ -154,6 +181,18 @@ def skellam_rdp(alpha: float, *, l2: float, l1: float, variance: float) -> float
     return alpha * l2 * l2 / (4.0 * mu) + min(
         ((2.0 * alpha) * l2 * l2 + 6.0 * l1) / (16.0 * mu * mu), 3.0 * l1 / (4.0 * mu)
     )
+
+
+def skellam_rdp_batch(
+    orders: npt.NDArray[np.float64], *, l2: FloatArray, l1: FloatArray, variance: FloatArray
+) -> FloatArray:
+    """:func:`skellam_rdp` for many rounds (rows) and orders (columns) at once."""
+    a = np.asarray(orders, dtype=np.float64)[None, :]
+    l2c = np.asarray(l2, dtype=np.float64)[:, None]
+    l1c = np.asarray(l1, dtype=np.float64)[:, None]
+    mu = np.asarray(variance, dtype=np.float64)[:, None] / 2.0
+    extra = np.minimum(((2.0 * a) * l2c * l2c + 6.0 * l1c) / (16.0 * mu * mu), 3.0 * l1c / (4.0 * mu))
+    return np.asarray(a * l2c * l2c / (4.0 * mu) + extra, dtype=np.float64)
 
 
 def interpolate_orders(rdp_int: FloatArray) -> FloatArray:

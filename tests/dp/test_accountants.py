@@ -440,3 +440,40 @@ def test_heterogeneous_10k_rounds_fast() -> None:
     assert eps_pld <= eps_rdp
     # Conservative: never below the same rounds with every z replaced by the largest one.
     assert eps_pld >= compute_epsilon([gauss(1, q=0.01, z=1.5)] * 10_000, DELTA)
+
+
+def test_unknown_mechanism_is_refused() -> None:
+    ev = gauss(1)
+    object.__setattr__(ev, "mechanism", "laplace")  # a mechanism no engine knows (e.g. a newer record)
+    with pytest.raises(AccountingError, match="unsupported mechanism"):
+        charge_of(ev)
+
+
+def test_skellam_batch_equals_scalar_and_is_fast() -> None:
+    base = lambda a: rdp_mod.skellam_rdp(float(a), l2=1000.0, l1=2e4, variance=1e6)  # noqa: E731
+    scalar = rdp_mod.poisson_general_rdp(0.03, base)
+    ells = np.arange(2, max(rdp_mod.INTEGER_ORDERS) + 1, dtype=np.float64)
+    batch = rdp_mod.poisson_general_rdp_batch(
+        np.array([0.03, 1.0]),
+        rdp_mod.skellam_rdp_batch(ells, l2=np.full(2, 1000.0), l1=np.full(2, 2e4), variance=np.full(2, 1e6)),
+    )
+    assert np.allclose(batch[0], scalar, rtol=1e-12)
+    assert np.allclose(batch[1], [base(a) for a in rdp_mod.INTEGER_ORDERS], rtol=1e-12)
+    # 10^4 rounds with a different survivor count (noise) each: vectorised, well under 2 s.
+    evs = [
+        RoundEvent(
+            **{
+                **skellam_event(survivors=100, per_client=1e4).to_dict(),
+                "noise_variance": 1e6 * (0.5 + i / 1e4),
+                "round": i + 1,
+                "mode": DPMode.DISTRIBUTED,
+                "mechanism": Mechanism.SKELLAM,
+                "sampling": Sampling.POISSON,
+            }
+        )
+        for i in range(10_000)
+    ]
+    t0 = time.process_time()
+    curve = epsilon_curve(evs, DELTA, accountant="rdp")
+    assert time.process_time() - t0 < 2.0
+    assert curve[-1] == pytest.approx(compute_epsilon(evs, DELTA), rel=1e-9)
