@@ -155,21 +155,25 @@ class NodeSession:
 # -- the pieces, independent of Flower's process model (tested directly) ------------
 
 
+def _run_rng(cfg: RunConfig) -> Any:
+    # fl_core.runner.make_rng without importing the runner (and torch) in a stage process.
+    from dp.randomness import SeededRandomSource, SystemRandomSource
+
+    return SystemRandomSource() if cfg.seed is None else SeededRandomSource(cfg.seed)
+
+
 def _session_rng(cfg: RunConfig, client: int, round_id: int, seed: bytes, seeded: bool) -> Any:
-    from fl_core.runner import make_rng
+    from dp.randomness import SeededRandomSource
 
     if seeded:
         # Same stream as Federation.secagg_rng in the in-process simulation.
-        return make_rng(cfg.seed).spawn(f"secagg/{client}/round/{round_id}")
-    from dp.randomness import SeededRandomSource
-
+        return _run_rng(cfg).spawn(f"secagg/{client}/round/{round_id}")
     return SeededRandomSource(seed)
 
 
 def _secure_sum(cfg: RunConfig, ring_bits: int, dim: int, max_clients: int) -> Any:
     # Rebuilt exactly as Federation builds it (same request, same setup randomness).
     from fl_core.backends import BackendRequest, build_secure_sum
-    from fl_core.runner import make_rng
 
     return build_secure_sum(
         cfg.secure_sum,
@@ -177,7 +181,7 @@ def _secure_sum(cfg: RunConfig, ring_bits: int, dim: int, max_clients: int) -> A
             ring=RingSpec(ring_bits),
             dim=dim,
             max_clients=max_clients,
-            rng=make_rng(cfg.seed).spawn("secure-sum-setup"),
+            rng=_run_rng(cfg).spawn("secure-sum-setup"),
             options={"graph": cfg.graph},
         ),
     )

@@ -73,11 +73,13 @@ class LocalDeployment:
         nodes: how many SuperNodes.
         workdir: where logs and ``FLWR_HOME`` go (a fresh temporary directory by default).
         env: extra environment variables for every process.
+        task_poll_interval: seconds between a SuperNode executor's checks for a message to run.
     """
 
     nodes: int
     workdir: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    task_poll_interval: float = 0.1
     port: int = 0
     procs: list[_Proc] = field(default_factory=list)
     supernodes: dict[int, _Proc] = field(default_factory=dict)
@@ -110,6 +112,9 @@ class LocalDeployment:
         env.update(self.env)
         env["FLWR_HOME"] = str(self.home)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # How often a SuperNode's executor looks for a message to run (Flower's default: 1 s);
+        # a protocol round has five message rounds, so the default would add seconds per round.
+        env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(self.task_poll_interval))
         return env
 
     def _spawn(self, name: str, argv: list[str]) -> _Proc:

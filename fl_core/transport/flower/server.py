@@ -321,7 +321,8 @@ class RunReport:
                     "epsilon": res.epsilon,
                     "metrics": res.metrics,
                     "bytes_up_per_client": res.bytes_up_per_client,
-                    "wall_s": round(tr.wall_s, 3),
+                    "wall_s": round(res.wall_s, 3),
+                    "secure_sum_wall_s": round(tr.wall_s, 3),
                     "stages": tr.stages,
                     "rejected": tr.rejected,
                 }
