@@ -51,8 +51,8 @@ class MaskingSecureSum:
     Security:
         Honest-but-curious server: learns only the sum over survivors and the
         survivor set, provided fewer than t clients collude with it in any
-        neighbourhood (Bonawitz et al. 2017, Theorem 6.3; Bell et al. 2020,
-        Theorem 3.6). With ``identities`` the server cannot forge keys or
+        neighbourhood (Bonawitz et al. 2017, section 6, honest-but-curious
+        analysis; Bell et al. 2020, section 3). With ``identities`` the server cannot forge keys or
         survivor lists (semi-malicious model, Bonawitz et al. 2017 section 6.3).
         See docs/security-masking.md for the claims and their tests.
     """
