@@ -53,7 +53,7 @@ class MaskingSecureSum:
         survivor set, provided fewer than t clients collude with it in any
         neighbourhood (Bonawitz et al. 2017, section 6, honest-but-curious
         analysis; Bell et al. 2020, section 3). With ``identities`` the server cannot forge keys or
-        survivor lists (semi-malicious model, Bonawitz et al. 2017 section 6.3).
+        survivor lists (active-adversary model, Bonawitz et al. 2017 section 6).
         See docs/security-masking.md for the claims and their tests.
     """
 
