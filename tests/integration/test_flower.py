@@ -570,3 +570,43 @@ def test_local_deployment_reports_a_missing_cli(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DeploymentError, match="not on PATH"), LocalDeployment(1, workdir=tmp_path / "w"):
         pass
+
+
+@pytest.mark.parametrize(
+    ("secure_sum", "dp"),
+    [("masking", "none"), ("masking", "central"), ("masking", "distributed"), ("masking", "local"), ("plain", "none")],
+)
+def test_driver_round_equals_in_process_round_for_every_dp_mode(secure_sum: str, dp: str, tmp_path: Path) -> None:
+    """The Flower driver + node handlers (scripted grid, no processes) commit the same model as fed.fit."""
+    from fl_core.runner import build_federation
+    from fl_core.transport.flower.client import handle_round, handle_stage
+    from fl_core.transport.flower.codec import decode_packet, encode_packet
+    from fl_core.transport.flower.options import FlowerOptions, config_to_json
+    from fl_core.transport.flower.server import FlowerRoundDriver, GridLink
+
+    extra = {} if dp == "none" else {"noise_multiplier": 1.0, "clip": 1.0}
+    cfg = _small_cfg(secure_sum=secure_sum, dp=dp, rounds=2, **extra)
+    ref, _, _ = build_federation(cfg.replace(ledger=str(tmp_path / "ref.jsonl")))
+    ref.fit(2)
+    fed, _, _ = build_federation(cfg.replace(ledger=str(tmp_path / "flower.jsonl")))
+    states: dict[int, Any] = {}
+
+    def script(node: int, content: Any) -> Any:
+        c = node - 100
+        packet = decode_packet(content)
+        if packet.stage == "train":
+            reply, states[c] = handle_round(packet, {"partition-id": c - 1})
+        else:
+            reply, states[c] = handle_stage(packet, states[c])
+        return encode_packet(reply)
+
+    driver = FlowerRoundDriver(
+        GridLink(_ScriptedGrid(script), poll_interval=0.01), {1: 101, 2: 102, 3: 103}, FlowerOptions(stage_timeout=5)
+    )
+    for _ in range(2):
+        start = fed.begin_round()
+        g = fed.codec.flatten(fed.model)
+        outcome, clipped, saturated, _ = driver.run(fed, start, g, config_to_json(cfg))
+        fed.finish_round(start, outcome, g, clipped=clipped, saturated=saturated)
+    assert np.array_equal(fed.codec.flatten(fed.model), ref.codec.flatten(ref.model))
+    assert [r.epsilon for r in fed.history] == [r.epsilon for r in ref.history]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -455,8 +455,3 @@ def _make_app() -> Any:
 
 app = _make_app()
 """The ServerApp object (``[tool.flwr.app.components] serverapp``)."""
-
-
-def cohort_nodes(nodes: Mapping[int, int], members: Sequence[int]) -> list[int]:
-    """The node ids of ``members`` (for logs)."""
-    return [nodes[c] for c in members]
