@@ -478,3 +478,24 @@ def test_skellam_batch_equals_scalar_and_is_fast() -> None:
     curve = epsilon_curve(evs, DELTA, accountant="rdp")
     assert time.process_time() - t0 < 2.0
     assert curve[-1] == pytest.approx(compute_epsilon(evs, DELTA), rel=1e-9)
+
+
+def zhu_wang_reference(q: float, alpha: int, eps: object) -> float:
+    """Slow, literal transcription of Zhu & Wang 2019 Thm. 6 with Python floats (small cases only)."""
+    e = eps  # callable: order -> base RDP
+    total = (1 - q) ** (alpha - 1) * (alpha * q - q + 1)
+    total += math.comb(alpha, 2) * q**2 * (1 - q) ** (alpha - 2) * math.exp(e(2))  # type: ignore[operator]
+    for ell in range(3, alpha + 1):
+        total += 3 * math.comb(alpha, ell) * (1 - q) ** (alpha - ell) * q**ell * math.exp((ell - 1) * e(ell))  # type: ignore[operator]
+    return min(math.log(total) / (alpha - 1), e(alpha))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(("q", "var"), [(0.01, 1e6), (0.2, 2e6), (0.7, 5e6)])
+def test_zhu_wang_batch_against_literal_reference(q: float, var: float) -> None:
+    def base(a: int) -> float:
+        return rdp_mod.skellam_rdp(float(a), l2=1000.0, l1=2e4, variance=var)
+
+    got = rdp_mod.poisson_general_rdp(q, base)
+    for j, alpha in enumerate(rdp_mod.INTEGER_ORDERS):
+        if alpha <= 24:  # exp((l - 1) eps(l)) stays within float range
+            assert got[j] == pytest.approx(zhu_wang_reference(q, alpha, base), rel=1e-9)
