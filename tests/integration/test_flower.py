@@ -610,3 +610,35 @@ def test_driver_round_equals_in_process_round_for_every_dp_mode(secure_sum: str,
         fed.finish_round(start, outcome, g, clipped=clipped, saturated=saturated)
     assert np.array_equal(fed.codec.flatten(fed.model), ref.codec.flatten(ref.model))
     assert [r.epsilon for r in fed.history] == [r.epsilon for r in ref.history]
+
+
+def test_node_policy_refuses_a_weaker_run() -> None:
+    from fl_core.transport.flower.client import NodePolicyError, check_node_policy, handle_round
+
+    cfg = _small_cfg(dp="distributed", noise_multiplier=0.5, clip=1.0)
+    check_node_policy(cfg, {"partition-id": 0})  # no floor: accepted
+    check_node_policy(cfg, {"require-dp": "distributed", "require-secure-sum": "masking", "min-noise-multiplier": 0.5})
+    with pytest.raises(NodePolicyError, match="requires dp='distributed'"):
+        check_node_policy(_small_cfg(dp="none"), {"require-dp": "distributed"})
+    with pytest.raises(NodePolicyError, match="requires secure-sum='masking'"):
+        check_node_policy(_small_cfg(secure_sum="plain"), {"require-secure-sum": "masking"})
+    with pytest.raises(NodePolicyError, match="noise multiplier >= 1.0"):
+        check_node_policy(cfg, {"min-noise-multiplier": 1.0})
+    with pytest.raises(NodePolicyError, match="noise multiplier >= 1.0"):
+        check_node_policy(_small_cfg(dp="none"), {"min-noise-multiplier": 1.0})
+    _, packet = _opening(_small_cfg(dp="none"), 1)
+    with pytest.raises(NodePolicyError):  # refused before any training
+        handle_round(packet, {"partition-id": 0, "require-dp": "distributed"})
+
+
+def test_unseeded_node_draws_a_fresh_session_seed_and_keeps_it_local() -> None:
+    from fl_core.transport.flower.client import handle_round
+
+    cfg = _small_cfg(seed=None)
+    _, packet = _opening(cfg, 1)
+    (reply_a, state_a), (reply_b, state_b) = (handle_round(packet, {"partition-id": 0}) for _ in range(2))
+    assert not state_a.seeded and len(state_a.session_seed) == 32
+    assert state_a.session_seed != state_b.session_seed
+    assert reply_a.messages[0].payload != reply_b.messages[0].payload  # fresh keys each time
+    wire = b"".join(m.payload for m in reply_a.messages) + repr(reply_a.fields).encode()
+    assert state_a.session_seed not in wire

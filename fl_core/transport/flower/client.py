@@ -56,7 +56,9 @@ __all__ = [
     "STAGE",
     "TRAIN_STAGE",
     "ClientStateError",
+    "NodePolicyError",
     "NodeSession",
+    "check_node_policy",
     "app",
     "client_id_of",
     "handle_hello",
@@ -205,6 +207,41 @@ def _client_federation(cfg: RunConfig) -> Any:
     return fed
 
 
+class NodePolicyError(FLError):
+    """The server asked this node to take part in a round weaker than the node operator allows."""
+
+
+def check_node_policy(cfg: RunConfig, node_config: Any) -> None:
+    """Refuse a run configuration below the node operator's floor.
+
+    The server sends the run configuration; a node operator who does not trust it to
+    keep the promised protection pins a floor in the node config:
+    ``require-dp`` (e.g. ``"distributed"``), ``require-secure-sum`` (e.g. ``"masking"``)
+    and ``min-noise-multiplier``. A node with no such keys accepts what the server sends.
+
+    Raises:
+        NodePolicyError: the configuration is below the floor (the node does not train
+            or reveal anything; it is a dropout for the round).
+    """
+    nc = node_config or {}
+    want_dp = nc.get("require-dp")
+    if want_dp is not None and cfg.dp != want_dp:
+        raise NodePolicyError(f"this node requires dp={want_dp!r}; the server asked for dp={cfg.dp!r}: refused")
+    want_ss = nc.get("require-secure-sum")
+    if want_ss is not None and cfg.secure_sum != want_ss:
+        raise NodePolicyError(
+            f"this node requires secure-sum={want_ss!r}; the server asked for {cfg.secure_sum!r}: refused"
+        )
+    floor = nc.get("min-noise-multiplier")
+    if floor is not None:
+        z = cfg.noise_multiplier if cfg.noise_multiplier is not None else 1.0
+        if cfg.dp == "none" or z < float(floor):
+            raise NodePolicyError(
+                f"this node requires a noise multiplier >= {float(floor)}; the server asked for "
+                f"dp={cfg.dp!r} with {z}: refused"
+            )
+
+
 def handle_hello(node_config: Any) -> StagePacket:
     """Answer the server's start-up query with this node's client id."""
     return StagePacket(0, "hello", (), {"client": client_id_of(node_config)})
@@ -215,6 +252,7 @@ def handle_round(packet: StagePacket, node_config: Any) -> tuple[StagePacket, No
 
     Raises:
         ClientStateError: the server addressed another client than this node.
+        NodePolicyError: the run is weaker than the node operator's floor.
         FlowerCodecError: the packet lacks the model or the configuration.
         ConfigError, FLError: invalid configuration or a failing ``train_fn``.
     """
@@ -229,6 +267,7 @@ def handle_round(packet: StagePacket, node_config: Any) -> tuple[StagePacket, No
             "(check each SuperNode's partition-id)"
         )
     cfg = config_from_json(str(f["config"]))
+    check_node_policy(cfg, node_config)
     r = packet.round_id
     fed = _client_federation(cfg)
     if fed.dim != f["dim"]:
