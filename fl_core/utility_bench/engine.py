@@ -92,6 +92,7 @@ def _cell_config(spec: SweepSpec, mode: Mode, model: str, seed: int, hyper: Hype
         graph="sparse",
         dp=mode.value if mode in (Mode.CENTRAL, Mode.DISTRIBUTED, Mode.LOCAL) else "none",
         clip=hyper.clip,
+        adaptive_clip=hyper.adaptive_clip and mode is not Mode.NONE,
         delta=spec.delta,
         seed=seed,
         threads=1,

@@ -66,14 +66,22 @@ class Hyper:
         clip: L2 clip norm of each client's update.
         server_lr: server learning rate (FedAvg step on the averaged update).
         server_momentum: server momentum (FedAvgM).
+        adaptive_clip: track the median update norm (Andrew et al. 2021) starting from ``clip``;
+            its noisy count query is accounted.
     """
 
     clip: float
     server_lr: float
     server_momentum: float
+    adaptive_clip: bool = False
 
-    def to_dict(self) -> dict[str, float]:
-        return {"clip": self.clip, "server_lr": self.server_lr, "server_momentum": self.server_momentum}
+    def to_dict(self) -> dict[str, float | bool]:
+        return {
+            "clip": self.clip,
+            "server_lr": self.server_lr,
+            "server_momentum": self.server_momentum,
+            "adaptive_clip": self.adaptive_clip,
+        }
 
 
 #: The documented grid searched per (dataset, model, mode, epsilon) by ``--tune``:
@@ -87,12 +95,18 @@ GRID: dict[str, tuple[float, ...]] = {
 
 # Client-side training and the default rounds per (dataset, model), and the base clip.
 # digits: the configuration measured in the foundation work (logreg, lr 0.5, 2 epochs).
+# fashion-mnist logreg: chosen on the validation half (seed 0, distributed noise at
+# target epsilon 2, 40 rounds, q = 0.05) among client lr {0.1, 0.5} x (clip 1, server lr 1,
+# momentum 0.5) and client lr 0.5 x server lr {1, 2}; validation accuracy (non-private /
+# private): lr 0.1: 80.8 / 74.2 (only 2% of updates reach the clip: the noise is sized for
+# a clip the updates never use); lr 0.5, server lr 1: 80.8 / 78.6; lr 0.5, server lr 2:
+# 81.3 / 76.8. The mlp takes the logreg choice (not searched separately).
 _BASE: dict[tuple[str, str], dict[str, Any]] = {
     ("digits", "logreg"): {"lr": 0.5, "local_epochs": 2, "batch_size": 16, "rounds": 30, "clip": 1.0},
     ("digits", "mlp"): {"lr": 0.5, "local_epochs": 2, "batch_size": 16, "rounds": 30, "clip": 1.0},
     ("digits", "cnn"): {"lr": 0.1, "local_epochs": 2, "batch_size": 16, "rounds": 30, "clip": 1.0},
-    ("fashion-mnist", "logreg"): {"lr": 0.1, "local_epochs": 2, "batch_size": 16, "rounds": 40, "clip": 1.0},
-    ("fashion-mnist", "mlp"): {"lr": 0.1, "local_epochs": 2, "batch_size": 16, "rounds": 40, "clip": 1.0},
+    ("fashion-mnist", "logreg"): {"lr": 0.5, "local_epochs": 2, "batch_size": 16, "rounds": 40, "clip": 1.0},
+    ("fashion-mnist", "mlp"): {"lr": 0.5, "local_epochs": 2, "batch_size": 16, "rounds": 40, "clip": 1.0},
     ("fashion-mnist", "cnn"): {"lr": 0.05, "local_epochs": 2, "batch_size": 16, "rounds": 40, "clip": 1.0},
 }
 
