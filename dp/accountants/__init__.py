@@ -38,7 +38,7 @@ Security:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
@@ -93,7 +93,8 @@ class ChargeKind(str, Enum):
     NON_PRIVATE = "non_private"  # un-noised release: epsilon becomes infinite
     GAUSSIAN_POISSON = "gaussian_poisson"  # Gaussian (or DG) with Poisson rate q (q = 1: full)
     GAUSSIAN_FIXED = "gaussian_fixed"  # Gaussian, fixed-size cohort, substitution relation
-    SKELLAM = "skellam"  # Skellam base RDP, Poisson rate q (or no amplification)
+    SKELLAM = "skellam"  # Skellam base RDP, Poisson rate q (q = 1: full)
+    SKELLAM_FIXED = "skellam_fixed"  # Skellam, fixed-size cohort, substitution relation
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +182,10 @@ def charge_of(event: RoundEvent) -> RoundCharge:
         if l1 <= 0.0:
             # Integer vectors: |v_i| <= v_i^2, so L1 <= L2^2; and L1 <= sqrt(d) L2.
             l1 = l2 * l2 if event.dim <= 0 else min(l2 * l2, math.sqrt(event.dim) * l2)
-        # Fixed-size cohorts: no amplification claimed, doubled sensitivities (substitution).
+        # Fixed-size cohorts: substitution relation (doubled sensitivities), WBK19 Thm. 9 amplification.
         return RoundCharge(
-            ChargeKind.SKELLAM,
-            q=1.0 if fixed else q,
+            ChargeKind.SKELLAM_FIXED if fixed else ChargeKind.SKELLAM,
+            q=q,
             l2=factor * l2,
             l1=factor * l1,
             variance=event.noise_variance,
@@ -219,7 +220,26 @@ def _rdp_matrix(charges: Sequence[RoundCharge]) -> npt.NDArray[np.float64]:
         uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
         vals = _rdp.poisson_gaussian_rdp(uniq[:, 0], uniq[:, 1])
         out[np.array(pois)] = vals[inv.reshape(-1)]
-    sk = [i for i, c in enumerate(charges) if c.kind is ChargeKind.SKELLAM]
+    for kind, amplify in (
+        (ChargeKind.SKELLAM, _rdp.poisson_general_rdp_batch),
+        (ChargeKind.SKELLAM_FIXED, _rdp.wor_general_rdp_batch),
+    ):
+        _skellam_rows(out, charges, kind, amplify)
+    for i, c in enumerate(charges):
+        if c.kind is ChargeKind.NON_PRIVATE:
+            out[i] = np.inf
+        elif c.kind is ChargeKind.GAUSSIAN_FIXED:
+            out[i] = _wor_gaussian_rdp(c.q, c.z)
+    return out
+
+
+def _skellam_rows(
+    out: npt.NDArray[np.float64],
+    charges: Sequence[RoundCharge],
+    kind: ChargeKind,
+    amplify: Callable[[npt.NDArray[np.float64], npt.NDArray[np.float64]], npt.NDArray[np.float64]],
+) -> None:
+    sk = [i for i, c in enumerate(charges) if c.kind is kind]
     if sk:
         params = np.array(
             [(charges[i].q, charges[i].l2, charges[i].l1, charges[i].variance, charges[i].count_sigma) for i in sk],
@@ -230,14 +250,8 @@ def _rdp_matrix(charges: Sequence[RoundCharge]) -> npt.NDArray[np.float64]:
         base = _rdp.skellam_rdp_batch(ells, l2=uniq[:, 1], l1=uniq[:, 2], variance=uniq[:, 3])
         with np.errstate(divide="ignore"):
             count = np.where(uniq[:, 4:5] > 0, ells[None, :] / (2.0 * (2.0 * uniq[:, 4:5]) ** 2), 0.0)
-        vals = _rdp.poisson_general_rdp_batch(uniq[:, 0], base + count)
+        vals = amplify(uniq[:, 0], base + count)
         out[np.array(sk)] = vals[inv.reshape(-1)]
-    for i, c in enumerate(charges):
-        if c.kind is ChargeKind.NON_PRIVATE:
-            out[i] = np.inf
-        elif c.kind is ChargeKind.GAUSSIAN_FIXED:
-            out[i] = _wor_gaussian_rdp(c.q, c.z)
-    return out
 
 
 def _rdp_eps_from_total(total: npt.NDArray[np.float64], delta: float) -> npt.NDArray[np.float64]:

@@ -16,9 +16,10 @@ Security:
     order (Wang, Balle, Kasiviswanathan 2019, Cor. 10); the general
     Poisson-subsampling bound for other mechanisms (Zhu & Wang 2019, "Poisson
     Subsampled Renyi DP", Thm. 6); sampling without replacement under the
-    substitution relation (Wang, Balle, Kasiviswanathan 2019, Thm. 27, through
-    ``dp_accounting.rdp``); Skellam (Agarwal, Kairouz, Liu 2021, Thm. 3.5, with
-    the ``2*alpha - 1`` term relaxed to ``2*alpha``); discrete Gaussian has the
+    substitution relation (Wang, Balle, Kasiviswanathan 2019, Thm. 27 for the
+    Gaussian, through ``dp_accounting.rdp``; their general Thm. 9 otherwise);
+    Skellam (Agarwal, Kairouz, Liu 2021, Thm. 3.5, with the ``2*alpha - 1``
+    term relaxed to ``2*alpha``); discrete Gaussian has the
     Gaussian's RDP (Canonne, Kamath, Steinke 2020, Prop. 4 / Cor. 9); RDP to
     (epsilon, delta) conversion of Canonne, Kamath, Steinke 2020 Prop. 12
     (also Asoodeh et al. 2020).
@@ -44,6 +45,7 @@ __all__ = [
     "poisson_general_rdp_batch",
     "skellam_rdp",
     "skellam_rdp_batch",
+    "wor_general_rdp_batch",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -160,6 +162,41 @@ def poisson_general_rdp_batch(q: FloatArray, base: FloatArray) -> FloatArray:
             parts.append(math.log(3.0) + logsumexp(rest, axis=1))
         sub = logsumexp(np.stack(parts, axis=1), axis=1) / (alpha - 1)
         out[part, j] = np.minimum(sub, ep[:, alpha])
+    return out
+
+
+def wor_general_rdp_batch(q: FloatArray, base: FloatArray) -> FloatArray:
+    """Sampling without replacement, substitution relation: general bound of Wang, Balle, Kasiviswanathan 2019.
+
+    Args:
+        q: sampling ratios m / n, shape (n,), each in (0, 1].
+        base: the base mechanism's RDP under substitution at orders 2, 3, ..., max(INTEGER_ORDERS).
+
+    Returns:
+        Array of shape (n, len(INTEGER_ORDERS)): min(the subsampled bound, base RDP).
+
+    Security:
+        WBK19 Thm. 9 with eps(inf) = inf: (alpha-1) eps'(alpha) <= log(1 + q^2 C(alpha,2)
+        min(4 (e^eps(2) - 1), 2 e^eps(2)) + sum_{j=3}^{alpha} 2 q^j C(alpha,j) e^((j-1) eps(j))).
+    """
+    q = np.asarray(q, dtype=np.float64)
+    n = q.shape[0]
+    eps_l = np.concatenate([np.zeros((n, 2)), np.asarray(base, dtype=np.float64)], axis=1)
+    out = np.empty((n, len(INTEGER_ORDERS)), dtype=np.float64)
+    log_q = np.log(q)[:, None]
+    e2 = eps_l[:, 2]
+    with np.errstate(divide="ignore"):
+        second_core = np.minimum(math.log(4.0) + e2 + np.log(-np.expm1(-e2)), math.log(2.0) + e2)
+    for j, alpha in enumerate(INTEGER_ORDERS):
+        second = float(_log_comb(alpha, np.array([2]))[0]) + 2 * log_q[:, 0] + second_core
+        parts = [np.zeros(n), second]
+        if alpha >= 3:
+            ell = np.arange(3, alpha + 1, dtype=np.int64)
+            ef = ell.astype(np.float64)[None, :]
+            rest = _log_comb(alpha, ell)[None, :] + ef * log_q + (ef - 1.0) * eps_l[:, 3 : alpha + 1]
+            parts.append(math.log(2.0) + logsumexp(rest, axis=1))
+        sub = logsumexp(np.stack(parts, axis=1), axis=1) / (alpha - 1)
+        out[:, j] = np.minimum(sub, eps_l[:, alpha])
     return out
 
 

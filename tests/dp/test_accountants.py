@@ -331,7 +331,7 @@ def test_dropouts_charge_the_survivors_noise() -> None:
     assert compute_epsilon([skellam_event(survivors=5, per_client=per_client, colluders=5)], DELTA) == math.inf
 
 
-def test_skellam_fixed_size_no_amplification_doubled_sensitivity() -> None:
+def test_skellam_fixed_size_substitution_with_wor_amplification() -> None:
     ev = RoundEvent(
         **{
             **skellam_event(survivors=100, per_client=1e4).to_dict(),
@@ -341,7 +341,33 @@ def test_skellam_fixed_size_no_amplification_doubled_sensitivity() -> None:
         }
     )
     c = charge_of(ev)
-    assert (c.q, c.l2, c.l1) == (1.0, 2000.0, 40_000.0)
+    assert (c.kind, c.q, c.l2, c.l1) == (ChargeKind.SKELLAM_FIXED, 0.1, 2000.0, 40_000.0)
+    ells = np.arange(2, max(rdp_mod.INTEGER_ORDERS) + 1, dtype=np.float64)
+    base = rdp_mod.skellam_rdp_batch(ells, l2=np.array([2000.0]), l1=np.array([40_000.0]), variance=np.array([1e6]))
+    expect = rdp_mod.eps_from_rdp(
+        rdp_mod.ORDERS, rdp_mod.interpolate_orders(rdp_mod.wor_general_rdp_batch(np.array([0.1]), base)[0]), DELTA
+    )
+    assert compute_epsilon([ev], DELTA) == pytest.approx(float(expect), rel=1e-12)
+    # Amplification helps, but the same rate as Poisson (add/remove, single sensitivity) is cheaper.
+    no_amp = rdp_mod.eps_from_rdp(
+        rdp_mod.ORDERS, rdp_mod.interpolate_orders(base[0, [a - 2 for a in rdp_mod.INTEGER_ORDERS]]), DELTA
+    )
+    assert compute_epsilon([ev], DELTA) < float(no_amp)
+    assert compute_epsilon([ev], DELTA) > compute_epsilon([skellam_event(survivors=100, per_client=1e4)], DELTA)
+
+
+@pytest.mark.parametrize(("q", "z"), [(0.05, 1.0), (0.01, 2.0), (0.3, 0.8)])
+def test_wor_general_bound_against_gaussian_specialisation(q: float, z: float) -> None:
+    # WBK19 Thm. 9 (general) must be no tighter than dp-accounting's Gaussian-refined Thm. 27, and no
+    # worse than not sampling.
+    from dp_accounting.rdp import rdp_privacy_accountant as lib
+
+    ells = np.arange(2, max(rdp_mod.INTEGER_ORDERS) + 1, dtype=np.float64)
+    mine = rdp_mod.wor_general_rdp_batch(np.array([q]), (ells / (2 * z * z))[None, :])[0]
+    ref = np.asarray(lib._compute_rdp_sample_wor_gaussian(q, z, list(rdp_mod.INTEGER_ORDERS)))
+    assert np.all(mine >= ref * (1 - 1e-9))
+    assert np.all(mine <= np.array(rdp_mod.INTEGER_ORDERS) / (2 * z * z) * (1 + 1e-12))
+    assert mine[0] == pytest.approx(ref[0], rel=1e-9)  # at order 2 the two bounds coincide
 
 
 def test_skellam_default_l1_from_l2() -> None:
