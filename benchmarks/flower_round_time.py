@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--model", default="mlp")
     ap.add_argument("--local-epochs", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--graph", default="sparse", choices=("sparse", "complete"))
     ap.add_argument("--noise-multiplier", type=float, default=1.0)
     ap.add_argument("--with-plain", action="store_true", help="also time the plain-sum privagg transport")
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "per-round": args.nodes,
         "rounds": args.rounds,
         "local-epochs": args.local_epochs,
+        "lr": args.lr,
         "server-momentum": 0.0,
         "threads": 1,
         "train-timeout": 900.0,
@@ -111,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             summary = json.loads((odir / "summary.json").read_text())
             if name == "fedavg":
                 rounds = summary["round_s"]
-                out[name] = {"round_s": [round(x, 3) for x in rounds], "flwr_run_s": round(wall, 1)}
+                out[name] = {
+                    "round_s": [round(x, 3) for x in rounds],
+                    "flwr_run_s": round(wall, 1),
+                    "accuracy": summary["accuracy"][-1] if summary["accuracy"] else None,
+                }
             else:
                 rounds = [r["wall_s"] for r in summary["rounds"]]
                 out[name] = {
@@ -120,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                     "stages_s": [{s["stage"]: s["wall_s"] for s in r["stages"]} for r in summary["rounds"]],
                     "bytes_up_per_client": summary["rounds"][-1]["bytes_up_per_client"],
                     "epsilon": summary["rounds"][-1]["epsilon"],
+                    "accuracy": summary["rounds"][-1]["metrics"].get("accuracy"),
                 }
             out[name]["median_round_s"] = round(statistics.median(rounds), 3)
             import numpy as np
