@@ -21,8 +21,8 @@ Rules applied to every event (documented in ``docs/security-dp.md``):
   sees who took part): q = 1 for each round.
 * An adaptive clip's quantile query (count noise std ``sigma_b`` on bits
   centred at 1/2) is folded in: Gaussian z_eff = (z^-2 + (2 sigma_b)^-2)^-1/2
-  (Andrew et al. 2021, Thm. 1); for Skellam its Gaussian RDP is added to the
-  round's base RDP before subsampling.
+  (Andrew et al. 2021, Thm. 1); for Skellam the count is one more Skellam
+  coordinate whose RDP is added to the round's base RDP before subsampling.
 * ``"pld"`` covers Gaussian rounds under Poisson sampling or full
   participation. If any round is of another kind (fixed-size cohort, Skellam,
   discrete Gaussian), the whole run is accounted with the RDP engine instead,
@@ -109,6 +109,10 @@ class RoundCharge:
         l1: L1 sensitivity (Skellam).
         variance: noise variance (Skellam).
         count_sigma: std of the adaptive-clip count noise (0 when fixed clip).
+        count_unit: Skellam only: ring units per count unit (C * scale; >= 1), used to
+            charge the count's own Skellam noise; 1 is the conservative default.
+        count_sens: Skellam only: the count's sensitivity in count units (1/2, or 1
+            under the substitution relation).
         exact_pld: True when the PLD engine can account this charge.
     """
 
@@ -119,6 +123,8 @@ class RoundCharge:
     l1: float = 0.0
     variance: float = 0.0
     count_sigma: float = 0.0
+    count_unit: float = 1.0
+    count_sens: float = 0.5
     exact_pld: bool = True
 
 
@@ -189,7 +195,11 @@ def charge_of(event: RoundEvent) -> RoundCharge:
             l2=factor * l2,
             l1=factor * l1,
             variance=event.noise_variance,
-            count_sigma=event.clip_query_noise_multiplier / factor,
+            count_sigma=event.clip_query_noise_multiplier,
+            # The event's L2 sensitivity is C * scale + sqrt(d) (dp.calibration), so C * scale is
+            # recoverable; without dim, 1 ring unit per count unit is the conservative choice.
+            count_unit=max(1.0, l2 - math.sqrt(event.dim)) if event.dim > 0 else 1.0,
+            count_sens=0.5 * factor,
             exact_pld=False,
         )
     raise AccountingError(f"round {event.round}: unsupported mechanism {event.mechanism!r}")
@@ -242,15 +252,23 @@ def _skellam_rows(
     sk = [i for i, c in enumerate(charges) if c.kind is kind]
     if sk:
         params = np.array(
-            [(charges[i].q, charges[i].l2, charges[i].l1, charges[i].variance, charges[i].count_sigma) for i in sk],
+            [
+                (c.q, c.l2, c.l1, c.variance, c.count_sigma, c.count_unit, c.count_sens)
+                for c in (charges[i] for i in sk)
+            ],
             dtype=np.float64,
         )
         uniq, inv = np.unique(params, axis=0, return_inverse=True)
         ells = np.arange(2, max(_rdp.INTEGER_ORDERS) + 1, dtype=np.float64)
         base = _rdp.skellam_rdp_batch(ells, l2=uniq[:, 1], l1=uniq[:, 2], variance=uniq[:, 3])
-        with np.errstate(divide="ignore"):
-            count = np.where(uniq[:, 4:5] > 0, ells[None, :] / (2.0 * (2.0 * uniq[:, 4:5]) ** 2), 0.0)
-        vals = amplify(uniq[:, 0], base + count)
+        has_count = uniq[:, 4] > 0
+        if has_count.any():
+            # The clip count is one more Skellam coordinate: sensitivity count_sens * unit ring units,
+            # noise std count_sigma * unit; composed with the update before subsampling.
+            u = uniq[has_count, 5]
+            sens = uniq[has_count, 6] * u
+            base[has_count] += _rdp.skellam_rdp_batch(ells, l2=sens, l1=sens, variance=(uniq[has_count, 4] * u) ** 2)
+        vals = amplify(uniq[:, 0], base)
         out[np.array(sk)] = vals[inv.reshape(-1)]
 
 

@@ -525,3 +525,31 @@ def test_zhu_wang_batch_against_literal_reference(q: float, var: float) -> None:
     for j, alpha in enumerate(rdp_mod.INTEGER_ORDERS):
         if alpha <= 24:  # exp((l - 1) eps(l)) stays within float range
             assert got[j] == pytest.approx(zhu_wang_reference(q, alpha, base), rel=1e-9)
+
+
+def test_skellam_clip_count_is_charged_as_skellam_coordinate() -> None:
+    ev = RoundEvent(
+        **{
+            **skellam_event(survivors=100, per_client=1e4).to_dict(),
+            "clip_query_noise_multiplier": 3.0,
+            "mode": DPMode.DISTRIBUTED,
+            "mechanism": Mechanism.SKELLAM,
+            "sampling": Sampling.POISSON,
+        }
+    )
+    c = charge_of(ev)
+    unit = 1000.0 - math.sqrt(400)  # C * scale recovered from l2 = C * scale + sqrt(d)
+    assert (c.count_sigma, c.count_unit, c.count_sens) == (3.0, unit, 0.5)
+
+    def base(a: int) -> float:
+        upd = rdp_mod.skellam_rdp(float(a), l2=1000.0, l1=20_000.0, variance=1e6)
+        cnt = rdp_mod.skellam_rdp(float(a), l2=0.5 * unit, l1=0.5 * unit, variance=(3.0 * unit) ** 2)
+        return upd + cnt
+
+    expect = rdp_mod.eps_from_rdp(
+        rdp_mod.ORDERS, rdp_mod.interpolate_orders(rdp_mod.poisson_general_rdp(0.1, base)), DELTA
+    )
+    assert compute_epsilon([ev], DELTA) == pytest.approx(float(expect), rel=1e-12)
+    # The Skellam count costs at least the Gaussian count with the same std.
+    assert rdp_mod.skellam_rdp(2.0, l2=0.5 * unit, l1=0.5 * unit, variance=(3.0 * unit) ** 2) >= 2.0 / (2 * 6.0**2)
+    assert compute_epsilon([ev], DELTA) > compute_epsilon([skellam_event(survivors=100, per_client=1e4)], DELTA)
