@@ -39,6 +39,15 @@ PRIVAGG = [sys.executable, "-c", "import sys; from fl_core.cli import main; sys.
 APP = REPO / "examples" / "flower"
 
 
+@pytest.fixture(autouse=True)
+def _flower_task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's Message constructor reads the run/node/task id of the current ServerApp task."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
 # -- codec ----------------------------------------------------------------------------------------
 
 messages = st.builds(
@@ -321,12 +330,10 @@ class _ScriptedGrid:
     def get_node_ids(self) -> list[int]:
         return self.nodes
 
-    def create_message(self, content: Any, message_type: str, node: int, group: str, ttl: float) -> Any:
-        return (node, content)
-
     def push_messages(self, msgs: list[Any]) -> list[str]:
         ids = []
-        for node, content in msgs:
+        for msg in msgs:
+            node, content = msg.metadata.dst_node_id, msg.content
             self.n += 1
             mid = f"m{self.n}"
             ans = self.script(node, content)

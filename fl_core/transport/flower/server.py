@@ -73,8 +73,10 @@ class GridLink:
         """Send ``contents[node]`` to each node; return node -> reply for those that answered in time."""
         if not contents:
             return {}
+        from flwr.app import Message as FlowerMessage
+
         msgs = [
-            self.grid.create_message(content, message_type, node, group, ttl=timeout + 60.0)
+            FlowerMessage(content, dst_node_id=node, message_type=message_type, group_id=group, ttl=timeout + 60.0)
             for node, content in contents.items()
         ]
         ids = [i for i in self.grid.push_messages(msgs) if i]
