@@ -9,7 +9,8 @@ Security:
     Privacy unit: one client's whole update (client-level DP). ``central``
     trusts the server with the exact sum and adds Gaussian noise of std
     ``z * C`` to it. ``distributed`` adds Skellam noise shares inside the secure
-    sum (Agarwal, Kairouz, Liu 2021): the per-client variance is sized so that
+    sum (Agarwal, Kairouz, Liu 2021), or distributed discrete Gaussian shares
+    (Kairouz, Liu, Steinke 2021): the per-client variance is sized so that
     the noise of ``min_survivors - colluders`` honest clients alone gives the
     target noise multiplier with respect to the integer sensitivity, which
     includes the stochastic-rounding inflation ``C * scale + sqrt(d)``
@@ -53,7 +54,7 @@ _DEFAULT_MECHANISM = {
 _ALLOWED = {
     DPMode.NONE: {Mechanism.NONE},
     DPMode.CENTRAL: {Mechanism.GAUSSIAN},
-    DPMode.DISTRIBUTED: {Mechanism.SKELLAM},
+    DPMode.DISTRIBUTED: {Mechanism.SKELLAM, Mechanism.DISCRETE_GAUSSIAN},
     DPMode.LOCAL: {Mechanism.GAUSSIAN},
 }
 
@@ -236,7 +237,8 @@ class DistributedNoise:
     """Per-client integer noise for distributed mode, in ring (integer) units.
 
     Attributes:
-        per_client_variance: Skellam variance each client adds per coordinate.
+        per_client_variance: noise variance each client adds per coordinate (Skellam
+            variance; for the discrete Gaussian, sigma^2 of its parameter, sigma an integer).
         l2_sensitivity: C * scale + sqrt(d) (rounding included).
         l1_sensitivity: min(l2^2, sqrt(d) * l2).
         inflation: l2_sensitivity / (C * scale) - 1.
@@ -254,7 +256,11 @@ class DistributedNoise:
 
 
 def distributed_noise(config: DPConfig, *, scale: float, dim: int, clip_norm: float | None = None) -> DistributedNoise:
-    """Size the per-client Skellam noise so that ``min_survivors - colluders`` clients give z.
+    """Size the per-client integer noise so that ``min_survivors - colluders`` clients give z.
+
+    Skellam by default; with ``mechanism=DISCRETE_GAUSSIAN`` each client adds
+    N_Z(0, sigma^2) with the integer sigma = ceil(sqrt(per-client variance)), and the
+    accountant charges the sum with Kairouz, Liu, Steinke 2021's bound.
 
     Raises:
         ConfigurationError: the config is not distributed, or a bad scale/dim.
@@ -268,6 +274,9 @@ def distributed_noise(config: DPConfig, *, scale: float, dim: int, clip_norm: fl
     honest = config.survivors_planned - config.colluders
     z = config.update_noise_multiplier
     per_client = (z * l2) ** 2 / honest
+    if config.resolved_mechanism is Mechanism.DISCRETE_GAUSSIAN:
+        # An integer sigma keeps dp.noise.discrete_gaussian on its fast exact path; rounding up adds noise.
+        per_client = float(math.ceil(math.sqrt(per_client))) ** 2
     count_var = config.count_noise_std**2 / honest
     return DistributedNoise(
         per_client_variance=per_client,
@@ -355,7 +364,7 @@ def make_round_event(
             # the sensitivity were exactly 1/2 by shrinking it by that ratio.
             count_sigma *= 0.5 / (0.5 + 1.0 / (c * scale))
         return RoundEvent(
-            mechanism=Mechanism.SKELLAM,
+            mechanism=config.resolved_mechanism,
             l2_sensitivity=dn.l2_sensitivity,
             l1_sensitivity=dn.l1_sensitivity,
             noise_variance=pcv * honest,

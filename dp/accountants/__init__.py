@@ -25,7 +25,8 @@ Rules applied to every event (documented in ``docs/security-dp.md``):
   coordinate whose RDP is added to the round's base RDP before subsampling.
 * ``"pld"`` covers Gaussian rounds under Poisson sampling or full
   participation. If any round is of another kind (fixed-size cohort, Skellam,
-  discrete Gaussian), the whole run is accounted with the RDP engine instead,
+  discrete Gaussian, distributed discrete Gaussian with Kairouz-Liu-Steinke's
+  bound), the whole run is accounted with the RDP engine instead,
   and :func:`account` says so (``engine == "rdp"``).
 
 Security:
@@ -95,6 +96,8 @@ class ChargeKind(str, Enum):
     GAUSSIAN_FIXED = "gaussian_fixed"  # Gaussian, fixed-size cohort, substitution relation
     SKELLAM = "skellam"  # Skellam base RDP, Poisson rate q (q = 1: full)
     SKELLAM_FIXED = "skellam_fixed"  # Skellam, fixed-size cohort, substitution relation
+    DDG = "ddg"  # distributed discrete Gaussian (sum of `parties` shares), Poisson rate q
+    DDG_FIXED = "ddg_fixed"  # distributed discrete Gaussian, fixed-size cohort
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,8 @@ class RoundCharge:
             charge the count's own Skellam noise; 1 is the conservative default.
         count_sens: Skellam only: the count's sensitivity in count units (1/2, or 1
             under the substitution relation).
+        parties: distributed discrete Gaussian: honest shares in the sum (survivors - colluders).
+        dim: distributed discrete Gaussian: the vector dimension d.
         exact_pld: True when the PLD engine can account this charge.
     """
 
@@ -125,6 +130,8 @@ class RoundCharge:
     count_sigma: float = 0.0
     count_unit: float = 1.0
     count_sens: float = 0.5
+    parties: int = 1
+    dim: int = 0
     exact_pld: bool = True
 
 
@@ -155,8 +162,8 @@ def charge_of(event: RoundEvent) -> RoundCharge:
     """Map one event to how it is charged (see the module docstring for the rules).
 
     Raises:
-        AccountingError: a mechanism this accountant cannot bound (e.g. a
-            distributed discrete Gaussian summed over several clients).
+        AccountingError: a mechanism this accountant cannot bound (an unknown
+            mechanism, or a distributed discrete Gaussian without its dimension).
     """
     if event.survivors == 0 or event.sampling_rate == 0.0:
         return RoundCharge(ChargeKind.FREE)
@@ -169,12 +176,28 @@ def charge_of(event: RoundEvent) -> RoundCharge:
     q = 1.0 if (local or event.sampling is Sampling.FULL) else float(event.sampling_rate)
     # Substitution relation for fixed-size cohorts: one client's swap moves a sum by twice the clip.
     factor = 2.0 if fixed else 1.0
-    if event.mechanism in (Mechanism.GAUSSIAN, Mechanism.DISCRETE_GAUSSIAN):
-        if event.mechanism is Mechanism.DISCRETE_GAUSSIAN and event.mode is DPMode.DISTRIBUTED:
+    if event.mechanism is Mechanism.DISCRETE_GAUSSIAN and event.mode is DPMode.DISTRIBUTED:
+        if event.dim <= 0:
             raise AccountingError(
-                f"round {event.round}: a sum of discrete Gaussians is not a discrete Gaussian and "
-                "this accountant has no bound for it; use the Skellam mechanism for distributed noise"
+                f"round {event.round}: a distributed discrete Gaussian is accounted with its dimension "
+                "(Kairouz, Liu, Steinke 2021, Prop. 14); the event has dim = 0"
             )
+        l2 = event.l2_sensitivity
+        l1 = event.l1_sensitivity if event.l1_sensitivity > 0 else min(l2 * l2, math.sqrt(event.dim) * l2)
+        return RoundCharge(
+            ChargeKind.DDG_FIXED if fixed else ChargeKind.DDG,
+            q=q,
+            l2=factor * l2,
+            l1=factor * l1,
+            variance=event.noise_variance,
+            count_sigma=event.clip_query_noise_multiplier,
+            count_unit=max(1.0, l2 - math.sqrt(event.dim)),
+            count_sens=0.5 * factor,
+            parties=max(1, event.survivors - event.colluders),
+            dim=event.dim,
+            exact_pld=False,
+        )
+    if event.mechanism in (Mechanism.GAUSSIAN, Mechanism.DISCRETE_GAUSSIAN):
         z = math.sqrt(event.noise_variance) / (factor * event.l2_sensitivity)
         z = effective_gaussian_z(z, event.clip_query_noise_multiplier / factor)
         if z <= 0.0:
@@ -233,8 +256,10 @@ def _rdp_matrix(charges: Sequence[RoundCharge]) -> npt.NDArray[np.float64]:
     for kind, amplify in (
         (ChargeKind.SKELLAM, _rdp.poisson_general_rdp_batch),
         (ChargeKind.SKELLAM_FIXED, _rdp.wor_general_rdp_batch),
+        (ChargeKind.DDG, _rdp.poisson_general_rdp_batch),
+        (ChargeKind.DDG_FIXED, _rdp.wor_general_rdp_batch),
     ):
-        _skellam_rows(out, charges, kind, amplify)
+        _integer_noise_rows(out, charges, kind, amplify)
     for i, c in enumerate(charges):
         if c.kind is ChargeKind.NON_PRIVATE:
             out[i] = np.inf
@@ -243,7 +268,7 @@ def _rdp_matrix(charges: Sequence[RoundCharge]) -> npt.NDArray[np.float64]:
     return out
 
 
-def _skellam_rows(
+def _integer_noise_rows(
     out: npt.NDArray[np.float64],
     charges: Sequence[RoundCharge],
     kind: ChargeKind,
@@ -253,14 +278,24 @@ def _skellam_rows(
     if sk:
         params = np.array(
             [
-                (c.q, c.l2, c.l1, c.variance, c.count_sigma, c.count_unit, c.count_sens)
+                (c.q, c.l2, c.l1, c.variance, c.count_sigma, c.count_unit, c.count_sens, c.parties, c.dim)
                 for c in (charges[i] for i in sk)
             ],
             dtype=np.float64,
         )
         uniq, inv = np.unique(params, axis=0, return_inverse=True)
         ells = np.arange(2, max(_rdp.INTEGER_ORDERS) + 1, dtype=np.float64)
-        base = _rdp.skellam_rdp_batch(ells, l2=uniq[:, 1], l1=uniq[:, 2], variance=uniq[:, 3])
+        if kind in (ChargeKind.DDG, ChargeKind.DDG_FIXED):
+            base = _rdp.ddg_rdp_batch(
+                ells,
+                l2=uniq[:, 1],
+                l1=uniq[:, 2],
+                variance=uniq[:, 3],
+                parties=uniq[:, 7].astype(np.int64),
+                dim=uniq[:, 8],
+            )
+        else:
+            base = _rdp.skellam_rdp_batch(ells, l2=uniq[:, 1], l1=uniq[:, 2], variance=uniq[:, 3])
         has_count = uniq[:, 4] > 0
         if has_count.any():
             # The clip count is one more Skellam coordinate: sensitivity count_sens * unit ring units,

@@ -19,7 +19,8 @@ Security:
     substitution relation (Wang, Balle, Kasiviswanathan 2019, Thm. 27 for the
     Gaussian, through ``dp_accounting.rdp``; their general Thm. 9 otherwise);
     Skellam (Agarwal, Kairouz, Liu 2021, Thm. 3.5, with the ``2*alpha - 1``
-    term relaxed to ``2*alpha``); discrete Gaussian has the
+    term relaxed to ``2*alpha``); distributed discrete Gaussian (Kairouz,
+    Liu, Steinke 2021, Prop. 14 and Thm. 1); discrete Gaussian has the
     Gaussian's RDP (Canonne, Kamath, Steinke 2020, Prop. 4 / Cor. 9); RDP to
     (epsilon, delta) conversion of Canonne, Kamath, Steinke 2020 Prop. 12
     (also Asoodeh et al. 2020).
@@ -37,6 +38,7 @@ from scipy.special import gammaln, logsumexp
 __all__ = [
     "INTEGER_ORDERS",
     "ORDERS",
+    "ddg_rdp_batch",
     "eps_from_rdp",
     "gaussian_rdp",
     "poisson_gaussian_rdp",
@@ -230,6 +232,46 @@ def skellam_rdp_batch(
     mu = np.asarray(variance, dtype=np.float64)[:, None] / 2.0
     extra = np.minimum(((2.0 * a) * l2c * l2c + 6.0 * l1c) / (16.0 * mu * mu), 3.0 * l1c / (4.0 * mu))
     return np.asarray(a * l2c * l2c / (4.0 * mu) + extra, dtype=np.float64)
+
+
+def ddg_rdp_batch(
+    orders: npt.NDArray[np.float64],
+    *,
+    l2: FloatArray,
+    l1: FloatArray,
+    variance: FloatArray,
+    parties: npt.NDArray[np.int64],
+    dim: FloatArray,
+) -> FloatArray:
+    """RDP of the distributed discrete Gaussian: the sum of ``parties`` shares N_Z(0, variance / parties).
+
+    Security:
+        Kairouz, Liu, Steinke 2021 ("The Distributed Discrete Gaussian Mechanism
+        for Federated Learning with Secure Aggregation"), Prop. 14 with Thm. 1's
+        tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 sigma^2 k / (k+1)) for n shares of
+        parameter sigma: eps(alpha) = min(alpha/2 s2^2 + tau d,
+        alpha/2 (s2^2 + 2 s1 tau + tau^2 d), alpha/2 (s2 + sqrt(d) tau)^2) with
+        s2 = l2 / sqrt(n sigma^2) and s1 = l1 / sqrt(n sigma^2). With n = 1
+        (tau = 0) it is the discrete Gaussian's alpha l2^2 / (2 sigma^2)
+        (Canonne, Kamath, Steinke 2020).
+    """
+    a = np.asarray(orders, dtype=np.float64)[None, :]
+    var = np.asarray(variance, dtype=np.float64)
+    n = np.asarray(parties, dtype=np.int64)
+    s2 = (np.asarray(l2, dtype=np.float64) / np.sqrt(var))[:, None]
+    s1 = (np.asarray(l1, dtype=np.float64) / np.sqrt(var))[:, None]
+    d = np.asarray(dim, dtype=np.float64)[:, None]
+    sigma2 = var / n
+    tau = np.zeros(var.shape[0], dtype=np.float64)
+    for i in range(var.shape[0]):
+        if n[i] > 1:
+            k = np.arange(1, n[i], dtype=np.float64)
+            tau[i] = 10.0 * float(np.sum(np.exp(-2.0 * math.pi**2 * sigma2[i] * k / (k + 1.0))))
+    t = tau[:, None]
+    term1 = a / 2.0 * s2 * s2 + t * d
+    term2 = a / 2.0 * (s2 * s2 + 2.0 * s1 * t + t * t * d)
+    term3 = a / 2.0 * (s2 + np.sqrt(d) * t) ** 2
+    return np.asarray(np.minimum(np.minimum(term1, term2), term3), dtype=np.float64)
 
 
 def interpolate_orders(rdp_int: FloatArray) -> FloatArray:

@@ -389,8 +389,82 @@ def test_discrete_gaussian_central_and_distributed() -> None:
     assert res.engine == "rdp"
     assert res.epsilon == pytest.approx(compute_epsilon([gauss(1, q=0.1, z=2.0)] * 10, DELTA, accountant="rdp"))
     bad = gauss(1, mechanism=Mechanism.DISCRETE_GAUSSIAN, mode=DPMode.DISTRIBUTED)
-    with pytest.raises(AccountingError, match="Skellam"):
+    with pytest.raises(AccountingError, match="dimension"):
         compute_epsilon([bad], DELTA)
+
+
+def test_distributed_discrete_gaussian_bound_by_hand() -> None:
+    # Kairouz, Liu, Steinke 2021 Prop. 14 / Thm. 1 with n = 3 shares of sigma = 1, d = 4, l2 = 2, l1 = 4.
+    n, sigma2, d, l2, l1 = 3, 1.0, 4, 2.0, 4.0
+    tau = 10 * sum(math.exp(-2 * math.pi**2 * sigma2 * k / (k + 1)) for k in range(1, n))
+    s2, s1 = l2 / math.sqrt(n * sigma2), l1 / math.sqrt(n * sigma2)
+    for a in (2.0, 7.0):
+        expect = min(a / 2 * s2**2 + tau * d, a / 2 * (s2**2 + 2 * s1 * tau + tau**2 * d), a / 2 * (s2 + 2 * tau) ** 2)
+        got = rdp_mod.ddg_rdp_batch(
+            np.array([a]),
+            l2=np.array([l2]),
+            l1=np.array([l1]),
+            variance=np.array([n * sigma2]),
+            parties=np.array([n]),
+            dim=np.array([float(d)]),
+        )[0, 0]
+        assert got == pytest.approx(expect, rel=1e-12)
+    # One share (tau = 0) is the discrete Gaussian: alpha l2^2 / (2 sigma^2).
+    one = rdp_mod.ddg_rdp_batch(
+        np.array([3.0]),
+        l2=np.array([2.0]),
+        l1=np.array([4.0]),
+        variance=np.array([4.0]),
+        parties=np.array([1]),
+        dim=np.array([4.0]),
+    )[0, 0]
+    assert one == pytest.approx(3.0 * 4.0 / (2 * 4.0))
+
+
+def test_distributed_discrete_gaussian_event_charges_honest_shares() -> None:
+    ev = RoundEvent(
+        round=1,
+        mode=DPMode.DISTRIBUTED,
+        mechanism=Mechanism.DISCRETE_GAUSSIAN,
+        l2_sensitivity=30.0,
+        noise_variance=70 * 4.0,
+        clip_norm=1.0,
+        sampling=Sampling.POISSON,
+        sampling_rate=0.1,
+        population=1000,
+        cohort=100,
+        survivors=80,
+        colluders=10,
+        dim=100,
+    )
+    c = charge_of(ev)
+    assert (c.kind, c.parties, c.dim) == (ChargeKind.DDG, 70, 100)
+    assert c.l1 == pytest.approx(min(900.0, 10 * 30.0))
+    # With sigma = 2 per share the tau term is visible: worse than a single Gaussian of the same total variance.
+    assert compute_epsilon([ev], DELTA) > compute_epsilon(
+        [
+            RoundEvent(
+                **{
+                    **ev.to_dict(),
+                    "mode": DPMode.CENTRAL,
+                    "mechanism": Mechanism.GAUSSIAN,
+                    "sampling": Sampling.POISSON,
+                }
+            )
+        ],
+        DELTA,
+        accountant="rdp",
+    )
+    fixed = RoundEvent(
+        **{
+            **ev.to_dict(),
+            "mode": DPMode.DISTRIBUTED,
+            "mechanism": Mechanism.DISCRETE_GAUSSIAN,
+            "sampling": Sampling.FIXED_SIZE,
+        }
+    )
+    assert charge_of(fixed).kind is ChargeKind.DDG_FIXED and charge_of(fixed).l2 == 60.0
+    assert math.isfinite(compute_epsilon([fixed], DELTA))
 
 
 def test_argument_errors() -> None:

@@ -149,7 +149,7 @@ def test_defaults_and_mechanism_resolution() -> None:
     [
         (dict(mode="central", noise_multiplier=1.0), "DPMode"),
         (dict(mode=DPMode.CENTRAL, noise_multiplier=1.0, mechanism=Mechanism.SKELLAM), "not available"),
-        (dict(mode=DPMode.DISTRIBUTED, noise_multiplier=1.0, mechanism=Mechanism.DISCRETE_GAUSSIAN), "not available"),
+        (dict(mode=DPMode.LOCAL, noise_multiplier=1.0, mechanism=Mechanism.SKELLAM), "not available"),
         (dict(mode=DPMode.CENTRAL, noise_multiplier=0.0), "noise_multiplier"),
         (dict(mode=DPMode.CENTRAL, noise_multiplier=1.0, clip_norm=-1.0), "clip_norm"),
         (dict(mode=DPMode.CENTRAL, noise_multiplier=1.0, expected_cohort=0), "expected_cohort"),
@@ -208,3 +208,14 @@ def test_function_mode_errors() -> None:
         make_round_event(central, survivors=1, granularity=float("nan"), **ROUND)
     with pytest.raises(ConfigurationError, match="clip_norm"):
         server_noise_std(central, clip_norm=0.0)
+
+
+def test_distributed_discrete_gaussian_calibration() -> None:
+    cfg = dist_cfg(mechanism=Mechanism.DISCRETE_GAUSSIAN, min_survivors=50)
+    dn = distributed_noise(cfg, scale=512.0, dim=100)
+    sigma = math.sqrt(dn.per_client_variance)
+    assert sigma == int(sigma)  # an integer sigma: the exact sampler's fast path
+    assert dn.per_client_variance >= (512.0 + 10.0) ** 2 / 50
+    e = make_round_event(cfg, survivors=60, dim=100, scale=512.0, **ROUND)
+    assert e.mechanism is Mechanism.DISCRETE_GAUSSIAN and e.noise_variance == pytest.approx(60 * dn.per_client_variance)
+    assert charge_of(e).parties == 60
