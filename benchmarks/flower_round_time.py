@@ -110,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             dep.run(APP, cfg, timeout=args.timeout)
             wall = time.perf_counter() - t0
+            if not (odir / "summary.json").exists():  # flwr run exits 0 even when the run was stopped
+                from fl_core.transport.flower.local import DeploymentError
+
+                tail = "\n".join(f"--- {n}\n{t[-2000:]}" for n, t in dep.logs() if n == "superlink")
+                raise DeploymentError(f"the {name} run wrote no summary (stopped by the SuperLink?)\n{tail}")
             summary = json.loads((odir / "summary.json").read_text())
             if name == "fedavg":
                 rounds = summary["round_s"]
