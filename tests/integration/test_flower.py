@@ -27,6 +27,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from secagg import Message
+
 pytestmark = [
     pytest.mark.flower,
     pytest.mark.skipif(
@@ -51,7 +53,7 @@ def _flower_task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- codec ----------------------------------------------------------------------------------------
 
 messages = st.builds(
-    lambda s, r, rid, stage, p: __import__("secagg").Message(s, r, rid, stage, p),
+    Message,
     st.integers(0, 2**31),
     st.integers(0, 2**31),
     st.integers(0, 2**31),
