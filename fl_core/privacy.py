@@ -38,9 +38,9 @@ from dp.calibration import (
     server_noise_std,
 )
 from dp.clipping import AdaptiveClip, clip_l2
-from dp.events import DPMode, Sampling
+from dp.events import DPMode, Mechanism, Sampling
 from dp.ledger import Ledger
-from dp.noise import add_gaussian_noise, skellam
+from dp.noise import add_gaussian_noise, discrete_gaussian, skellam
 from dp.randomness import RandomSource as DPRandomSource
 from fl_core.config import RunConfig
 from fl_core.errors import ConfigError
@@ -153,7 +153,11 @@ class DPPolicy:
         extra = self.extra_coordinates
         c = self.clip_norm
         dn = distributed_noise(self.config, scale=scale, dim=dim, clip_norm=c)
-        noise = skellam(dim - extra, dn.per_client_variance, cast(DPRandomSource, rng))
+        if self.config.resolved_mechanism is Mechanism.DISCRETE_GAUSSIAN:
+            sigma = round(math.sqrt(dn.per_client_variance))  # an integer by construction (ceil'd sigma)
+            noise = discrete_gaussian(dim - extra, sigma, cast(DPRandomSource, rng))
+        else:
+            noise = skellam(dim - extra, dn.per_client_variance, cast(DPRandomSource, rng))
         if extra:
             # The centred clip bit is encoded as (b - 1/2) * C, so one count unit is C * scale
             # ring units: the count noise std sigma_b becomes sigma_b * C * scale.
@@ -289,6 +293,7 @@ def build_privacy(cfg: RunConfig, sampler: Sampler, model: nn.Module) -> tuple[d
             min_survivors=min_surv,
             colluders=cfg.colluders,
             adaptive=adaptive,
+            mechanism=Mechanism(cfg.mechanism) if mode is DPMode.DISTRIBUTED else None,
         )
     except Exception as exc:
         raise ConfigError(f"invalid DP configuration: {exc}", option="dp") from exc
@@ -309,6 +314,7 @@ def build_privacy(cfg: RunConfig, sampler: Sampler, model: nn.Module) -> tuple[d
     )
     extra = {
         "adaptive_clip": adaptive is not None,
+        "mechanism": config.resolved_mechanism.value,
         "ledger": str(ledger_path),
         "noise_multiplier": z,
         "clip": config.clip_norm,

@@ -259,3 +259,23 @@ def test_dp_average_uses_a_data_independent_denominator():
         sp = ServerPipeline(DPPolicy(cfg, sampler=sampler, dim=4, delta=1e-5), encoder=None, sampler=sampler)
         # the same whatever the number of survivors: the survivor count never scales the release
         assert sp.denominator(3) == sp.denominator(97) == expected
+
+
+def test_distributed_discrete_gaussian_is_drawn_and_charged(tmp_path):
+    cfg = RunConfig(
+        dp="distributed",
+        mechanism="discrete_gaussian",
+        secure_sum="plain",
+        clients=40,
+        per_round=20,
+        rounds=2,
+        seed=2,
+        ledger=str(tmp_path / "l.jsonl"),
+    )
+    out = execute(cfg).to_json()
+    assert out["mechanism"] == "discrete_gaussian" and out["epsilon"] > 0
+    events = verify_ledger(tmp_path / "l.jsonl").events
+    assert all(e.mechanism is Mechanism.DISCRETE_GAUSSIAN for e in events)
+    # the per-client sigma is an integer, and the charge is survivors x sigma^2
+    per_client = events[0].noise_variance / events[0].survivors
+    assert math.isclose(math.sqrt(per_client), round(math.sqrt(per_client)))
