@@ -63,16 +63,6 @@ _SECURE_SUM_OF: dict[Mode, str | None] = {
 }
 
 
-def _record_dp_available() -> bool:
-    try:
-        import importlib
-
-        importlib.import_module("fl_core.record_dp")
-    except ImportError:
-        return False
-    return True
-
-
 def _cell_config(spec: SweepSpec, mode: Mode, model: str, seed: int, hyper: Hyper) -> RunConfig:
     base = base_options(spec.dataset, model)
     secure_sum = _SECURE_SUM_OF[mode] or spec.secure_sum
@@ -103,7 +93,7 @@ def build_cells(
     spec: SweepSpec,
     *,
     hyper_for: Callable[[str, Mode, float | None], Hyper] | None = None,
-    calibrations: dict[tuple[str, Mode, float, float], Calibration] | None = None,
+    calibrations: dict[tuple[str, float], Calibration] | None = None,
     store: Path | None = None,
 ) -> list[Cell]:
     """Every cell of ``spec``: the baseline per (model, seed), then model x mode x epsilon x seed.
@@ -111,18 +101,20 @@ def build_cells(
     Args:
         spec: the sweep.
         hyper_for: ``(model, mode, epsilon) -> Hyper``; default: :func:`default_hyper`.
-        calibrations: a cache of calibrations keyed by (model, mode, epsilon, clip), filled in place.
+        calibrations: a cache of calibrations keyed by (configuration, epsilon), filled in place.
         store: a folder whose ``calibrations.json`` keeps calibrations across invocations
             (keyed by the hash of the run configuration, target and accountant).
 
     Raises:
-        ConfigError: ``record`` mode requested but record-level DP is not available, or a
+        ConfigError: ``record`` mode requested (not wired into runs yet), or a
             target epsilon that cannot be reached.
     """
-    if Mode.RECORD in spec.modes and not _record_dp_available():
+    if Mode.RECORD in spec.modes:
+        # fl_core.record_dp (Opacus inside train_fn) is not an option of RunConfig/execute yet,
+        # so a sweep cannot run it without bypassing the run configuration it records.
         raise ConfigError(
-            "--modes record needs record-level DP (fl_core.record_dp), which this build does not have; "
-            "drop 'record' from --modes",
+            "--modes record is not available in sweeps yet: record-level DP (fl_core.record_dp) is not "
+            "a run option; drop 'record' from --modes",
             option="modes",
         )
     hyper_for = hyper_for or (lambda model, mode, eps: default_hyper(spec.dataset, model, eps))
@@ -136,9 +128,10 @@ def build_cells(
         for mode in spec.modes:
             for eps in spec.epsilons:
                 hyper = hyper_for(model, mode, eps)
-                key = (model, mode, float(eps), hyper.clip)
                 for seed in range(spec.seeds):
                     cfg = _cell_config(spec, mode, model, seed, hyper)
+                    # The noise does not depend on the seed: one calibration per configuration.
+                    key = (json.dumps(cfg.replace(seed=None).to_dict(), sort_keys=True), float(eps))
                     if key not in cache:
                         cache[key] = _calibrate_cached(cfg, float(eps), spec, store)
                     cal = cache[key]
@@ -220,7 +213,14 @@ def _init_worker() -> None:
 
 
 def run_cell(cell: Cell, ledger_dir: str) -> dict[str, Any]:
-    """Run one cell and return its record (never raises: a failure is returned as ``error``)."""
+    """Run one cell and return its record (never raises: a failure is returned as ``error``).
+
+    If another invocation sharing the output folder has finished the cell meanwhile,
+    its stored record is returned instead of running the cell again.
+    """
+    stored = load_finished(Path(ledger_dir).parent, [cell])
+    if cell.cell_id in stored:
+        return stored[cell.cell_id]
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     try:

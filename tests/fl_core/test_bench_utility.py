@@ -33,6 +33,7 @@ from fl_core.utility_bench.engine import load_cell_data, split_heldout
 from fl_core.utility_bench.spec import GRID, grid_for
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_CAL: dict[Any, Any] = {}  # calibrations shared by the tests (same configurations, same answers)
 
 TINY = SweepSpec(
     dataset="digits",
@@ -120,7 +121,7 @@ def test_resume_skips_finished_cells(tiny_sweep: tuple[Path, dict[str, Any], dic
 
 def test_resume_reruns_a_torn_cell_and_only_it(tmp_path: Path) -> None:
     spec = dataclasses.replace(TINY, modes=(Mode.CENTRAL,), epsilons=(16.0,))
-    cells = build_cells(spec)
+    cells = build_cells(spec, calibrations=_CAL)
     recs, counts = run_cells(cells, tmp_path, workers=1, progress=False)
     assert counts == {"total": 2, "resumed": 0, "ran": 2}
     torn = tmp_path / "cells" / f"{cells[1].cell_id}.json"
@@ -135,7 +136,7 @@ def test_resume_reruns_a_torn_cell_and_only_it(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_worker_processes_give_the_same_records(tmp_path: Path) -> None:
     spec = dataclasses.replace(TINY, modes=(Mode.CENTRAL,), epsilons=(16.0,), rounds=1)
-    cells = build_cells(spec)
+    cells = build_cells(spec, calibrations=_CAL)
     one, _ = run_cells(cells, tmp_path / "a", workers=1, progress=False)
     two, _ = run_cells(cells, tmp_path / "b", workers=2, progress=False)
     assert [r["accuracy"] for r in one] == [r["accuracy"] for r in two]
@@ -144,7 +145,7 @@ def test_two_worker_processes_give_the_same_records(tmp_path: Path) -> None:
 
 def test_failed_cell_is_reported_not_stored(tmp_path: Path) -> None:
     spec = dataclasses.replace(TINY, modes=(Mode.CENTRAL,), epsilons=(16.0,), rounds=1)
-    cell = build_cells(spec)[0]
+    cell = build_cells(spec, calibrations=_CAL)[0]
     bad = dataclasses.replace(cell, config=cell.config.replace(clients=10**5))
     recs, counts = run_cells([bad], tmp_path, workers=1, progress=False)
     assert recs[0]["status"] == "error" and recs[0]["error"]
@@ -203,20 +204,10 @@ def test_cli_json(tmp_path: Path) -> None:
 def test_cli_option_errors(tmp_path: Path, extra: list[str], message: str) -> None:
     from fl_core.cli import app
 
-    if message == "record" and _record_available():
-        pytest.skip("record-level DP is available in this build")
     base = ["bench", "utility", "--clients", "40", "--per-round", "20", "--rounds", "1", "--out", str(tmp_path)]
     res = CliRunner().invoke(app, base + extra)
     assert res.exit_code == 2, res.output
     assert message in res.output
-
-
-def _record_available() -> bool:
-    try:
-        import fl_core.record_dp  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 # -- calibration -------------------------------------------------------------------
@@ -305,8 +296,8 @@ def test_heldout_split_is_a_fixed_partition() -> None:
 
 
 def test_cell_id_tracks_the_configuration() -> None:
-    cells = build_cells(dataclasses.replace(TINY, modes=(Mode.CENTRAL,), epsilons=(16.0,)))
-    again = build_cells(dataclasses.replace(TINY, modes=(Mode.CENTRAL,), epsilons=(16.0,)))
+    cells = build_cells(dataclasses.replace(TINY, modes=(Mode.CENTRAL,), epsilons=(16.0,)), calibrations=_CAL)
+    again = build_cells(dataclasses.replace(TINY, modes=(Mode.CENTRAL,), epsilons=(16.0,)), calibrations=_CAL)
     assert [c.cell_id for c in cells] == [c.cell_id for c in again]
     assert len({c.cell_id for c in cells}) == len(cells)
     changed = dataclasses.replace(cells[1], config=cells[1].config.replace(server_lr=2.0))
@@ -342,9 +333,7 @@ def test_spec_errors(changes: dict[str, Any], match: str) -> None:
         dataclasses.replace(TINY, **changes)
 
 
-def test_record_mode_needs_record_dp() -> None:
-    if _record_available():
-        pytest.skip("record-level DP is available in this build")
+def test_record_mode_is_refused_until_it_is_a_run_option() -> None:
     with pytest.raises(ConfigError, match="record"):
         build_cells(dataclasses.replace(TINY, modes=(Mode.RECORD,)))
 
@@ -389,3 +378,34 @@ def test_monotone_flag_matches_a_direct_check_with_one_seed(accs: list[float]) -
     recs = [_rec("central", float(i + 1), 0, a) for i, a in enumerate(accs)]
     expected = all(b >= a - 0.01 for a, b in zip(accs, accs[1:], strict=False))
     assert summarize(recs)["monotone"]["logreg/central"] is expected
+
+
+def test_tune_picks_the_best_validation_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fl_core.utility_bench import spec as spec_mod
+    from fl_core.utility_bench import tune
+
+    monkeypatch.setitem(spec_mod.GRID, "clip_factor", (1.0,))
+    monkeypatch.setitem(spec_mod.GRID, "server_lr", (0.1, 1.0))
+    monkeypatch.setitem(spec_mod.GRID, "server_momentum", (0.5,))
+    spec = dataclasses.replace(TINY, modes=(Mode.CENTRAL,), epsilons=(16.0,), rounds=2)
+    chosen, runs = tune(spec, tmp_path, workers=1, progress=False)
+    assert len(runs) == 4 and all(r["split"] == "validation" for r in runs)
+    for key in (("logreg", "none", None), ("logreg", "central", 16.0)):
+        mine = [r for r in runs if (r["model"], r["mode"], r["target_epsilon"]) == key]
+        best = max(mine, key=lambda r: r["accuracy"])
+        assert chosen[key].server_lr == best["config"]["server_lr"]
+    # The sweep that follows uses the chosen points and says so.
+    out = run_sweep(spec, tmp_path, workers=1, tune_grid=True, progress=False, command="test")
+    doc = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert len(doc["tuned"]) == 2 and out["cells"]["total"] == 2
+    assert "validation half" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_cell_finished_by_another_invocation_is_not_rerun(tmp_path: Path) -> None:
+    from fl_core.utility_bench.engine import _store, run_cell
+
+    cell = build_cells(dataclasses.replace(TINY, modes=(Mode.CENTRAL,), epsilons=(16.0,)), calibrations=_CAL)[0]
+    stored = {**cell.to_dict(), "status": "ok", "accuracy": 0.123, "label": cell.label}
+    _store(tmp_path, stored)
+    (tmp_path / "ledgers").mkdir()
+    assert run_cell(cell, str(tmp_path / "ledgers"))["accuracy"] == 0.123
