@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -55,6 +56,10 @@ from secagg import FixedPointEncoder, PlainSum, plan_encoding, run_round
 
 __all__ = ["AuditMode", "CanaryAuditConfig", "CanaryAuditResult", "PlantedBug",
            "noise_multiplier_for_epsilon", "run_canary_audit"]
+
+
+#: Smallest noise multiplier audited (one Gaussian release at z = 0.2 already has epsilon ~ 25).
+MIN_NOISE_MULTIPLIER = 0.2
 
 
 class AuditMode(str, Enum):
@@ -96,14 +101,15 @@ class CanaryAuditConfig:
     bits: int = 32
     confidence: float = 0.95
     noise_alpha: float = 1e-6
-    batch: int = 512
+    batch: int = 256
     bug: PlantedBug = PlantedBug.NONE
 
     def __post_init__(self) -> None:
         if self.canaries < 2:
             raise ConfigError(f"need at least 2 canaries, got {self.canaries}", option="canaries")
-        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
-            raise ConfigError(f"noise multiplier must be finite and > 0, got {self.noise_multiplier}",
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= MIN_NOISE_MULTIPLIER):
+            raise ConfigError(f"noise multiplier must be finite and >= {MIN_NOISE_MULTIPLIER} (below it the "
+                              f"claimed epsilon is beyond what an audit can say), got {self.noise_multiplier}",
                               option="noise_multiplier")
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise ConfigError(f"clip must be finite and > 0, got {self.clip}", option="clip")
@@ -208,21 +214,22 @@ def noise_multiplier_for_epsilon(epsilon: float, delta: float) -> float:
 
 def _encode_sum(
     encoder: FixedPointEncoder,
-    updates: list[tuple[int, npt.NDArray[np.float64]]],
+    ids: list[int],
+    update_of: Callable[[int], npt.NDArray[np.float64]],
     noise_variance: float,
     rng: RandomSource,
     batch: int,
 ) -> npt.NDArray[Any]:
-    """Run each (client id, clipped update) through encode (+ noise share) and the secure sum."""
+    """Run each client's clipped update through encode (+ noise share) and the secure sum."""
     ring = encoder.ring
     dim = encoder.plan.dim
     total = ring.zeros(dim)
     summer = PlainSum(ring, dim)
-    for start in range(0, len(updates), batch):
+    for start in range(0, len(ids), batch):
         inputs = {}
-        for cid, vec in updates[start:start + batch]:
+        for cid in ids[start:start + batch]:
             crng = rng.spawn(f"client/{cid}")
-            x = encoder.encode(vec, crng.spawn("rounding"))
+            x = encoder.encode(update_of(cid), crng.spawn("rounding"))
             if noise_variance > 0:
                 ring.add_into(x, encoder.encode_integers(skellam(dim, noise_variance,
                                                                  crng.spawn("noise"))))
@@ -263,7 +270,7 @@ def run_canary_audit(config: CanaryAuditConfig, rng: RandomSource) -> CanaryAudi
         except Exception as exc:  # secagg's EncodingOverflowError names the knob
             raise ConfigError(f"cannot encode the canary sum: {exc}", option="bits") from exc
         encoder = FixedPointEncoder(plan)
-        total = _encode_sum(encoder, [(i, update_of(i)) for i in ids], 0.0, rng, config.batch)
+        total = _encode_sum(encoder, ids, update_of, 0.0, rng, config.batch)
         std = z * c
         grid = gaussian_grid(std, grid_bits=dp_cfg.grid_bits)
         release = add_gaussian_noise(encoder.decode(total), bug_factor * std, rng.spawn("server"),
@@ -285,7 +292,7 @@ def run_canary_audit(config: CanaryAuditConfig, rng: RandomSource) -> CanaryAudi
             raise ConfigError(f"cannot encode the canary sum: {exc}", option="bits") from exc
         encoder = FixedPointEncoder(plan)
         share_var = dn.per_client_variance * bug_factor**2
-        total = _encode_sum(encoder, [(i, update_of(i)) for i in ids], share_var, rng, config.batch)
+        total = _encode_sum(encoder, ids, update_of, share_var, rng, config.batch)
         release = encoder.decode(total)
         event = make_round_event(dp_cfg, round=1, sampling=Sampling.FULL, sampling_rate=1.0,
                                  population=m, cohort=m, survivors=n_in, dim=d, scale=scale)

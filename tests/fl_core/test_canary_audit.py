@@ -40,19 +40,19 @@ def test_noise_multiplier_for_epsilon_inverts_the_analytic_gaussian() -> None:
 @pytest.mark.parametrize("mode", [AuditMode.CENTRAL, AuditMode.DISTRIBUTED])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_correct_noise_is_never_refuted(mode: AuditMode, seed: int) -> None:
-    cfg = CanaryAuditConfig(canaries=2000, noise_multiplier=Z2, mode=mode)
+    cfg = CanaryAuditConfig(canaries=1000, noise_multiplier=Z2, mode=mode)
     res = run_canary_audit(cfg, SeededRandomSource(seed))
     assert res.epsilon_lower <= res.epsilon_accounted
     assert not res.violation and not res.noise_too_small and not res.flagged
-    assert res.epsilon_accounted == pytest.approx(2.0, abs=0.05)
+    assert 1.5 < res.epsilon_accounted <= 2.05  # distributed: noise sized for fewer survivors
     assert res.noise_std_measured == pytest.approx(res.noise_std_claimed, rel=0.1)
-    assert res.included == res.event.survivors and 800 < res.included < 1200
+    assert res.included == res.event.survivors and 400 < res.included < 600
 
 
 @pytest.mark.parametrize("seed", [4, 5])
 def test_correct_noise_lower_bound_with_strong_signal(seed: int) -> None:
     # Little noise (z = 0.5, epsilon ~ 10): the bound is far from 0 yet stays below the claim.
-    cfg = CanaryAuditConfig(canaries=3000, noise_multiplier=0.5)
+    cfg = CanaryAuditConfig(canaries=2000, noise_multiplier=0.5)
     res = run_canary_audit(cfg, SeededRandomSource(seed))
     assert 1.0 < res.epsilon_lower <= res.epsilon_accounted and not res.flagged
 
@@ -84,7 +84,7 @@ def test_correct_noise_many_seeds(seed: int) -> None:
 
 
 def test_distributed_planted_bug_is_flagged() -> None:
-    cfg = CanaryAuditConfig(canaries=2000, noise_multiplier=Z2, mode=AuditMode.DISTRIBUTED,
+    cfg = CanaryAuditConfig(canaries=1000, noise_multiplier=Z2, mode=AuditMode.DISTRIBUTED,
                             bug=PlantedBug.HALVE_NOISE)
     res = run_canary_audit(cfg, SeededRandomSource(7))
     assert res.flagged and res.noise_too_small
@@ -92,10 +92,10 @@ def test_distributed_planted_bug_is_flagged() -> None:
 
 def test_scores_match_a_slow_per_canary_reference() -> None:
     """Recompute the pipeline's released sum and scores with plain loops and compare."""
-    cfg = CanaryAuditConfig(canaries=64, noise_multiplier=1e-3, dim=80)
+    cfg = CanaryAuditConfig(canaries=64, noise_multiplier=0.2, dim=80)
     res = run_canary_audit(cfg, SeededRandomSource(9))
-    # With negligible noise, each included canary's coordinate holds +-C, others ~0:
-    # the auditor guesses perfectly, so v == r for the chosen guess count.
+    # With little noise, each included canary's coordinate holds +-C, others ~N(0, 0.04):
+    # the auditor's top and bottom guesses are right.
     assert res.one_run.v == res.one_run.r
     gen = SeededRandomSource(9).spawn("directions").numpy_generator()
     coord = gen.permutation(80)[:64]
@@ -120,6 +120,7 @@ def test_one_run_on_harness_scores_matches_direct_call() -> None:
     [
         ({"canaries": 1, "noise_multiplier": 1.0}, "canaries"),
         ({"canaries": 10, "noise_multiplier": 0.0}, "noise_multiplier"),
+        ({"canaries": 10, "noise_multiplier": 0.1}, "noise_multiplier"),
         ({"canaries": 10, "noise_multiplier": math.inf}, "noise_multiplier"),
         ({"canaries": 10, "noise_multiplier": 1.0, "clip": -1.0}, "clip"),
         ({"canaries": 10, "noise_multiplier": 1.0, "dim": 5}, "dim"),
