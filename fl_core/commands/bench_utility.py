@@ -46,6 +46,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         tune: bool = typer.Option(False, "--tune", help="First search the documented grid on the validation half."),
         workers: int = typer.Option(2, help="Worker processes (one torch thread each)."),
         out: Path = typer.Option(Path("bench-utility"), help="Output folder (finished cells are resumed from it)."),
+        report_only: bool = typer.Option(
+            False, "--report-only", help="Run nothing: rewrite the outputs from the cells finished so far."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
     ) -> None:
         """Sweep target epsilons per DP mode; write CSV, JSON, PNG plots and a Markdown report to --out."""
@@ -81,7 +84,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 accountant=accountant,
                 split=split_v,
             )
-            result = run_sweep(spec, out, workers=workers, tune_grid=tune)
+            result = run_sweep(spec, out, workers=workers, tune_grid=tune and not report_only, run=not report_only)
         except FLError as exc:
             _fail(str(exc))
         if as_json:

@@ -96,13 +96,14 @@ def run_sweep(
     tune_grid: bool = False,
     progress: bool | None = None,
     command: str | None = None,
+    run: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the sweep, write every output into ``out`` and return the summary object.
 
     The returned object has ``baseline_accuracy`` (of the first model), ``baselines`` per
     model, ``results`` (one entry per model x mode x target epsilon, averaged over seeds:
     ``target_epsilon``, ``epsilon``, ``accuracy``, ``mode``, ...), ``monotone`` and
-    ``out``.
+    ``out``. ``run=False`` only rewrites the outputs from the finished cells.
 
     Raises:
         ConfigError: an invalid option, an unavailable mode, or an unreachable epsilon.
@@ -131,7 +132,7 @@ def run_sweep(
         return chosen.get((model, mode.value, eps)) or default_hyper(spec.dataset, model, eps)
 
     cells = build_cells(spec, hyper_for=hyper_for, store=out)
-    records, counts = run_cells(cells, out, workers=workers, progress=progress, description="sweep")
+    records, counts = run_cells(cells, out, workers=workers, progress=progress, description="sweep", run=run)
     meta: dict[str, Any] = {
         "spec": spec.to_dict(),
         "command": command or "privagg bench utility " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
@@ -161,7 +162,8 @@ def run_sweep(
         "baselines": summary["baselines"],
         "results": summary["results"],
         "monotone": summary["monotone"],
-        "failed": [r["label"] for r in records if r.get("status") != "ok"],
+        "failed": [r["label"] for r in records if r.get("status") == "error"],
+        "pending": [r["label"] for r in records if r.get("status") == "pending"],
         "cells": counts,
         "wall_s": round(meta["wall_s"], 2),
         "out": str(out),

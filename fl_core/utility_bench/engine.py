@@ -338,8 +338,12 @@ def run_cells(
     workers: int = 2,
     progress: bool | None = None,
     description: str = "cells",
+    run: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Run every unfinished cell of ``cells`` and return (records in ``cells`` order, counts).
+
+    With ``run=False`` nothing is run: unfinished cells come back with status ``"pending"``
+    (to write the outputs of a sweep that is still running or was cut short).
 
     Args:
         cells: the cells.
@@ -362,6 +366,11 @@ def run_cells(
     done = load_finished(out, unique.values())
     todo = sorted((c for cid, c in unique.items() if cid not in done), key=_cost, reverse=True)
     results: dict[str, dict[str, Any]] = dict(done)
+    if not run:
+        for c in todo:
+            results[c.cell_id] = {**c.to_dict(), "label": c.label, "status": "pending"}
+        counts = {"total": len(unique), "resumed": len(done), "ran": 0, "pending": len(todo)}
+        return [results[c.cell_id] for c in cells], counts
     show = sys.stderr.isatty() if progress is None else progress
 
     from rich.console import Console
@@ -401,5 +410,5 @@ def run_cells(
                 futures: list[Future[dict[str, Any]]] = [pool.submit(run_cell, c, str(ledger_dir)) for c in todo]
                 for fut in as_completed(futures):
                     finish(fut.result())
-    counts = {"total": len(unique), "resumed": len(done), "ran": len(todo)}
+    counts = {"total": len(unique), "resumed": len(done), "ran": len(todo), "pending": 0}
     return [results[c.cell_id] for c in cells], counts

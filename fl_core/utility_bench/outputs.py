@@ -374,7 +374,8 @@ def write_report(path: Path, meta: dict[str, Any], summary: dict[str, Any], runs
     acct = meta.get("accountant_version", spec["accountant"])
     seeds = spec["seeds"]
     mono = summary["monotone"]
-    failed = [r for r in runs if r.get("status") != "ok"]
+    failed = [r for r in runs if r.get("status") == "error"]
+    pending = [r for r in runs if r.get("status") == "pending"]
     modes_sum = ", ".join(f"{m}: {'plain' if m in ('local', 'record') else spec['secure_sum']}" for m in spec["modes"])
     adaptive = any(r.get("config", {}).get("adaptive_clip") for r in runs)
     clip_note = (
@@ -446,6 +447,9 @@ def write_report(path: Path, meta: dict[str, Any], summary: dict[str, Any], runs
     ]
     if failed:
         parts += ["", "## Failed cells", ""] + [f"- {r['label']}: {r.get('error')}" for r in failed]
+    if pending:
+        parts += ["", "## Cells not run yet (rerun the command to run them)", ""]
+        parts += [f"- {r['label']}" for r in pending]
     path.write_text("\n".join(parts) + "\n", encoding="utf-8")
 
 

@@ -114,8 +114,8 @@ def test_tiny_sweep_json_shape(tiny_sweep: tuple[Path, dict[str, Any], dict[str,
 
 def test_resume_skips_finished_cells(tiny_sweep: tuple[Path, dict[str, Any], dict[str, Any]]) -> None:
     _, first, second = tiny_sweep
-    assert first["cells"] == {"total": 5, "resumed": 0, "ran": 5}
-    assert second["cells"] == {"total": 5, "resumed": 5, "ran": 0}
+    assert first["cells"] == {"total": 5, "resumed": 0, "ran": 5, "pending": 0}
+    assert second["cells"] == {"total": 5, "resumed": 5, "ran": 0, "pending": 0}
     assert second["results"] == first["results"]
 
 
@@ -123,11 +123,11 @@ def test_resume_reruns_a_torn_cell_and_only_it(tmp_path: Path) -> None:
     spec = dataclasses.replace(TINY, modes=(Mode.CENTRAL,), epsilons=(16.0,))
     cells = build_cells(spec, calibrations=_CAL)
     recs, counts = run_cells(cells, tmp_path, workers=1, progress=False)
-    assert counts == {"total": 2, "resumed": 0, "ran": 2}
+    assert counts == {"total": 2, "resumed": 0, "ran": 2, "pending": 0}
     torn = tmp_path / "cells" / f"{cells[1].cell_id}.json"
     torn.write_text(torn.read_text()[:50], encoding="utf-8")
     recs2, counts2 = run_cells(cells, tmp_path, workers=1, progress=False)
-    assert counts2 == {"total": 2, "resumed": 1, "ran": 1}
+    assert counts2 == {"total": 2, "resumed": 1, "ran": 1, "pending": 0}
     assert recs2[1]["accuracy"] == recs[1]["accuracy"]  # seeded: the rerun reproduces the result
     # Each DP cell leaves an auditable ledger.
     assert (tmp_path / "ledgers" / f"{cells[1].cell_id}.jsonl").is_file()
@@ -409,3 +409,11 @@ def test_a_cell_finished_by_another_invocation_is_not_rerun(tmp_path: Path) -> N
     _store(tmp_path, stored)
     (tmp_path / "ledgers").mkdir()
     assert run_cell(cell, str(tmp_path / "ledgers"))["accuracy"] == 0.123
+
+
+def test_report_only_runs_nothing(tmp_path: Path) -> None:
+    cells = build_cells(dataclasses.replace(TINY, modes=(Mode.CENTRAL,), epsilons=(16.0,)), calibrations=_CAL)
+    recs, counts = run_cells(cells, tmp_path, workers=1, progress=False, run=False)
+    assert counts == {"total": 2, "resumed": 0, "ran": 0, "pending": 2}
+    assert [r["status"] for r in recs] == ["pending", "pending"]
+    assert not (tmp_path / "cells").exists() or not list((tmp_path / "cells").glob("*.json"))
