@@ -10,6 +10,8 @@ Options (``BackendRequest.options``; options of other backends are ignored):
 * ``corrupt_fraction`` (default 0.05), ``dropout_rate`` (0.1), ``security_bits`` (40),
   ``correctness_bits`` (20): the inputs of the (k, t) choice.
 * ``public_seed``: hex string mixed into the graph derivation (e.g. a beacon).
+* ``min_survivors``: honest clients refuse to help unmask, and the server aborts, when fewer
+  masked inputs arrived (the DP layer sets it to the survivors its noise was sized for).
 * ``identity_keys``: when true, Ed25519 identity keys are generated for clients
   1..max_clients from the request's random source (in-process simulation of a PKI);
   advertisements and survivor lists are then signed and checked.
@@ -36,6 +38,7 @@ _OPTIONS = (
     "correctness_bits",
     "public_seed",
     "identity_keys",
+    "min_survivors",
 )
 
 
@@ -82,6 +85,7 @@ def build_masking(req: BackendRequest) -> SecureSum:
             public_seed=public_seed,
             identities=identities,
             signing_keys=signing_keys,
+            min_survivors=_opt_int(opts, "min_survivors") or 1,
         )
         ss.parameters(max(req.max_clients, 2))  # refuse an unusable (k, t) before the first round
     except SecAggError as exc:

@@ -11,7 +11,15 @@ from secagg import SecAggError, SecureSum
 
 __all__ = ["build_paillier", "parse_threshold"]
 
-_OPTIONS = ("key_bits", "threshold", "mode", "window", "verify_decryption", "insecure_small_key_for_tests")
+_OPTIONS = (
+    "key_bits",
+    "threshold",
+    "mode",
+    "window",
+    "verify_decryption",
+    "insecure_small_key_for_tests",
+    "min_survivors",
+)
 
 
 def parse_threshold(value: object) -> tuple[int, int] | None:
@@ -41,7 +49,8 @@ def build_paillier(req: BackendRequest) -> SecureSum:
     Options (``req.options``; options of other backends are ignored): ``key_bits``
     (default 2048), ``threshold`` (``"t/m"``), ``mode`` (``"djn"`` or ``"standard"``),
     ``window``, ``verify_decryption`` (the single key holder proves its plaintexts),
-    ``insecure_small_key_for_tests``.
+    ``insecure_small_key_for_tests``, ``min_survivors`` (fewer inputs abort the round; the DP
+    layer sets it to the survivors its noise was sized for).
     """
     from secagg.paillier import EncryptionMode, PaillierSecureSum
 
@@ -62,6 +71,7 @@ def build_paillier(req: BackendRequest) -> SecureSum:
             window=int(opts.get("window", 10)),
             verify_decryption=bool(opts.get("verify_decryption", False)),
             insecure_small_key_for_tests=bool(opts.get("insecure_small_key_for_tests", False)),
+            min_survivors=int(opts.get("min_survivors") or 1),
         )
     except SecAggError as exc:
         raise ConfigError(f"cannot build the paillier backend: {exc}", option="secure_sum") from exc

@@ -56,7 +56,7 @@ def build_secure_sum(name: str, request: BackendRequest) -> SecureSum:
 
 
 def _plain(req: BackendRequest) -> SecureSum:
-    return PlainSum(req.ring, req.dim)
+    return PlainSum(req.ring, req.dim, min_survivors=int(req.options.get("min_survivors") or 1))
 
 
 register_backend("plain", _plain)

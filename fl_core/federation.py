@@ -141,7 +141,7 @@ class Federation:
                     dim=self.plan.dim,
                     max_clients=self.sampler.max_cohort(),
                     rng=rng.spawn("secure-sum-setup"),
-                    options=dict(secure_sum_options or {}),
+                    options={"min_survivors": self.privacy.min_survivors, **(secure_sum_options or {})},
                 ),
             )
         else:

@@ -58,6 +58,8 @@ class MaskingSecureSum:
     """
 
     name = "masking"
+    input_stage = 2
+    """Index of the stage in which clients send their masked input (0: advertise, 1: share keys)."""
 
     def __init__(
         self,
@@ -74,7 +76,11 @@ class MaskingSecureSum:
         public_seed: bytes = b"",
         identities: Mapping[ClientId, bytes] | None = None,
         signing_keys: Mapping[ClientId, SigningKey] | None = None,
+        min_survivors: int = 1,
     ) -> None:
+        if not isinstance(min_survivors, int) or min_survivors < 1:
+            raise ConfigurationError(f"min_survivors must be a positive int, got {min_survivors!r}")
+        self.min_survivors = min_survivors
         if not isinstance(dim, int) or dim < 1:
             raise ConfigurationError(f"dim must be a positive int, got {dim!r}")
         try:

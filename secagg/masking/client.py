@@ -247,6 +247,12 @@ class MaskingClient:
             raise RemoteProtocolError("survivor list omits this client", peer=SERVER)
         if len(survivors) < self._t:
             raise RemoteProtocolError(f"{len(survivors)} survivors, below the threshold {self._t}", peer=SERVER)
+        if len(survivors) < self._spec.min_survivors:
+            # The sum would carry fewer noise shares than the DP layer sized the noise for:
+            # refuse to take part in unmasking it.
+            raise RemoteProtocolError(
+                f"{len(survivors)} survivors, below the {self._spec.min_survivors} the round requires", peer=SERVER
+            )
         sig = b""
         if self._signing_key is not None:
             sig = self._signing_key.sign(wire.consistency_signed_bytes(self._round, survivors))

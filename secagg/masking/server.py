@@ -268,6 +268,13 @@ class MaskingServer:
         return None
 
     def _close_masked_input(self, answered: frozenset[int]) -> list[Message]:
+        if len(answered) < self._spec.min_survivors:
+            raise TooFewSurvivorsError(
+                f"{len(answered)} masked inputs, below the {self._spec.min_survivors} the round requires: "
+                "round aborted, nothing unmasked",
+                survivors=len(answered),
+                required=self._spec.min_survivors,
+            )
         self._u3 = tuple(sorted(answered))
         self._expected = answered
         payload = wire.encode_id_list(self._u3)
