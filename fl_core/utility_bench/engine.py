@@ -272,6 +272,7 @@ def run_cell(cell: Cell, ledger_dir: str) -> dict[str, Any]:
                 "wall_s": time.perf_counter() - t0,
                 "cpu_s": time.process_time() - cpu0,
                 "evaluated_on": f"{cell.split.value} half of the held-out set ({len(data.test)} examples)",
+                "n_eval": len(data.test),
             }
         )
         return record

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -103,12 +104,41 @@ def run_row(rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def eval_size(rec: dict[str, Any]) -> int:
+    """How many held-out examples a run was evaluated on (0 if unknown)."""
+    if isinstance(rec.get("n_eval"), int):
+        return int(rec["n_eval"])
+    m = re.search(r"\((\d+) examples\)", str(rec.get("evaluated_on", "")))
+    return int(m.group(1)) if m else 0
+
+
+def monotone_tolerance(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Two standard errors of the difference of two mean accuracies.
+
+    The standard error of each mean combines the spread over seeds (std / sqrt(seeds))
+    and the binomial error of one evaluation (sqrt(p (1 - p) / n) / sqrt(seeds)); with
+    one seed and an unknown evaluation size it falls back to one point.
+    """
+
+    def var(r: dict[str, Any]) -> float:
+        k = max(1, int(r["seeds"]))
+        p = float(r["accuracy"])
+        v = (float(r["accuracy_std"]) ** 2) / k
+        n = int(r.get("n_eval") or 0)
+        if n > 0:
+            v = max(v, p * (1 - p) / n / k)
+        return v
+
+    if not (a.get("n_eval") or b.get("n_eval")) and min(a["seeds"], b["seeds"]) <= 1:
+        return 0.01
+    return 2 * math.sqrt(var(a) + var(b))
+
+
 def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Group runs over seeds: baselines per model, one result per (model, mode, target epsilon).
 
     Monotonicity: within each (model, mode), consecutive epsilons must not lose more
-    accuracy than the noise between seeds explains (2 standard errors of the
-    difference, or 1 point with a single seed).
+    accuracy than noise explains (see :func:`monotone_tolerance`).
     """
     ok = [r for r in records if r.get("status") == "ok"]
     base: dict[str, list[float]] = defaultdict(list)
@@ -142,6 +172,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "secure_sum": row["secure_sum"],
                 "rounds": row["rounds"],
                 "gap_to_baseline": (b - _mean(accs)) if b is not None else None,
+                "n_eval": min(eval_size(r) for r in rs),
             }
         )
     monotone: dict[str, bool] = {}
@@ -152,9 +183,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         rs = sorted(rs, key=lambda x: x["target_epsilon"])
         good = True
         for a, b2 in zip(rs, rs[1:], strict=False):
-            se = math.sqrt(a["accuracy_std"] ** 2 / a["seeds"] + b2["accuracy_std"] ** 2 / b2["seeds"])
-            tol = 2 * se if min(a["seeds"], b2["seeds"]) > 1 else 0.01
-            if b2["accuracy"] < a["accuracy"] - tol:
+            if b2["accuracy"] < a["accuracy"] - monotone_tolerance(a, b2):
                 good = False
         monotone[f"{model}/{mode}"] = good
     return {"baselines": baselines, "results": results, "monotone": monotone}
@@ -426,7 +455,8 @@ def write_report(path: Path, meta: dict[str, Any], summary: dict[str, Any], runs
         + ".",
         "",
         "Accuracy monotone in ε within noise "
-        f"({seeds} seed{'s' if seeds > 1 else ''}; tolerance 2 s.e. of the difference, 1 point with one seed): "
+        f"({seeds} seed{'s' if seeds > 1 else ''}; tolerance: 2 standard errors of the difference, from the "
+        "spread over seeds and the binomial error of the evaluation set): "
         + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in sorted(mono.items()))
         + ".",
         "",

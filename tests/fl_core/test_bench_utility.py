@@ -417,3 +417,19 @@ def test_report_only_runs_nothing(tmp_path: Path) -> None:
     assert counts == {"total": 2, "resumed": 0, "ran": 0, "pending": 2}
     assert [r["status"] for r in recs] == ["pending", "pending"]
     assert not (tmp_path / "cells").exists() or not list((tmp_path / "cells").glob("*.json"))
+
+
+def test_monotone_tolerance_uses_the_evaluation_size() -> None:
+    from fl_core.utility_bench.outputs import monotone_tolerance
+
+    def recs(n: int) -> list[dict[str, Any]]:
+        out = [_rec("central", 4.0, 0, 0.866), _rec("central", 8.0, 0, 0.833)]
+        for r in out:
+            r["n_eval"] = n
+        return out
+
+    # 3.3 points down on 180 examples is within noise; on 5,000 it is not.
+    assert summarize(recs(180))["monotone"]["logreg/central"] is True
+    assert summarize(recs(5000))["monotone"]["logreg/central"] is False
+    a = {"accuracy": 0.8, "accuracy_std": 0.0, "seeds": 1, "n_eval": 100}
+    assert monotone_tolerance(a, a) == pytest.approx(2 * math.sqrt(2 * 0.16 / 100))
