@@ -124,8 +124,8 @@ def run_sweep(
         )
     else:
         tuning_note = (
-            "built-in defaults (fl_core.utility_bench.spec; chosen from the documented grid on the "
-            "validation half where listed there, otherwise the base clip, server lr 1, momentum 0.5)"
+            "built-in defaults of fl_core.utility_bench.spec (the same for every ε; where they were chosen on "
+            "the validation half, the comment there lists the points tried); --tune searches the grid instead"
         )
 
     def hyper_for(model: str, mode: Mode, eps: float | None) -> Hyper:

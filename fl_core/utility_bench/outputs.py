@@ -340,7 +340,7 @@ def plot_cost(records: Sequence[dict[str, Any]], path: Path, *, title: str) -> N
         ].append(row)
     if not groups:
         return
-    labels = sorted(groups)
+    labels = sorted(groups, key=lambda k: (k.split(", ")[-1], k))  # grouped by model
     kb = [_mean([g["bytes_up_per_client_per_round"] for g in groups[k]]) / 1024 for k in labels]
     wall = [_mean([g["wall_s_per_round"] for g in groups[k]]) for k in labels]
     cpu = [_mean([g["cpu_s_per_round"] for g in groups[k]]) for k in labels]
@@ -429,8 +429,23 @@ def write_report(path: Path, meta: dict[str, Any], summary: dict[str, Any], runs
         ),
         ("clip", clip_note),
         ("secure sum", f"{modes_sum}; non-private baseline: plain"),
-        ("distributed noise", "Skellam shares inside the ring, sized for the planned minimum survivors"),
-        ("client training", "; ".join(f"{m}: {o}" for m, o in meta["client_training"].items())),
+        (
+            "distributed noise",
+            "Skellam shares inside the ring; the noise multiplier in the table is that of the planned minimum "
+            "survivors, each round is charged with the noise of the clients that actually survived",
+        ),
+        (
+            "non-private baseline",
+            "same data split, model, rounds, client training and server optimizer; updates clipped at the same "
+            "clip (the encoding needs a bound), no noise",
+        ),
+        (
+            "client training",
+            "; ".join(
+                f"{m}: SGD lr {o['lr']:g}, {o['local_epochs']} local epochs, batch {o['batch_size']}"
+                for m, o in meta["client_training"].items()
+            ),
+        ),
         ("hyperparameters", meta["tuning_note"]),
         ("evaluation", f"{spec['split']} half of the held-out set (fixed permutation), final round"),
         ("seeds", f"{seeds} per cell (0..{seeds - 1}); ± is the std over seeds"),
