@@ -40,8 +40,7 @@ def slow_p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
 def test_p_value_matches_slow_reference(r: int, data: st.DataObject, eps: float, delta: float) -> None:
     v = data.draw(st.integers(0, r))
     m = data.draw(st.integers(r, 5 * r + 10))
-    assert p_value(m, r, v, eps, delta) == pytest.approx(slow_p_value(m, r, v, eps, delta),
-                                                         rel=1e-9, abs=1e-12)
+    assert p_value(m, r, v, eps, delta) == pytest.approx(slow_p_value(m, r, v, eps, delta), rel=1e-9, abs=1e-12)
 
 
 @pytest.mark.parametrize("r", [10, 100, 1000])
@@ -113,7 +112,7 @@ def test_audit_from_scores_counts_guesses_like_a_loop() -> None:
     for r, v, e in a.per_guess_count:
         k_pos = (r + 1) // 2
         top = order[:k_pos]
-        bottom = order[501 - (r - k_pos):] if r - k_pos else []
+        bottom = order[501 - (r - k_pos) :] if r - k_pos else []
         v_ref = sum(bool(inc[i]) for i in top) + sum(not inc[i] for i in bottom)
         assert v == v_ref
         assert e == epsilon_lower_bound(501, r, v, 1e-5, alpha=0.05 / 4)
@@ -174,6 +173,6 @@ def test_exact_fraction_reference_agrees_for_one_case() -> None:
     q = Fraction(3, 4)
     pmf = [math.comb(r, j) * q**j * (1 - q) ** (r - j) for j in range(r + 1)]
     beta = sum(pmf[v:])
-    alpha = max(sum(pmf[v - i:v]) / i for i in range(1, v + 1))
+    alpha = max(sum(pmf[v - i : v]) / i for i in range(1, v + 1))
     exact = float(beta + 2 * m * delta * alpha)
     assert p_value(m, r, v, math.log(3), float(delta)) == pytest.approx(exact, rel=1e-12)

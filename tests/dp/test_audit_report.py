@@ -22,20 +22,36 @@ DELTA = 1e-5
 runner = CliRunner()
 
 
-def ev(r: int, *, z: float = 1.0, q: float = 0.05, mech: Mechanism = Mechanism.GAUSSIAN,
-       mode: DPMode = DPMode.CENTRAL) -> RoundEvent:
-    return RoundEvent(round=r, mode=mode, mechanism=mech, l2_sensitivity=1.0,
-                      noise_variance=z * z, clip_norm=1.0, sampling=Sampling.POISSON,
-                      sampling_rate=q, population=1000, cohort=50, survivors=48, dim=10)
+def ev(
+    r: int, *, z: float = 1.0, q: float = 0.05, mech: Mechanism = Mechanism.GAUSSIAN, mode: DPMode = DPMode.CENTRAL
+) -> RoundEvent:
+    return RoundEvent(
+        round=r,
+        mode=mode,
+        mechanism=mech,
+        l2_sensitivity=1.0,
+        noise_variance=z * z,
+        clip_norm=1.0,
+        sampling=Sampling.POISSON,
+        sampling_rate=q,
+        population=1000,
+        cohort=50,
+        survivors=48,
+        dim=10,
+    )
 
 
-def write(path: Path, events: list[RoundEvent], *, accountant: str = "rdp",
-          scale: float = 1.0, version: str | None = None) -> list[float]:
+def write(
+    path: Path, events: list[RoundEvent], *, accountant: str = "rdp", scale: float = 1.0, version: str | None = None
+) -> list[float]:
     """Write a ledger the way a round loop does: cumulative epsilon after each round."""
     eps = epsilon_curve(events, DELTA, accountant=accountant)
-    with Ledger.open(path, create_meta={"test": True}, accountant=accountant,
-                     accountant_version=ACCOUNTANT_VERSIONS[accountant] if version is None
-                     else version) as led:
+    with Ledger.open(
+        path,
+        create_meta={"test": True},
+        accountant=accountant,
+        accountant_version=ACCOUNTANT_VERSIONS[accountant] if version is None else version,
+    ) as led:
         for e, x in zip(events, eps, strict=True):
             led.append(e, epsilon=x * scale, delta=DELTA)
     return eps
@@ -61,10 +77,10 @@ def test_clean_pld_ledger_agrees_with_both_accountants(tmp_path: Path) -> None:
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(zs=st.lists(st.floats(0.6, 4.0), min_size=1, max_size=12),
-       q=st.sampled_from([0.01, 0.1, 1.0]))
-def test_replaying_the_ledger_gives_the_same_epsilon(tmp_path_factory: pytest.TempPathFactory,
-                                                     zs: list[float], q: float) -> None:
+@given(zs=st.lists(st.floats(0.6, 4.0), min_size=1, max_size=12), q=st.sampled_from([0.01, 0.1, 1.0]))
+def test_replaying_the_ledger_gives_the_same_epsilon(
+    tmp_path_factory: pytest.TempPathFactory, zs: list[float], q: float
+) -> None:
     p = tmp_path_factory.mktemp("r") / "l.jsonl"
     events = [ev(i + 1, z=z, q=q) for i, z in enumerate(zs)]
     eps = write(p, events, accountant="rdp")
@@ -147,11 +163,16 @@ def test_verify_only_skips_recomputation(tmp_path: Path) -> None:
 
 
 def test_accountant_that_cannot_account_is_noted(tmp_path: Path) -> None:
+    from dp.errors import AccountingError
+
     p = tmp_path / "l.jsonl"
-    bad = ev(1, mech=Mechanism.DISCRETE_GAUSSIAN, mode=DPMode.DISTRIBUTED)
     with Ledger.open(p, accountant="rdp") as led:
-        led.append(bad, epsilon=1.0, delta=DELTA)
-    rep = audit_ledger(p)
+        led.append(ev(1), epsilon=1.0, delta=DELTA)
+
+    def refuse(events, delta, accountant):  # an accountant that has no bound for these events
+        raise AccountingError("no bound for this mechanism")
+
+    rep = audit_ledger(p, curve=refuse, single=refuse, versions={})
     assert rep.recomputed == {"pld": None, "rdp": None}
     assert any("cannot account" in n for n in rep.accountant_notes)
     assert rep.verified and not rep.disagreements
@@ -172,9 +193,19 @@ def test_version_mismatch_and_unknown_accountant_are_noted(tmp_path: Path) -> No
 
 def test_infinite_epsilon_round_trips(tmp_path: Path) -> None:
     p = tmp_path / "l.jsonl"
-    none_ev = RoundEvent(round=1, mode=DPMode.NONE, mechanism=Mechanism.NONE, l2_sensitivity=0.0,
-                         noise_variance=0.0, clip_norm=1.0, sampling=Sampling.FULL,
-                         sampling_rate=1.0, population=10, cohort=10, survivors=10)
+    none_ev = RoundEvent(
+        round=1,
+        mode=DPMode.NONE,
+        mechanism=Mechanism.NONE,
+        l2_sensitivity=0.0,
+        noise_variance=0.0,
+        clip_norm=1.0,
+        sampling=Sampling.FULL,
+        sampling_rate=1.0,
+        population=10,
+        cohort=10,
+        survivors=10,
+    )
     with Ledger.open(p, accountant="rdp") as led:
         led.append(none_ev, epsilon=math.inf, delta=DELTA)
     rep = audit_ledger(p, accountants=("rdp",))
@@ -203,8 +234,7 @@ def test_plot_is_a_png(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = json.loads(res.stdout)
     assert out["plot"] == str(png) and out["accountant"] == "pld"
-    for key in ("verified", "epsilon", "delta", "rounds", "per_round", "recomputed",
-                "disagreements", "torn_tail"):
+    for key in ("verified", "epsilon", "delta", "rounds", "per_round", "recomputed", "disagreements", "torn_tail"):
         assert key in out
     assert out["epsilon_recomputed"] == pytest.approx(out["epsilon"], rel=AUDIT_RTOL)
 

@@ -29,9 +29,18 @@ DELTA = 1e-5
 
 def make_event(r: int, *, sigma: float = 1.2, survivors: int = 9) -> RoundEvent:
     return RoundEvent(
-        round=r, mode=DPMode.CENTRAL, mechanism=Mechanism.GAUSSIAN, l2_sensitivity=1.0,
-        noise_variance=sigma * sigma, clip_norm=1.0, sampling=Sampling.POISSON,
-        sampling_rate=0.01, population=1000, cohort=10, survivors=survivors, dim=7,
+        round=r,
+        mode=DPMode.CENTRAL,
+        mechanism=Mechanism.GAUSSIAN,
+        l2_sensitivity=1.0,
+        noise_variance=sigma * sigma,
+        clip_norm=1.0,
+        sampling=Sampling.POISSON,
+        sampling_rate=0.01,
+        population=1000,
+        cohort=10,
+        survivors=survivors,
+        dim=7,
     )
 
 
@@ -64,8 +73,7 @@ def load(path: Path) -> list[dict]:
 
 def test_round_trip_records_events_and_head(tmp_path: Path) -> None:
     p = tmp_path / "l.jsonl"
-    with Ledger.open(p, create_meta={"run": "x"}, ledger_id="abc", accountant="pld",
-                     accountant_version="v9") as led:
+    with Ledger.open(p, create_meta={"run": "x"}, ledger_id="abc", accountant="pld", accountant_version="v9") as led:
         recs = [led.append(make_event(r), epsilon=0.5 * r, delta=DELTA) for r in (1, 2, 5)]
         head = led.head_hash
         assert led.last_round == 5 and led.epsilon == 2.5
@@ -89,14 +97,23 @@ def test_every_line_is_canonical_and_chained(tmp_path: Path) -> None:
         assert canonical_json(rec) == raw
         assert b" " not in raw and list(rec) == sorted(rec)
         body = {k: v for k, v in rec.items() if k != "hash"}
-        expected = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
-                                  .encode()).hexdigest()
+        expected = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
         assert rec["hash"] == expected and rec["prev_hash"] == prev
         prev = rec["hash"]
     header, first = json.loads(lines[0]), json.loads(lines[1])
     assert header["kind"] == "header" and header["meta"] == {"run": "test", "seed": 3}
-    for key in ("round", "time", "mechanism", "sampling", "cohort", "survivors", "delta",
-                "epsilon", "prev_hash", "hash"):
+    for key in (
+        "round",
+        "time",
+        "mechanism",
+        "sampling",
+        "cohort",
+        "survivors",
+        "delta",
+        "epsilon",
+        "prev_hash",
+        "hash",
+    ):
         assert key in first
     assert first["mechanism"]["noise_multiplier"] == pytest.approx(1.01)
 
@@ -125,8 +142,7 @@ def test_canonical_json_refuses_nan() -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_any_single_byte_change_is_detected(tmp_path_factory: pytest.TempPathFactory,
-                                            data: st.DataObject) -> None:
+def test_any_single_byte_change_is_detected(tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
     p = tmp_path_factory.mktemp("b") / "l.jsonl"
     if not p.exists():
         write_ledger(p, 5)
@@ -173,8 +189,7 @@ def test_deleting_any_record_is_detected(tmp_path_factory: pytest.TempPathFactor
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pair=st.lists(st.integers(0, 6), min_size=2, max_size=2, unique=True))
-def test_swapping_any_two_lines_is_detected(tmp_path_factory: pytest.TempPathFactory,
-                                            pair: list[int]) -> None:
+def test_swapping_any_two_lines_is_detected(tmp_path_factory: pytest.TempPathFactory, pair: list[int]) -> None:
     i, j = sorted(pair)
     p = tmp_path_factory.mktemp("s") / "l.jsonl"
     lines = write_ledger(p, 6)
@@ -292,7 +307,8 @@ def test_empty_and_unreadable_files(tmp_path: Path) -> None:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(frac=st.floats(0.0, 1.0, exclude_max=True))
 def test_torn_tail_is_reported_never_counted_and_repaired_on_resume(
-        tmp_path_factory: pytest.TempPathFactory, frac: float) -> None:
+    tmp_path_factory: pytest.TempPathFactory, frac: float
+) -> None:
     d = tmp_path_factory.mktemp("t")
     p = d / "l.jsonl"
     lines = write_ledger(p, 4)
@@ -392,8 +408,7 @@ def test_second_writer_is_refused(tmp_path: Path) -> None:
     Ledger.open(p).close()  # the lock is released on close
 
 
-def test_failed_write_truncates_and_poisons_the_ledger(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_truncates_and_poisons_the_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p = tmp_path / "l.jsonl"
     led = Ledger.open(p)
     led.append(make_event(1), epsilon=0.1, delta=DELTA)
