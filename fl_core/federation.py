@@ -47,6 +47,9 @@ class RoundResult:
     event: Any = None
     skipped: bool = False
     saturated_coordinates: int = 0
+    ledger_head: str | None = None
+    """The ledger's head hash once this round was charged: store it with the published model
+    and check it later with ``privagg audit LEDGER --head HASH`` (it detects a truncated ledger)."""
 
 
 @dataclass(frozen=True)
@@ -283,8 +286,10 @@ class Federation:
             if (acc.epsilon_fn is not None and event is not None)
             else self._current_epsilon()
         )
+        ledger_head = None
         if acc.ledger is not None and event is not None:
             acc.ledger.append(event, epsilon=epsilon, delta=self.privacy.delta)  # commit point (fsync)
+            ledger_head = getattr(acc.ledger, "head_hash", None)
         # Commit: nothing below can fail on valid state.
         self.codec.unflatten_into(self.model, new_vec)
         self.optimizer.commit(velocity)
@@ -308,6 +313,7 @@ class Federation:
             wall_s=time.perf_counter() - t0,
             event=event,
             saturated_coordinates=saturated,
+            ledger_head=ledger_head,
         )
         self.history.append(res)
         return res

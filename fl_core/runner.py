@@ -100,6 +100,7 @@ class RunSummary:
             "per_round_accuracy": [r.metrics.get("accuracy") for r in self.results],
             "seed": cfg.seed,
             "partition": cfg.partition,
+            "ledger_head": next((r.ledger_head for r in reversed(self.results) if r.ledger_head), None),
             "sampling": self.sampling,
             "client_sizes": self.extra_sizes(),
             "machine": {

@@ -118,6 +118,8 @@ def test_ledger_records_every_committed_round_and_verifies(tmp_path):
     assert report.verified and report.torn_tail is None
     assert [r.round for r in report.records] == [1, 2, 3]
     assert report.epsilon == pytest.approx(results[-1].epsilon)
+    assert results[-1].ledger_head == report.head_hash  # the anchor to publish with the model
+    assert verify_ledger(path, expected_head=results[0].ledger_head).anchor_round == 1
     assert results[-1].epsilon == pytest.approx(compute_epsilon(fed.events, 1e-5))
 
 
