@@ -67,6 +67,8 @@ class RunConfig:
     target_epsilon: float | None = None
     delta: float = 1e-5
     colluders: int = 0
+    record_noise_multiplier: float | None = None
+    record_clip: float = 1.0
     min_survivors: int | None = None
     ledger: str | None = None
     dropout: float = 0.0
@@ -110,6 +112,10 @@ class RunConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}", option="dropout")
         if self.noise_multiplier is not None and self.noise_multiplier < 0:
             raise ConfigError("--noise-multiplier must be >= 0", option="noise_multiplier")
+        if self.record_noise_multiplier is not None and not self.record_noise_multiplier > 0:
+            raise ConfigError("--record-noise-multiplier must be > 0", option="record_noise_multiplier")
+        if not self.record_clip > 0:
+            raise ConfigError("--record-clip must be > 0", option="record_clip")
         if self.min_survivors is not None and not (isinstance(self.min_survivors, int) and self.min_survivors >= 1):
             raise ConfigError("--min-survivors must be a positive integer", option="min_survivors")
         if not (isinstance(self.colluders, int) and self.colluders >= 0):

@@ -123,9 +123,24 @@ def build_federation(
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     rng = make_rng(cfg.seed)
     sampler = make_sampler(cfg)
+    record = None
     train_fn = make_sgd_train_fn(
-        epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=0 if cfg.seed is None else cfg.seed
+        epochs=cfg.local_epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=0 if cfg.seed is None else cfg.seed,
+        record_dp=cfg.record_noise_multiplier is not None,
     )
+    if cfg.record_noise_multiplier is not None:
+        from fl_core.record_dp import RecordDP, RecordDPConfig
+
+        record = RecordDP(
+            RecordDPConfig(
+                noise_multiplier=cfg.record_noise_multiplier, max_grad_norm=cfg.record_clip, delta=cfg.delta
+            ),
+            rng=rng.spawn("record-dp"),
+        )
+        train_fn = record.wrap(train_fn)
     from fl_core.privacy import build_privacy
 
     privacy_kwargs, extra = build_privacy(cfg, sampler, model)
@@ -145,6 +160,8 @@ def build_federation(
         buffers=cfg.buffers,  # type: ignore[arg-type]
         **privacy_kwargs,
     )
+    if record is not None:
+        extra["_record_dp"] = record
     check = getattr(fed.privacy, "check_inflation", None)
     if check is not None:
         extra["rounding_inflation"] = check(fed.plan.scale)
@@ -177,6 +194,13 @@ def execute(
     finally:
         fed.close()
     extra = dict(extra)
+    record = extra.pop("_record_dp", None)
+    if record is not None:
+        rep = record.report()["record_level"]
+        per = [v["epsilon"] for v in rep.pop("per_client").values()]
+        rep["epsilon_median"] = sorted(per)[len(per) // 2] if per else 0.0
+        rep["clients_trained"] = len(per)
+        extra["record_level"] = rep
     if stop_reason is not None:
         extra["stopped"] = stop_reason
     sampling = {"scheme": fed.sampler.scheme.value, "rate": fed.sampler.rate, "population": fed.sampler.population}

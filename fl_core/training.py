@@ -11,8 +11,19 @@ from torch.utils.data import DataLoader, Dataset
 __all__ = ["make_sgd_train_fn"]
 
 
-def make_sgd_train_fn(*, epochs: int = 1, lr: float = 0.1, batch_size: int = 16, momentum: float = 0.0, seed: int = 0):  # type: ignore[no-untyped-def]
+def make_sgd_train_fn(  # type: ignore[no-untyped-def]
+    *,
+    epochs: int = 1,
+    lr: float = 0.1,
+    batch_size: int = 16,
+    momentum: float = 0.0,
+    seed: int = 0,
+    record_dp: bool = False,
+):
     """Return ``train_fn(model, data)`` running ``epochs`` of minibatch SGD with cross-entropy.
+
+    With ``record_dp`` the loop has the one extra line of :func:`fl_core.record_dp.make_private`
+    (Opacus DP-SGD); wrap the returned function with ``RecordDP.wrap``.
 
     Shuffling uses a torch Generator seeded per call from ``seed``, the starting
     weights and the data size - not from how many calls came before - so runs are
@@ -24,6 +35,14 @@ def make_sgd_train_fn(*, epochs: int = 1, lr: float = 0.1, batch_size: int = 16,
         g = torch.Generator().manual_seed((seed * 1_000_003 + _call_key(model, len(data))) % (1 << 63))  # type: ignore[arg-type]
         loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=g)
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+        if record_dp:
+            import warnings
+
+            from fl_core.record_dp import make_private
+
+            model, opt, loader = make_private(model, opt, loader)
+            # Opacus' hooks make torch warn that inputs need no gradient: expected, not actionable.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
         model.train()
         for _ in range(epochs):
             for x, y in loader:

@@ -63,6 +63,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         target_epsilon: Optional[float] = typer.Option(None, "--target-epsilon", help="Privacy budget epsilon."),
         delta: Optional[float] = typer.Option(None, help="Privacy parameter delta [1e-5]."),
         colluders: Optional[int] = typer.Option(None, help="Clients assumed to collude with the server [0]."),
+        record_noise_multiplier: Optional[float] = typer.Option(
+            None, "--record-noise-multiplier", help="Also run Opacus DP-SGD in each client (record-level DP)."
+        ),
+        record_clip: Optional[float] = typer.Option(None, "--record-clip", help="Per-example gradient clip [1.0]."),
         min_survivors: Optional[int] = typer.Option(
             None, "--min-survivors", help="Fewest survivors a DP round may release with [a low quantile of the cohort]."
         ),
@@ -113,6 +117,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 delta=delta,
                 colluders=colluders,
                 min_survivors=min_survivors,
+                record_noise_multiplier=record_noise_multiplier,
+                record_clip=record_clip,
                 ledger=str(ledger) if ledger is not None else None,
                 dropout=dropout,
                 buffers=buffers,
@@ -183,6 +189,12 @@ def _execute(cfg: Any, as_json: bool) -> None:
     ]
     if out.get("epsilon") is not None:
         lines.append(f"  privacy: epsilon = {out['epsilon']:.3f} at delta = {out['delta']:g}")
+    rec = out.get("record_level")
+    if rec:
+        lines.append(
+            f"  record-level (Opacus DP-SGD in each client): max epsilon over clients = {rec['epsilon_max']:.3f} "
+            f"at delta = {rec['delta']:g}"
+        )
     if out.get("ledger"):
         lines.append(f"  ledger: {out['ledger']}")
     if out.get("stopped"):

@@ -175,3 +175,15 @@ def test_config_errors_name_the_option(kwargs: dict, option: str) -> None:
     with pytest.raises(ConfigError) as ei:
         RecordDPConfig(**kwargs)
     assert ei.value.option == option
+
+
+def test_privagg_run_reports_record_level_epsilon_beside_client_level(tmp_path) -> None:
+    from fl_core.config import RunConfig
+    from fl_core.runner import execute
+
+    cfg = RunConfig(dp="central", secure_sum="plain", clients=20, per_round=5, rounds=2, seed=1,
+                    record_noise_multiplier=1.0, ledger=str(tmp_path / "l.jsonl"))
+    out = execute(cfg).to_json()
+    rec = out["record_level"]
+    assert out["epsilon"] > 0 and rec["epsilon_max"] > 0 and rec["clients_trained"] >= 5
+    assert rec["epsilon_median"] <= rec["epsilon_max"] and rec["delta"] == cfg.delta
