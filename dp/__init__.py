@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dp.accountants import ACCOUNTANT_VERSIONS, compute_epsilon, epsilon_curve
+    from dp.audit import AuditReport, audit_from_scores, audit_ledger, epsilon_lower_bound
     from dp.budget import Budget
     from dp.calibration import AdaptiveClipConfig, DPConfig, make_round_event
     from dp.clipping import AdaptiveClip, ClipResult, FixedClip, clip_l2
@@ -22,6 +23,15 @@ if TYPE_CHECKING:
         PrivacyError,
     )
     from dp.events import DPMode, Mechanism, RoundEvent, Sampling
+    from dp.ledger import (
+        GENESIS_HASH,
+        Ledger,
+        LedgerRecord,
+        LedgerReport,
+        TornTailWarning,
+        inspect_ledger,
+        verify_ledger,
+    )
     from dp.noise import discrete_gaussian, gaussian_float, skellam
     from dp.randomness import RandomSource, SeededRandomSource, SystemRandomSource
 
@@ -52,9 +62,31 @@ _EXPORTS: dict[str, str] = {
     "RandomSource": "dp.randomness",
     "SeededRandomSource": "dp.randomness",
     "SystemRandomSource": "dp.randomness",
+    "GENESIS_HASH": "dp.ledger",
+    "Ledger": "dp.ledger",
+    "LedgerRecord": "dp.ledger",
+    "LedgerReport": "dp.ledger",
+    "TornTailWarning": "dp.ledger",
+    "inspect_ledger": "dp.ledger",
+    "verify_ledger": "dp.ledger",
+    "AuditReport": "dp.audit",
+    "audit_from_scores": "dp.audit",
+    "audit_ledger": "dp.audit",
+    "epsilon_lower_bound": "dp.audit",
 }
 
 __all__ = [
+    "GENESIS_HASH",
+    "Ledger",
+    "LedgerRecord",
+    "LedgerReport",
+    "TornTailWarning",
+    "inspect_ledger",
+    "verify_ledger",
+    "AuditReport",
+    "audit_from_scores",
+    "audit_ledger",
+    "epsilon_lower_bound",
     "ACCOUNTANT_VERSIONS",
     "AccountingError",
     "AdaptiveClip",
