@@ -1,6 +1,6 @@
 """Run the documented privacy-utility sweeps and print one JSON object per sweep.
 
-The two sweeps behind docs/utility-results.md (each is exactly one
+The two sweeps behind the README section on accuracy vs privacy (each is exactly one
 ``privagg bench utility`` command; this script only strings them together):
 
 * ``digits``: 1,000 clients (1-2 examples each), Poisson q = 0.1, 4 epsilons x

@@ -19,7 +19,7 @@ unit direction is equivalent. Coordinates with no included canary carry pure
 noise; a one-sided chi-square test on them checks that the noise present is not
 below what the accounting claims (the planted ``halve-noise`` bug fails it, and
 the one-run bound exceeds the accounted epsilon in most seeds at claimed
-epsilon 2 with 10^4 canaries; see docs/security-ledger.md).
+epsilon 2 with 10^4 canaries; see SECURITY.md, ledger section).
 
 Security:
     Assumption: the canaries' coins are secret from the pipeline. Guarantee: if

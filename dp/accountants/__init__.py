@@ -3,7 +3,7 @@
 Two engines: ``"pld"`` (tight; privacy-loss distributions via dp-accounting)
 and ``"rdp"`` (an independent Renyi-DP accountant written here, the cross-check).
 
-Rules applied to every event (documented in ``docs/security-dp.md``):
+Rules applied to every event (documented in ``SECURITY.md (differential privacy section)``):
 
 * Privacy unit: one client's whole contribution (client-level DP); the
   neighbouring relation is add-or-remove one client for Poisson sampling and

@@ -111,7 +111,7 @@ _BASE: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 # Tuned per-epsilon choices: (dataset, model) -> {epsilon: Hyper}. Filled from ``--tune``
-# runs on the validation half (the commands are in docs/utility-results.md); an epsilon
+# runs on the validation half (the commands are in the README section on accuracy vs privacy); an epsilon
 # not listed takes the entry of the nearest listed epsilon, and a pair not listed the
 # base clip with server lr 1 and momentum 0.5.
 _TUNED: dict[tuple[str, str], dict[float, Hyper]] = {}

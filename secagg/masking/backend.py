@@ -54,7 +54,7 @@ class MaskingSecureSum:
         neighbourhood (Bonawitz et al. 2017, section 6, honest-but-curious
         analysis; Bell et al. 2020, section 3). With ``identities`` the server cannot forge keys or
         survivor lists (active-adversary model, Bonawitz et al. 2017 section 6).
-        See docs/security-masking.md for the claims and their tests.
+        See SECURITY.md (pairwise masking section) for the claims and their tests.
     """
 
     name = "masking"

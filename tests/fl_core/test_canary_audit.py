@@ -68,7 +68,7 @@ def test_planted_bug_is_flagged_at_claimed_epsilon_2_with_10k_canaries() -> None
 
 @pytest.mark.slow
 def test_planted_bug_one_run_bound_power_over_seeds() -> None:
-    """How often the one-run bound alone refutes the claim (reported in docs/security-ledger.md)."""
+    """How often the one-run bound alone refutes the claim (reported in SECURITY.md)."""
     cfg = CanaryAuditConfig(canaries=10_000, noise_multiplier=Z2, bug=PlantedBug.HALVE_NOISE)
     results = [run_canary_audit(cfg, SeededRandomSource(100 + s)) for s in range(10)]
     assert all(r.flagged for r in results)
