@@ -11,29 +11,10 @@ __all__ = ["register", "bench_paillier"]
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, Python and big-integer library versions, so figures can be compared across machines."""
-    import os
-    import platform
+    """The machine and the library versions these figures depend on."""
+    from fl_core.machine import machine_info as _info
 
-    import gmpy2
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "gmpy2": gmpy2.version(),
-        "gmp": gmpy2.mp_version(),
-    }
+    return _info(("gmpy2", "phe"))
 
 
 def bench_paillier(

@@ -14,32 +14,10 @@ DROP_STAGES = {"advertise": 1, "sharing": 2, "masked-input": 3, "consistency": 4
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, cores, Python and the crypto/numeric library versions."""
-    import os
-    import platform
+    """The machine and the library versions these figures depend on."""
+    from fl_core.machine import machine_info as _info
 
-    import cryptography
-    import numpy as np
-    from cryptography.hazmat.backends.openssl.backend import backend
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "numpy": np.__version__,
-        "cryptography": cryptography.__version__,
-        "openssl": backend.openssl_version_text(),
-    }
+    return _info(("numpy", "cryptography"))
 
 
 def _median(xs: list[float]) -> float:
