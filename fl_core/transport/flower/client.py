@@ -105,6 +105,7 @@ class NodeSession:
     ring_bits: int
     dim: int
     max_clients: int
+    min_survivors: int
     session_seed: bytes
     seeded: bool
     x: bytes
@@ -121,6 +122,7 @@ class NodeSession:
                 "ring_bits": self.ring_bits,
                 "dim": self.dim,
                 "max_clients": self.max_clients,
+                "min_survivors": self.min_survivors,
                 "session_seed": self.session_seed,
                 "seeded": self.seeded,
                 "x": self.x,
@@ -147,6 +149,7 @@ class NodeSession:
             ring_bits=int(rec["ring_bits"]),
             dim=int(rec["dim"]),
             max_clients=int(rec["max_clients"]),
+            min_survivors=int(rec["min_survivors"]),
             session_seed=bytes(rec["session_seed"]),
             seeded=bool(rec["seeded"]),
             x=bytes(rec["x"]),
@@ -173,7 +176,7 @@ def _session_rng(cfg: RunConfig, client: int, round_id: int, seed: bytes, seeded
     return SeededRandomSource(seed)
 
 
-def _secure_sum(cfg: RunConfig, ring_bits: int, dim: int, max_clients: int) -> Any:
+def _secure_sum(cfg: RunConfig, ring_bits: int, dim: int, max_clients: int, min_survivors: int) -> Any:
     # Rebuilt exactly as Federation builds it (same request, same setup randomness).
     from fl_core.backends import BackendRequest, build_secure_sum
 
@@ -184,7 +187,7 @@ def _secure_sum(cfg: RunConfig, ring_bits: int, dim: int, max_clients: int) -> A
             dim=dim,
             max_clients=max_clients,
             rng=_run_rng(cfg).spawn("secure-sum-setup"),
-            options={"graph": cfg.graph},
+            options={"min_survivors": min_survivors, "graph": cfg.graph},
         ),
     )
 
@@ -281,6 +284,7 @@ def handle_round(packet: StagePacket, node_config: Any) -> tuple[StagePacket, No
     seed = b"" if seeded else os.urandom(32)
     ring_bits = fed.plan.ring.bits
     max_clients = fed.sampler.max_cohort()
+    min_survivors = int(fed.privacy.min_survivors)
     session = fed.secure_sum.client(client, r, _session_rng(cfg, client, r, seed, seeded))
     out = session.start(vec)
     state = NodeSession(
@@ -290,6 +294,7 @@ def handle_round(packet: StagePacket, node_config: Any) -> tuple[StagePacket, No
         ring_bits=ring_bits,
         dim=fed.dim,
         max_clients=max_clients,
+        min_survivors=min_survivors,
         session_seed=seed,
         seeded=seeded,
         x=vector_to_bytes(vec),
@@ -316,7 +321,7 @@ def handle_stage(packet: StagePacket, state: NodeSession | None) -> tuple[StageP
             f"{state.round_id}: refused (late or replayed)"
         )
     cfg = config_from_json(state.config_json)
-    ss = _secure_sum(cfg, state.ring_bits, state.dim, state.max_clients)
+    ss = _secure_sum(cfg, state.ring_bits, state.dim, state.max_clients, state.min_survivors)
     ring = RingSpec(state.ring_bits)
     x = vector_from_bytes(state.x, ring.dtype, state.dim)
     session = ss.client(
@@ -337,6 +342,7 @@ def handle_stage(packet: StagePacket, state: NodeSession | None) -> tuple[StageP
         ring_bits=state.ring_bits,
         dim=state.dim,
         max_clients=state.max_clients,
+        min_survivors=state.min_survivors,
         session_seed=state.session_seed,
         seeded=state.seeded,
         x=state.x,
