@@ -255,8 +255,14 @@ class DPPolicy:
         return infl
 
 
-def build_privacy(cfg: RunConfig, sampler: Sampler, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Return (Federation keyword arguments, extra summary fields) for ``cfg``'s DP mode."""
+def build_privacy(
+    cfg: RunConfig, sampler: Sampler, model: nn.Module, *, open_ledger: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return (Federation keyword arguments, extra summary fields) for ``cfg``'s DP mode.
+
+    ``open_ledger=False`` is for parties that never charge rounds (e.g. a client node of a
+    networked run): no ledger file is opened or created.
+    """
     if cfg.dp == "none":
         return {"privacy": NoPrivacy(clip_norm=cfg.clip if cfg.clip is not None else 10.0)}, {}
     from fl_core.params import ParamCodec
@@ -304,18 +310,20 @@ def build_privacy(cfg: RunConfig, sampler: Sampler, model: nn.Module) -> tuple[d
         return compute_epsilon(events, cfg.delta, accountant=accountant)
 
     budget = Budget(cfg.target_epsilon, cfg.delta, accountant=accountant) if cfg.target_epsilon is not None else None
+    ledger = None
     ledger_path = Path(cfg.ledger) if cfg.ledger is not None else _default_ledger_path()
-    ledger_path.parent.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger.open(
-        ledger_path,
-        create_meta={k: v for k, v in cfg.to_dict().items() if k != "ledger"},
-        accountant=accountant,
-        accountant_version=ACCOUNTANT_VERSIONS.get(accountant, ""),
-    )
+    if open_ledger:
+        ledger_path.parent.mkdir(parents=True, exist_ok=True)
+        ledger = Ledger.open(
+            ledger_path,
+            create_meta={k: v for k, v in cfg.to_dict().items() if k != "ledger"},
+            accountant=accountant,
+            accountant_version=ACCOUNTANT_VERSIONS.get(accountant, ""),
+        )
     extra = {
         "adaptive_clip": adaptive is not None,
         "mechanism": config.resolved_mechanism.value,
-        "ledger": str(ledger_path),
+        "ledger": str(ledger_path) if ledger is not None else None,
         "noise_multiplier": z,
         "clip": config.clip_norm,
         "min_survivors": min_surv,

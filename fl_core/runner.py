@@ -113,9 +113,13 @@ class RunSummary:
 
 
 def build_federation(
-    cfg: RunConfig, data: FederatedData | None = None
+    cfg: RunConfig, data: FederatedData | None = None, *, open_ledger: bool = True
 ) -> tuple[Federation, FederatedData, dict[str, Any]]:
-    """Everything a run needs, built from ``cfg`` (no rounds run yet)."""
+    """Everything a run needs, built from ``cfg`` (no rounds run yet).
+
+    ``open_ledger=False``: no ledger is opened (a party that never charges rounds, such as a
+    client node of a networked run).
+    """
     torch.set_num_threads(cfg.threads)
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed)
@@ -143,7 +147,7 @@ def build_federation(
         train_fn = record.wrap(train_fn)
     from fl_core.privacy import build_privacy
 
-    privacy_kwargs, extra = build_privacy(cfg, sampler, model)
+    privacy_kwargs, extra = build_privacy(cfg, sampler, model, open_ledger=open_ledger)
     fed = Federation(
         model,
         train_fn,

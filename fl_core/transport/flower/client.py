@@ -31,7 +31,6 @@ Security:
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,18 +194,11 @@ def _secure_sum(cfg: RunConfig, ring_bits: int, dim: int, max_clients: int, min_
 def _client_federation(cfg: RunConfig) -> Any:
     """The node's Federation: same model, data split, pipeline and secure sum as the server's.
 
-    Nodes never write the epsilon ledger (the server does). ``build_federation``
-    opens one when DP is on, so it is pointed at a scratch file that is removed.
+    Nodes never write the epsilon ledger (the server does), so none is opened.
     """
     from fl_core.runner import build_federation
 
-    with tempfile.TemporaryDirectory(prefix="privagg-node-") as scratch:
-        node_cfg = cfg.replace(ledger=os.path.join(scratch, "unused-ledger.jsonl")) if cfg.dp != "none" else cfg
-        fed, _data, _extra = build_federation(node_cfg)
-        ledger = fed.accounting.ledger
-        if ledger is not None and hasattr(ledger, "close"):
-            ledger.close()
-        fed.accounting.ledger = None
+    fed, _data, _extra = build_federation(cfg, open_ledger=False)
     return fed
 
 
