@@ -87,13 +87,14 @@ def bisect_noise(
     e = epsilon_of(z)
     if e <= target:
         hi, eps_hi, lo = z, e, z / 2
-        while lo >= _Z_LO:
+        while True:
+            lo = max(lo, _Z_LO)  # the last step down lands exactly on the floor
             e = epsilon_of(lo)
             if e > target:
-                break
+                break  # the answer is in (lo, hi]: bisect below
+            if lo <= _Z_LO:
+                return lo, e  # the floor itself meets the target
             hi, eps_hi, lo = lo, e, lo / 2
-        else:
-            return hi, eps_hi
     else:
         lo, hi = z, 2 * z
         while True:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from dp.events import DPMode, Mechanism, RoundEvent, Sampling
@@ -44,6 +45,8 @@ def publish(model: Path, state: dict) -> None:
 
 def main() -> None:
     ledger_path, model_path, eps_path, rounds = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    # Optional pause per round: a "training" step, so that kills land mid-run on a fast machine.
+    pause = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
     eps = json.loads(Path(eps_path).read_text())
     state = json.loads(model_path.read_text()) if model_path.exists() else {
         "round": 0, "head": None, "applied": 0, "skipped": [], "weights": 0}
@@ -60,6 +63,8 @@ def main() -> None:
         state = {**state, "round": r, "head": led.head_hash, "applied": state["applied"] + 1,
                  "weights": state["weights"] + r}
         publish(model_path, state)
+        if pause:
+            time.sleep(pause)
     led.close()
     print("done", flush=True)
 

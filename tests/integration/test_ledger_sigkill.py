@@ -76,7 +76,7 @@ def _run(tmp_path: Path, seed: int) -> None:
     last_round, runs_since_publish = -1, 0
     for attempt in range(MAX_KILLS + 1):
         proc = subprocess.Popen([sys.executable, str(WRITER), str(ledger), str(model), str(eps_file),
-                                 str(ROUNDS)], stdout=subprocess.PIPE, env=env, text=True)
+                                 str(ROUNDS), "0.005"], stdout=subprocess.PIPE, env=env, text=True)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.0, 0.3))
