@@ -10,6 +10,7 @@ Security:
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 
@@ -27,14 +28,16 @@ def uniform_from_bytes(data: bytes, size: int) -> npt.NDArray[np.float64]:
     return (words >> np.uint64(11)).astype(np.float64) / _TWO_53
 
 
-class RandomSource:
-    """Base class: subclasses provide :meth:`random_bytes` and :meth:`spawn`."""
+class RandomSource(abc.ABC):
+    """Abstract base: subclasses provide :meth:`random_bytes` and :meth:`spawn`."""
 
+    @abc.abstractmethod
     def random_bytes(self, n: int) -> bytes:
-        raise NotImplementedError
+        """``n`` random bytes."""
 
+    @abc.abstractmethod
     def spawn(self, label: str) -> RandomSource:
-        raise NotImplementedError
+        """An independent child source (deterministic per label when seeded)."""
 
     def uniform(self, size: int) -> npt.NDArray[np.float64]:
         return uniform_from_bytes(self.random_bytes(8 * size), size)

@@ -60,3 +60,10 @@ def test_system_source_draws_fresh_bytes():
     assert s.random_bytes(32) != s.random_bytes(32)
     assert isinstance(s.spawn("a"), SystemRandomSource)
     assert len(s.uint64(5)) == 5
+
+
+def test_base_source_is_abstract():
+    from dp.randomness import RandomSource
+
+    with pytest.raises(TypeError, match="abstract"):
+        RandomSource()  # type: ignore[abstract]
