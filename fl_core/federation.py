@@ -168,6 +168,12 @@ class Federation:
     def events(self) -> list[Any]:
         return list(self.accounting.events)
 
+    def resume_accounting(self, events: Sequence[Any], *, last_round: int, epsilon: float) -> None:
+        """Continue a ledger's privacy budget: its events count, and rounds go on after its last one."""
+        self.accounting.events.extend(events)
+        self.round = last_round
+        self._last_epsilon = epsilon
+
     def close(self) -> None:
         """Release the ledger (its file lock); the federation can no longer charge rounds."""
         close = getattr(self.accounting.ledger, "close", None)

@@ -171,10 +171,7 @@ def build_federation(
         extra["rounding_inflation"] = check(fed.plan.scale)
     ledger = privacy_kwargs.get("ledger")
     if ledger is not None and ledger.records:
-        # A resumed ledger: keep charging the same privacy budget, after its last round.
-        fed.accounting.events.extend(ledger.events)
-        fed.round = ledger.last_round
-        fed._last_epsilon = ledger.epsilon
+        fed.resume_accounting(ledger.events, last_round=ledger.last_round, epsilon=ledger.epsilon)
         extra["resumed_from_round"] = ledger.last_round
     return fed, data, extra
 
