@@ -4,15 +4,18 @@ The two sweeps behind the README section on accuracy vs privacy (each is exactly
 ``privagg bench utility`` command; this script only strings them together):
 
 * ``digits``: 1,000 clients (1-2 examples each), Poisson q = 0.1, 4 epsilons x
-  {distributed, central}, logistic regression.
+  {distributed, central, record}, logistic regression.
 * ``fashion``: Fashion-MNIST, 1,000 clients x 60 examples (IID), Poisson
   q = 0.05 (50 clients per round), 4 epsilons x {logreg, mlp}, distributed
   Skellam noise inside the masking secure sum, delta = 1e-5.
+* ``fashion-record``: the same setting, logreg, record mode (Opacus DP-SGD
+  inside each client, record-level epsilon); its baseline is the same cell as
+  the ``fashion`` sweep's logreg baseline.
 
 Usage::
 
-    python benchmarks/utility_sweep.py [digits|fashion|all] [--out DIR] [--workers 2] [--seeds 1]
-        [--figures docs/figures]
+    python benchmarks/utility_sweep.py [digits|fashion|fashion-record|all] [--out DIR] [--workers 2]
+        [--seeds 1] [--figures docs/figures]
 
 ``--figures`` copies the Fashion-MNIST plots to the folder the README shows.
 Finished cells are resumed from ``--out``, so an interrupted sweep continues.
@@ -36,7 +39,7 @@ SWEEPS: dict[str, SweepSpec] = {
         per_round=100,
         epsilons=(1.0, 2.0, 4.0, 8.0),
         models=("logreg",),
-        modes=(Mode.DISTRIBUTED, Mode.CENTRAL),
+        modes=(Mode.DISTRIBUTED, Mode.CENTRAL, Mode.RECORD),
         secure_sum="masking",
     ),
     "fashion": SweepSpec(
@@ -48,25 +51,36 @@ SWEEPS: dict[str, SweepSpec] = {
         modes=(Mode.DISTRIBUTED,),
         secure_sum="masking",
     ),
+    "fashion-record": SweepSpec(
+        dataset="fashion-mnist",
+        clients=1000,
+        per_round=50,
+        epsilons=(1.0, 2.0, 4.0, 8.0),
+        models=("logreg",),
+        modes=(Mode.RECORD,),
+        secure_sum="masking",
+    ),
 }
 
 COMMANDS = {
     "digits": "privagg bench utility --dataset digits --clients 1000 --per-round 100 --epsilons 1,2,4,8 "
-    "--model logreg --modes distributed,central",
+    "--model logreg --modes distributed,central,record",
     "fashion": "privagg bench utility --dataset fashion-mnist --clients 1000 --per-round 50 --epsilons 1,2,4,8 "
     "--model logreg,mlp --modes distributed",
+    "fashion-record": "privagg bench utility --dataset fashion-mnist --clients 1000 --per-round 50 "
+    "--epsilons 1,2,4,8 --model logreg --modes record",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("which", nargs="?", default="all", choices=("digits", "fashion", "all"))
+    p.add_argument("which", nargs="?", default="all", choices=(*SWEEPS, "all"))
     p.add_argument("--out", type=Path, default=Path("bench-utility"))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--figures", type=Path, default=None, help="copy the Fashion-MNIST PNGs here")
     args = p.parse_args(argv)
-    names = ["digits", "fashion"] if args.which == "all" else [args.which]
+    names = list(SWEEPS) if args.which == "all" else [args.which]
     for name in names:
         spec = SWEEPS[name]
         if args.seeds != 1:

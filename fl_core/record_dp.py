@@ -243,7 +243,15 @@ class RecordDP:
         return float(acc.get_epsilon(delta=self.config.delta))
 
     def epsilons(self) -> dict[Hashable, float]:
-        return {k: self.epsilon(k) for k in self._accountants}
+        """Record-level epsilon per client (clients with the same accountant history share one computation)."""
+        memo: dict[tuple[tuple[Any, ...], ...], float] = {}
+        out: dict[Hashable, float] = {}
+        for k, acc in self._accountants.items():
+            history = tuple(tuple(h) for h in acc.history)
+            if history not in memo:  # epsilon is a function of the history alone
+                memo[history] = self.epsilon(k)
+            out[k] = memo[history]
+        return out
 
     def report(self) -> dict[str, Any]:
         """Record-level epsilon per client and the maximum, to print beside the client-level epsilon."""

@@ -39,9 +39,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         seeds: int = typer.Option(1, help="Seeds per cell (accuracy is averaged; std reported)."),
         delta: float = typer.Option(1e-5, help="Delta of every guarantee."),
         secure_sum: str = typer.Option(
-            "masking", "--secure-sum", help="Secure sum of the central and distributed modes: masking, paillier, plain."
+            "masking",
+            "--secure-sum",
+            help="Secure sum of the central, distributed and record modes: masking, paillier, plain.",
         ),
-        accountant: str = typer.Option("pld", help="pld (tight) or rdp."),
+        accountant: str = typer.Option(
+            "pld", help="pld (tight) or rdp, for the client-level modes (record mode uses Opacus' accountant)."
+        ),
         split: str = typer.Option("test", help="Evaluate on the test or validation half of the held-out set."),
         tune: bool = typer.Option(False, "--tune", help="First search the documented grid on the validation half."),
         workers: int = typer.Option(2, help="Worker processes (one torch thread each)."),

@@ -24,13 +24,35 @@ from pathlib import Path
 from typing import Any
 
 from fl_core.errors import ConfigError
-from fl_core.utility_bench.calibrate import Calibration, bisect_noise, calibrate_noise
+from fl_core.utility_bench.calibrate import (
+    RECORD_FAIL_PROB,
+    Calibration,
+    bisect_noise,
+    calibrate_noise,
+    calibrate_record_noise,
+    participation_bound,
+)
 from fl_core.utility_bench.engine import build_cells, run_cells
 from fl_core.utility_bench.outputs import results_table, summarize, write_outputs
-from fl_core.utility_bench.spec import GRID, Cell, Hyper, Mode, Split, SweepSpec, base_options, default_hyper, grid_for
+from fl_core.utility_bench.spec import (
+    GRID,
+    RECORD_DEFAULTS,
+    RECORD_GRID,
+    Cell,
+    Hyper,
+    Mode,
+    Split,
+    SweepSpec,
+    base_options,
+    default_hyper,
+    grid_for,
+)
 
 __all__ = [
     "GRID",
+    "RECORD_DEFAULTS",
+    "RECORD_FAIL_PROB",
+    "RECORD_GRID",
     "Calibration",
     "Cell",
     "Hyper",
@@ -40,7 +62,9 @@ __all__ = [
     "bisect_noise",
     "build_cells",
     "calibrate_noise",
+    "calibrate_record_noise",
     "default_hyper",
+    "participation_bound",
     "results_table",
     "run_cells",
     "run_sweep",
@@ -69,13 +93,20 @@ def tune(
     """Search :data:`GRID` on the validation half, one seed; return the best knobs per cell and the runs.
 
     The non-private baseline is tuned over the same grid, so the comparison is fair.
+    Record mode is searched over its own grid (:data:`RECORD_GRID`).
     """
     vspec = dataclasses.replace(spec, split=Split.VALIDATION, seeds=1)
+    client_modes = tuple(m for m in spec.modes if m is not Mode.RECORD)
     cells: list[Cell] = []
     for model in spec.models:
         for h in grid_for(spec.dataset, model):
-            one = dataclasses.replace(vspec, models=(model,))
+            one = dataclasses.replace(vspec, models=(model,), modes=client_modes)
             cells += build_cells(one, hyper_for=_constant(h), store=out)
+        if Mode.RECORD in spec.modes:
+            for h in grid_for(spec.dataset, model, Mode.RECORD):
+                one = dataclasses.replace(vspec, models=(model,), modes=(Mode.RECORD,))
+                built = build_cells(one, hyper_for=_constant(h), store=out)
+                cells += [c for c in built if c.mode is Mode.RECORD]
     records, _counts = run_cells(cells, out / "tuning", workers=workers, progress=progress, description="tuning")
     best: dict[tuple[str, str, float | None], tuple[float, Hyper]] = {}
     for cell, rec in zip(cells, records, strict=True):
@@ -122,6 +153,11 @@ def run_sweep(
             f"chosen per cell on the validation half (seed 0) from the grid clip factor "
             f"{GRID['clip_factor']} x server lr {GRID['server_lr']} x momentum {GRID['server_momentum']}"
         )
+        if Mode.RECORD in spec.modes:
+            tuning_note += (
+                f"; record mode: record clip {RECORD_GRID['record_clip']} x server lr {RECORD_GRID['server_lr']} "
+                f"x momentum {RECORD_GRID['server_momentum']}"
+            )
     else:
         tuning_note = (
             "built-in defaults of fl_core.utility_bench.spec (the same for every ε; where they were chosen on "
@@ -129,13 +165,13 @@ def run_sweep(
         )
 
     def hyper_for(model: str, mode: Mode, eps: float | None) -> Hyper:
-        return chosen.get((model, mode.value, eps)) or default_hyper(spec.dataset, model, eps)
+        return chosen.get((model, mode.value, eps)) or default_hyper(spec.dataset, model, eps, mode)
 
     cells = build_cells(spec, hyper_for=hyper_for, store=out)
     records, counts = run_cells(cells, out, workers=workers, progress=progress, description="sweep", run=run)
     meta: dict[str, Any] = {
         "spec": spec.to_dict(),
-        "command": command or "privagg bench utility " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": command or "privagg " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "accountant_version": ACCOUNTANT_VERSIONS.get(spec.accountant, spec.accountant),
         "rounds": {m: spec.rounds_for(m) for m in spec.models},
         "client_training": {

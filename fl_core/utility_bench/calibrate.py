@@ -13,6 +13,10 @@ The bisection is written here (about 20 lines) rather than taken from a
 library because it must run on the project's own accountant and events; it is
 monotone because more noise never costs more epsilon.
 
+Record mode (Opacus DP-SGD inside each client, :mod:`fl_core.record_dp`) is
+calibrated by :func:`calibrate_record_noise` on Opacus' own accountant instead:
+see its docstring for how a client's number of local steps is bounded.
+
 Security:
     Assumption: the events built here match what the round loop records; the
     run's own ledger epsilon is reported beside the prediction, so any gap is
@@ -28,17 +32,34 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fl_core.config import RunConfig
 from fl_core.errors import ConfigError
 
-__all__ = ["Calibration", "bisect_noise", "calibrate_noise", "calibration_survivors", "predicted_epsilon"]
+__all__ = [
+    "RECORD_FAIL_PROB",
+    "Calibration",
+    "bisect_noise",
+    "calibrate_noise",
+    "calibrate_record_noise",
+    "calibration_survivors",
+    "cohort_schedule",
+    "participation_bound",
+    "predicted_epsilon",
+    "record_epsilon",
+    "record_mechanism",
+    "record_steps",
+]
 
 _Z_LO, _Z_HI = 0.05, 1e4
+
+#: Record mode without a seeded schedule: the chance, over the client sampling, that any
+#: client takes part in more rounds than the calibration assumed (union bound over clients).
+RECORD_FAIL_PROB = 1e-3
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +71,10 @@ class Calibration:
         predicted_epsilon: the accountant's epsilon for the run with that noise.
         target_epsilon: what was asked for.
         accountant: accountant name.
-        source: ``"policy"`` (the round loop's own events) or ``"gaussian"`` (built here).
+        source: ``"policy"`` (the round loop's own events), ``"gaussian"`` (built here) or
+            ``"opacus-record"`` (record mode: DP-SGD inside each client, Opacus' accountant).
+        details: how a record-mode calibration was made (participation rule, steps, versions);
+            empty for the client-level modes.
     """
 
     noise_multiplier: float
@@ -58,15 +82,19 @@ class Calibration:
     target_epsilon: float
     accountant: str
     source: str
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "noise_multiplier": self.noise_multiplier,
             "predicted_epsilon": self.predicted_epsilon,
             "target_epsilon": self.target_epsilon,
             "accountant": self.accountant,
             "source": self.source,
         }
+        if self.details:
+            out["details"] = dict(self.details)
+        return out
 
 
 def bisect_noise(
@@ -251,3 +279,223 @@ def calibrate_noise(
 
         z, e = bisect_noise(eps, target_epsilon, rel_tol=rel_tol)
     return Calibration(z, e, target_epsilon, accountant, source)
+
+
+# -- record mode: Opacus DP-SGD inside each client ---------------------------------
+
+
+def participation_bound(clients: int, rate: float, rounds: int, *, fail_prob: float = RECORD_FAIL_PROB) -> int:
+    """k*: the smallest k with ``clients * P[Binomial(rounds, rate) > k] <= fail_prob``.
+
+    A client's number of participations is Binomial(R, q), both under Poisson sampling at
+    rate q and under fixed-size cohorts of K = qN clients (each round includes a given
+    client with probability K/N, independently of the other rounds). By the union bound
+    over the N clients, the chance that *any* client takes part in more than k* rounds is
+    at most ``N * P[Bin(R, q) > k*] <= fail_prob``. The tail is summed exactly (log-space
+    binomial terms, smallest first); with q = 1 every client takes part in every round.
+
+    Raises:
+        ConfigError: ``clients`` or ``rounds`` below 1, ``rate`` outside (0, 1], or
+            ``fail_prob`` outside (0, 1).
+    """
+    if clients < 1:
+        raise ConfigError(f"clients must be >= 1, got {clients}", option="clients")
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}", option="rounds")
+    if not 0.0 < rate <= 1.0:
+        raise ConfigError(f"sampling rate must be in (0, 1], got {rate}", option="sampling_rate")
+    if not 0.0 < fail_prob < 1.0:
+        raise ConfigError(f"fail_prob must be in (0, 1), got {fail_prob}", option="fail_prob")
+    if rate == 1.0:
+        return rounds
+    log_q, log_p = math.log(rate), math.log1p(-rate)
+    log_n = math.lgamma(rounds + 1)
+    budget = fail_prob / clients
+    k, tail = rounds, 0.0  # tail = P[X > k]
+    while k > 0:
+        log_pmf = log_n - math.lgamma(k + 1) - math.lgamma(rounds - k + 1) + k * log_q + (rounds - k) * log_p
+        wider = tail + math.exp(log_pmf)  # P[X > k - 1] = P[X > k] + P[X = k]
+        if wider > budget:
+            break
+        k, tail = k - 1, wider
+    return k
+
+
+def cohort_schedule(cfg: RunConfig) -> list[tuple[int, ...]]:
+    """The cohort of every round of the seeded run ``cfg``, computed without running it.
+
+    The round loop draws round r's cohort as ``sampler.sample(rng.spawn(f"sample/{r}"))``
+    with ``rng = make_rng(cfg.seed)`` (:meth:`fl_core.federation.Federation.begin_round`);
+    a seeded source's children are keyed by (seed, label) alone, so the schedule depends on
+    the seed, the sampler and the round number and never on training. The sweep's record
+    cells check the cohorts they actually ran against this schedule.
+
+    Raises:
+        ConfigError: ``cfg.seed`` is None (cohorts come from the OS CSPRNG: nothing to precompute).
+    """
+    from fl_core.runner import make_rng, make_sampler
+
+    if cfg.seed is None:
+        raise ConfigError(
+            "an unseeded run's cohorts are drawn from the OS CSPRNG; no schedule to compute", option="seed"
+        )
+    rng = make_rng(cfg.seed)
+    sampler = make_sampler(cfg)
+    return [sampler.sample(rng.spawn(f"sample/{r}")).members for r in range(1, cfg.rounds + 1)]
+
+
+def record_mechanism(cfg: RunConfig) -> str:
+    """The Opacus accountant (``rdp`` or ``prv``) the round loop's RecordDP uses for ``cfg``.
+
+    Built exactly as :func:`fl_core.runner.build_federation` builds it, so a change there
+    shows up here (and in the sweep's check that the measured epsilon equals the predicted one).
+    """
+    from fl_core.record_dp import RecordDPConfig
+
+    z = cfg.record_noise_multiplier if cfg.record_noise_multiplier is not None else 1.0
+    return RecordDPConfig(noise_multiplier=z, max_grad_norm=cfg.record_clip, delta=cfg.delta).accountant
+
+
+def record_steps(size: int, *, batch_size: int, epochs: int) -> tuple[float, int]:
+    """(sample rate, DP-SGD steps) of one participation of a client holding ``size`` records.
+
+    Mirrors Opacus' ``make_private`` on the built-in train_fn's loader: sample rate
+    ``1 / len(loader)`` with ``len(loader) = ceil(size / batch_size)``, and
+    ``int(1 / sample_rate)`` Poisson batches per epoch (Opacus' own float expression).
+    """
+    batches = -(-size // batch_size)
+    q = 1 / batches
+    return q, epochs * int(1 / q)
+
+
+def record_groups(
+    sizes: Sequence[int], participations: Sequence[int], *, batch_size: int, epochs: int
+) -> list[tuple[float, int]]:
+    """The distinct (sample rate, total steps) a client accountant can hold, the largest per rate.
+
+    ``participations[i]`` is how many rounds client ``i + 1`` (holding ``sizes[i]`` records)
+    trains in; clients without records or participations are left out. For one sample rate
+    more steps never cost less epsilon, so only the largest total is kept per rate.
+    """
+    most: dict[float, int] = {}
+    for n, k in zip(sizes, participations, strict=True):
+        if n <= 0 or k <= 0:
+            continue
+        q, per = record_steps(n, batch_size=batch_size, epochs=epochs)
+        most[q] = max(most.get(q, 0), per * k)
+    return sorted(most.items())
+
+
+def record_epsilon(z: float, groups: Sequence[tuple[float, int]], delta: float, mechanism: str) -> float:
+    """Max over ``groups`` of Opacus' epsilon for ``steps`` DP-SGD steps at noise ``z`` and rate q.
+
+    This is what :meth:`fl_core.record_dp.RecordDP.epsilon` returns for a client whose
+    accountant history is ``[(z, q, steps)]`` (Opacus merges identical consecutive steps).
+    """
+    from opacus.accountants import create_accountant
+
+    worst = 0.0
+    for q, steps in groups:
+        acc = create_accountant(mechanism=mechanism)
+        acc.history = [(z, q, steps)]
+        worst = max(worst, float(acc.get_epsilon(delta=delta)))
+    return worst
+
+
+def calibrate_record_noise(
+    cfg: RunConfig,
+    target_epsilon: float,
+    *,
+    sizes: Sequence[int],
+    fail_prob: float = RECORD_FAIL_PROB,
+    rel_tol: float = 1e-3,
+) -> Calibration:
+    """The smallest record noise multiplier whose Opacus epsilon meets ``target_epsilon`` for every client.
+
+    A client's record-level epsilon is that of Opacus' accountant (the one
+    :func:`record_mechanism` names) after all its local DP-SGD steps: steps per
+    participation (:func:`record_steps`, from its number of records, the batch size
+    and the local epochs) times its number of participations. Participations are
+    random, so the calibration needs a count k for every client:
+
+    * seeded run (``cfg.seed`` set, as in every sweep cell): the cohort schedule is a
+      function of the seed alone (:func:`cohort_schedule`), so each client's *exact*
+      count of this run is used; the calibrated epsilon is then exactly the largest
+      epsilon any client's accountant will report.
+    * unseeded run: every client is assumed to take part k* times, k* from
+      :func:`participation_bound` (union bound over the N clients, so with probability
+      at least ``1 - fail_prob`` no client takes part more often).
+
+    k* is computed and recorded in both cases. The bisection is :func:`bisect_noise`
+    on the maximum over clients of Opacus' epsilon.
+
+    Args:
+        cfg: the run (sampling, rounds, clients, local epochs, batch size, record clip, delta, seed).
+        target_epsilon: record-level epsilon to meet at ``cfg.delta``.
+        sizes: records held by each client (``FederatedData.client_sizes``).
+        fail_prob: the union bound's failure probability (unseeded runs).
+        rel_tol: relative precision of the noise multiplier.
+
+    Security:
+        Assumption: Opacus' DP-SGD and accountant (Abadi et al. 2016; Mironov 2017)
+        with Poisson sampling of records inside each client; the unit is one record of
+        one client (add/remove) at ``cfg.delta``. Guarantee: with the returned noise
+        multiplier every client's Opacus epsilon is at most the target (seeded: for
+        this run's schedule; unseeded: except with probability ``fail_prob``). The
+        client sampling is *not* credited as amplification (a client's epsilon is
+        conditional on the rounds it took part in), so this is conservative there.
+
+    Raises:
+        ConfigError: ``sizes`` does not have one entry per client, no client holds a
+            record, or the target cannot be reached (from :func:`bisect_noise`,
+            :func:`participation_bound`).
+    """
+    import opacus
+
+    from fl_core.runner import make_sampler
+
+    if len(sizes) != cfg.clients:
+        raise ConfigError(f"sizes has {len(sizes)} entries for {cfg.clients} clients", option="clients")
+    if not any(n > 0 for n in sizes):
+        raise ConfigError("no client holds a record: nothing to train with DP-SGD", option="clients")
+    sampler = make_sampler(cfg)
+    k_star = participation_bound(cfg.clients, sampler.rate, cfg.rounds, fail_prob=fail_prob)
+    k_max: int | None = None
+    if cfg.seed is not None:
+        counts = [0] * cfg.clients
+        for members in cohort_schedule(cfg):
+            for c in members:
+                counts[c - 1] += 1
+        k_max = max(n for n, size in zip(counts, sizes, strict=True) if size > 0)
+        rule = "exact"
+    else:
+        counts = [k_star] * cfg.clients
+        rule = "union-bound"
+    mechanism = record_mechanism(cfg)
+    # Empty only if this seeded schedule never samples a client with records: no record is
+    # ever used, every epsilon is 0 and the bisection returns its floor.
+    groups = record_groups(sizes, counts, batch_size=cfg.batch_size, epochs=cfg.local_epochs)
+
+    def eps(z: float) -> float:
+        return record_epsilon(z, groups, cfg.delta, mechanism)
+
+    z, e = bisect_noise(eps, target_epsilon, rel_tol=rel_tol)
+    per_participation = sorted(
+        {record_steps(n, batch_size=cfg.batch_size, epochs=cfg.local_epochs) for n in sizes if n > 0}
+    )
+    details = {
+        "privacy_unit": "record",
+        "opacus_version": opacus.__version__,
+        "mechanism": mechanism,
+        "record_clip": cfg.record_clip,
+        "local_epochs": cfg.local_epochs,
+        "batch_size": cfg.batch_size,
+        "participation_rule": rule,
+        "k_calibrated": k_max if k_max is not None else k_star,
+        "k_max": k_max,
+        "k_star": k_star,
+        "fail_prob": fail_prob,
+        "steps_per_participation": [{"sample_rate": q, "steps": s} for q, s in per_participation],
+        "max_steps": max((s for _, s in groups), default=0),
+    }
+    return Calibration(z, e, target_epsilon, f"opacus-{mechanism}", "opacus-record", details)

@@ -10,6 +10,12 @@ reported and not stored, so it is retried next time.
 
 The held-out set is split once, by a fixed permutation, into a validation half
 (hyperparameter choice, ``--tune``) and a test half (every reported number).
+
+Record cells (Opacus DP-SGD inside each client, no client-level noise) report as
+their ``epsilon`` the largest record-level epsilon any client's Opacus accountant
+holds at the end of the run (the run's ``record_level`` report), beside its median
+and the number of clients that trained; their noise multiplier is calibrated per
+seed on that seed's exact cohort schedule (:func:`~fl_core.utility_bench.calibrate.calibrate_record_noise`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -30,9 +37,10 @@ from typing import Any
 
 from fl_core.config import RunConfig
 from fl_core.errors import ConfigError
-from fl_core.utility_bench.calibrate import Calibration, calibrate_noise
+from fl_core.utility_bench.calibrate import Calibration, calibrate_noise, calibrate_record_noise
 from fl_core.utility_bench.spec import (
     BENCH_VERSION,
+    RECORD_DEFAULTS,
     Cell,
     Hyper,
     Mode,
@@ -59,13 +67,17 @@ _SECURE_SUM_OF: dict[Mode, str | None] = {
     Mode.CENTRAL: None,  # the spec's secure sum
     Mode.DISTRIBUTED: None,
     Mode.LOCAL: "plain",  # each update is private alone: no secure aggregation needed
-    Mode.RECORD: "plain",
+    Mode.RECORD: None,  # no client-level noise: the secure sum is what hides each update
 }
 
 
 def _cell_config(spec: SweepSpec, mode: Mode, model: str, seed: int, hyper: Hyper) -> RunConfig:
     base = base_options(spec.dataset, model)
     secure_sum = _SECURE_SUM_OF[mode] or spec.secure_sum
+    record: dict[str, Any] = {}
+    if mode is Mode.RECORD:
+        # The record noise multiplier is set after calibration (build_cells).
+        record["record_clip"] = hyper.record_clip if hyper.record_clip is not None else RECORD_DEFAULTS["record_clip"]
     return RunConfig(
         dataset=spec.dataset,
         clients=spec.clients,
@@ -86,6 +98,7 @@ def _cell_config(spec: SweepSpec, mode: Mode, model: str, seed: int, hyper: Hype
         delta=spec.delta,
         seed=seed,
         threads=1,
+        **record,
     )
 
 
@@ -93,7 +106,7 @@ def build_cells(
     spec: SweepSpec,
     *,
     hyper_for: Callable[[str, Mode, float | None], Hyper] | None = None,
-    calibrations: dict[tuple[str, float], Calibration] | None = None,
+    calibrations: dict[tuple[str, str, float], Calibration] | None = None,
     store: Path | None = None,
 ) -> list[Cell]:
     """Every cell of ``spec``: the baseline per (model, seed), then model x mode x epsilon x seed.
@@ -101,23 +114,17 @@ def build_cells(
     Args:
         spec: the sweep.
         hyper_for: ``(model, mode, epsilon) -> Hyper``; default: :func:`default_hyper`.
-        calibrations: a cache of calibrations keyed by (configuration, epsilon), filled in place.
+        calibrations: a cache of calibrations keyed by (mode, configuration, epsilon), filled in place.
         store: a folder whose ``calibrations.json`` keeps calibrations across invocations
             (keyed by the hash of the run configuration, target and accountant).
 
+    Record cells are calibrated per seed (their noise depends on the seed's cohort
+    schedule); every other mode once per configuration.
+
     Raises:
-        ConfigError: ``record`` mode requested (not wired into runs yet), or a
-            target epsilon that cannot be reached.
+        ConfigError: a target epsilon that cannot be reached.
     """
-    if Mode.RECORD in spec.modes:
-        # fl_core.record_dp (Opacus inside train_fn) is not an option of RunConfig/execute yet,
-        # so a sweep cannot run it without bypassing the run configuration it records.
-        raise ConfigError(
-            "--modes record is not available in sweeps yet: record-level DP (fl_core.record_dp) is not "
-            "a run option; drop 'record' from --modes",
-            option="modes",
-        )
-    hyper_for = hyper_for or (lambda model, mode, eps: default_hyper(spec.dataset, model, eps))
+    hyper_for = hyper_for or (lambda model, mode, eps: default_hyper(spec.dataset, model, eps, mode))
     cache = calibrations if calibrations is not None else {}
     cells: list[Cell] = []
     for model in spec.models:
@@ -130,19 +137,31 @@ def build_cells(
                 hyper = hyper_for(model, mode, eps)
                 for seed in range(spec.seeds):
                     cfg = _cell_config(spec, mode, model, seed, hyper)
-                    # The noise does not depend on the seed: one calibration per configuration.
-                    key = (json.dumps(cfg.replace(seed=None).to_dict(), sort_keys=True), float(eps))
+                    # Client-level noise does not depend on the seed: one calibration per configuration.
+                    # Record noise does (each seed has its own cohort schedule): one per seed.
+                    ident = cfg if mode is Mode.RECORD else cfg.replace(seed=None)
+                    key = (mode.value, json.dumps(ident.to_dict(), sort_keys=True), float(eps))
                     if key not in cache:
-                        cache[key] = _calibrate_cached(cfg, float(eps), spec, store)
+                        cache[key] = _calibrate_cached(cfg, float(eps), spec, store, mode=mode)
                     cal = cache[key]
-                    cfg = cfg.replace(noise_multiplier=round(cal.noise_multiplier, 6))
+                    if mode is Mode.RECORD:
+                        # Rounded up, so the rounding never costs epsilon.
+                        cfg = cfg.replace(record_noise_multiplier=math.ceil(cal.noise_multiplier * 1e6) / 1e6)
+                    else:
+                        cfg = cfg.replace(noise_multiplier=round(cal.noise_multiplier, 6))
                     cells.append(Cell(mode, model, float(eps), seed, spec.split, cfg, hyper, cal.to_dict()))
     return cells
 
 
-def _calibrate_cached(cfg: RunConfig, eps: float, spec: SweepSpec, store: Path | None) -> Calibration:
-    ident = {"v": BENCH_VERSION, "config": cfg.replace(noise_multiplier=None).to_dict(), "eps": eps}
+def _calibrate_cached(
+    cfg: RunConfig, eps: float, spec: SweepSpec, store: Path | None, *, mode: Mode | None = None
+) -> Calibration:
+    ident: dict[str, Any] = {"v": BENCH_VERSION, "config": cfg.replace(noise_multiplier=None).to_dict(), "eps": eps}
     ident["accountant"] = spec.accountant
+    if mode is Mode.RECORD:  # Opacus' accountant, not the spec's (--accountant does not apply)
+        del ident["accountant"]
+        ident["mode"] = mode.value
+        ident["config"] = cfg.replace(noise_multiplier=None, record_noise_multiplier=None).to_dict()
     key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = store / "calibrations.json" if store is not None else None
     saved: dict[str, Any] = {}
@@ -156,7 +175,11 @@ def _calibrate_cached(cfg: RunConfig, eps: float, spec: SweepSpec, store: Path |
             return Calibration(**saved[key])
         except TypeError:
             pass
-    cal = calibrate_noise(cfg, eps, data=load_cell_data(cfg, spec.split), accountant=spec.accountant)
+    data = load_cell_data(cfg, spec.split)
+    if mode is Mode.RECORD:
+        cal = calibrate_record_noise(cfg, eps, sizes=_client_sizes(data))
+    else:
+        cal = calibrate_noise(cfg, eps, data=data, accountant=spec.accountant)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         saved[key] = cal.to_dict()
@@ -169,6 +192,10 @@ def _calibrate_cached(cfg: RunConfig, eps: float, spec: SweepSpec, store: Path |
 # -- data, per process -----------------------------------------------------------
 
 _DATA_CACHE: dict[tuple[Any, ...], Any] = {}
+
+
+def _client_sizes(data: Any) -> list[int]:
+    return list(data.client_sizes) or [len(c) for c in data.clients]
 
 
 def split_heldout(n: int) -> tuple[list[int], list[int]]:
@@ -233,10 +260,11 @@ def run_cell(cell: Cell, ledger_dir: str) -> dict[str, Any]:
         data = load_cell_data(cfg, cell.split)
         rounds: list[dict[str, Any]] = []
         last = [time.process_time()]
+        record_eps = _record_epsilon_tracker(cfg, data) if cell.mode is Mode.RECORD else None
 
         def on_round(res: Any) -> None:
             now = time.process_time()
-            eps = res.epsilon
+            eps = res.epsilon if record_eps is None else record_eps(res.cohort)
             rounds.append(
                 {
                     "round": res.round,
@@ -255,18 +283,37 @@ def run_cell(cell: Cell, ledger_dir: str) -> dict[str, Any]:
             )
             last[0] = now
 
-        summary = execute(cfg, data=data, on_round=on_round)
+        with warnings.catch_warnings():
+            # Opacus warns once per client that secure_mode is off; fl_core.record_dp documents it
+            # and the report repeats it.
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            summary = execute(cfg, data=data, on_round=on_round)
         out = summary.to_json()
         for k in ("per_round_accuracy", "client_sizes"):
             out.pop(k, None)
         record = cell.to_dict()
+        epsilon = out.get("epsilon")
+        if cell.mode is Mode.RECORD:
+            # The measured record-level epsilon: the largest any client's Opacus accountant holds.
+            level = out["record_level"]
+            epsilon = level["epsilon_max"]
+            counts = _participations(summary.results)
+            record["record_level"] = {
+                "epsilon_max": level["epsilon_max"],
+                "epsilon_median": level["epsilon_median"],
+                "clients_trained": level["clients_trained"],
+                "accountant": level["accountant"],
+                "noise_multiplier": level["noise_multiplier"],
+                "max_grad_norm": level["max_grad_norm"],
+                "participations_max": max(counts.values(), default=0),
+            }
         record.update(
             {
                 "label": cell.label,
                 "status": "ok",
                 "accuracy": out.get("accuracy"),
                 "loss": out.get("loss"),
-                "epsilon": out.get("epsilon"),
+                "epsilon": epsilon,
                 "summary": out,
                 "rounds": rounds,
                 "wall_s": time.perf_counter() - t0,
@@ -288,6 +335,37 @@ def run_cell(cell: Cell, ledger_dir: str) -> dict[str, Any]:
             }
         )
         return record
+
+
+def _participations(results: Iterable[Any]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for res in results:
+        for c in res.cohort:
+            counts[c] = counts.get(c, 0) + 1
+    return counts
+
+
+def _record_epsilon_tracker(cfg: RunConfig, data: Any) -> Callable[[Sequence[int]], float]:
+    """A function cohort -> the largest record-level epsilon of any client after that round.
+
+    It charges each cohort member one participation and asks Opacus' accountant (the one
+    the run's RecordDP uses) for the worst client, so the per-round curve ends at the
+    epsilon the run reports.
+    """
+    from fl_core.utility_bench.calibrate import record_epsilon, record_groups, record_mechanism
+
+    sizes = _client_sizes(data)
+    counts = [0] * len(sizes)
+    mechanism = record_mechanism(cfg)
+    z = float(cfg.record_noise_multiplier or 0.0)
+
+    def after(cohort: Sequence[int]) -> float:
+        for c in cohort:
+            counts[c - 1] += 1
+        groups = record_groups(sizes, counts, batch_size=cfg.batch_size, epochs=cfg.local_epochs)
+        return record_epsilon(z, groups, cfg.delta, mechanism)
+
+    return after
 
 
 # -- the store and the pool --------------------------------------------------------
@@ -329,6 +407,7 @@ _COST = {"logreg": 1.0, "mlp": 2.0, "cnn": 8.0}
 
 def _cost(cell: Cell) -> float:
     c = _COST.get(cell.model, 1.0) * cell.config.rounds
+    c *= 2.5 if cell.mode is Mode.RECORD else 1.0  # Opacus' per-sample gradients and setup per client
     return c * (1.5 if cell.config.secure_sum == "masking" else 1.0)
 
 

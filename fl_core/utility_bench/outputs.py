@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["summarize", "write_outputs", "ROUND_FIELDS", "RUN_FIELDS"]
+__all__ = ["summarize", "write_outputs", "record_table", "results_table", "ROUND_FIELDS", "RUN_FIELDS"]
 
 RUN_FIELDS = (
     "cell_id",
@@ -42,6 +42,13 @@ RUN_FIELDS = (
     "wall_s",
     "split",
     "status",
+    "privacy_unit",
+    "record_clip",
+    "epsilon_median",
+    "clients_trained",
+    "k_calibrated",
+    "k_star",
+    "max_steps",
 )
 ROUND_FIELDS = (
     "cell_id",
@@ -72,10 +79,17 @@ def _std(xs: Sequence[float]) -> float:
 
 
 def run_row(rec: dict[str, Any]) -> dict[str, Any]:
-    """One flat row per run (the CSV line)."""
+    """One flat row per run (the CSV line).
+
+    Record-mode rows: ``noise_multiplier`` is DP-SGD's (per record), ``epsilon`` the largest
+    record-level epsilon of any client, ``clip`` the client-update clip (encoding only).
+    """
     cfg = rec.get("config", {})
     rounds = [r for r in rec.get("rounds", []) if not r.get("skipped")]
     cal = rec.get("calibration", {})
+    record = rec["mode"] == "record"
+    level = rec.get("record_level", {})
+    details = cal.get("details", {})
     return {
         "cell_id": rec["cell_id"],
         "model": rec["model"],
@@ -86,7 +100,7 @@ def run_row(rec: dict[str, Any]) -> dict[str, Any]:
         "seed": rec.get("seed"),
         "accuracy": rec.get("accuracy"),
         "loss": rec.get("loss"),
-        "noise_multiplier": cfg.get("noise_multiplier"),
+        "noise_multiplier": cfg.get("record_noise_multiplier") if record else cfg.get("noise_multiplier"),
         "clip": cfg.get("clip"),
         "server_lr": cfg.get("server_lr"),
         "server_momentum": cfg.get("server_momentum"),
@@ -101,6 +115,13 @@ def run_row(rec: dict[str, Any]) -> dict[str, Any]:
         "wall_s": rec.get("wall_s"),
         "split": rec.get("split"),
         "status": rec.get("status"),
+        "privacy_unit": None if rec["mode"] == "none" else ("record" if record else "client"),
+        "record_clip": cfg.get("record_clip") if record else None,
+        "epsilon_median": level.get("epsilon_median"),
+        "clients_trained": level.get("clients_trained"),
+        "k_calibrated": details.get("k_calibrated"),
+        "k_star": details.get("k_star"),
+        "max_steps": details.get("max_steps"),
     }
 
 
@@ -173,8 +194,27 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "rounds": row["rounds"],
                 "gap_to_baseline": (b - _mean(accs)) if b is not None else None,
                 "n_eval": min(eval_size(r) for r in rs),
+                "privacy_unit": row["privacy_unit"],
             }
         )
+        if mode == "record":
+            rows = [run_row(r) for r in rs]
+            meds = [float(x["epsilon_median"]) for x in rows if x["epsilon_median"] is not None]
+            results[-1].update(
+                {
+                    # Calibrated per seed (each seed has its own cohort schedule): the largest.
+                    "noise_multiplier": max(float(x["noise_multiplier"]) for x in rows),
+                    "record_clip": row["record_clip"],
+                    "epsilon_median": _mean(meds) if meds else None,
+                    "clients_trained": min(
+                        (int(x["clients_trained"]) for x in rows if x["clients_trained"]), default=None
+                    ),
+                    "k_calibrated": max((int(x["k_calibrated"]) for x in rows if x["k_calibrated"]), default=None),
+                    "k_star": row["k_star"],
+                    "max_steps": max((int(x["max_steps"]) for x in rows if x["max_steps"]), default=None),
+                    "accountant": rs[0].get("calibration", {}).get("accountant"),
+                }
+            )
     monotone: dict[str, bool] = {}
     by_curve: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for res in results:
@@ -252,9 +292,8 @@ def plot_accuracy_vs_epsilon(summary: dict[str, Any], path: Path, *, title: str)
         es = [100 * r["accuracy_std"] for r in rs]
         all_eps += xs
         marker, ls = _MODE_STYLE.get(mode, ("o", "-"))
-        ax.errorbar(
-            xs, ys, yerr=es, marker=marker, linestyle=ls, color=colors[model], capsize=3, label=f"{model}, {mode}"
-        )
+        label = f"{model}, {mode}" + (" (record-level ε)" if mode == "record" else "")
+        ax.errorbar(xs, ys, yerr=es, marker=marker, linestyle=ls, color=colors[model], capsize=3, label=label)
     for model, b in sorted(summary["baselines"].items()):
         ax.axhline(
             100 * b["accuracy"],
@@ -270,11 +309,12 @@ def plot_accuracy_vs_epsilon(summary: dict[str, Any], path: Path, *, title: str)
         ax.set_xticklabels([f"{t:g}" for t in ticks])
         ax.minorticks_off()
         ax.set_xlim(min(all_eps) / 1.3, max(all_eps) * 1.3)
-    ax.set_xlabel("accounted ε (log scale)")
+    record = any(r["mode"] == "record" for r in summary["results"])
+    ax.set_xlabel("accounted ε (log scale)" + ("; record mode: max over clients, per record" if record else ""))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -390,10 +430,32 @@ def results_table(summary: dict[str, Any]) -> str:
         b = summary["baselines"].get(r["model"], {})
         gap = 100 * r["gap_to_baseline"] if r["gap_to_baseline"] is not None else None
         acc = f"{100 * r['accuracy']:.1f}" + (f" ± {100 * r['accuracy_std']:.1f}" if r["seeds"] > 1 else "")
+        clip = _fmt(r["clip"])
+        if r["mode"] == "record":  # DP-SGD's per-record clip; the update clip only bounds the encoding
+            clip = f"{_fmt(r.get('record_clip'))} per record"
         lines.append(
             f"| {r['model']} | {r['mode']} | {r['target_epsilon']:g} | {_fmt(r['epsilon'])} | "
-            f"{_fmt(r['noise_multiplier'], 3)} | {_fmt(r['clip'])} | {r['server_lr']:g} / {r['server_momentum']:g} | "
+            f"{_fmt(r['noise_multiplier'], 3)} | {clip} | {r['server_lr']:g} / {r['server_momentum']:g} | "
             f"{acc} | {_fmt(100 * b['accuracy'] if b else None, 1)} | {_fmt(gap, 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def record_table(summary: dict[str, Any]) -> str:
+    """The Markdown table of the record-mode results (privacy unit: one record of one client)."""
+    lines = [
+        "| model | target ε | ε max over clients | ε median | clients trained | noise mult. | record clip "
+        "| max DP-SGD steps | k calibrated | k* (union bound) | accuracy (%) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["results"]:
+        if r["mode"] != "record":
+            continue
+        acc = f"{100 * r['accuracy']:.1f}" + (f" ± {100 * r['accuracy_std']:.1f}" if r["seeds"] > 1 else "")
+        lines.append(
+            f"| {r['model']} | {r['target_epsilon']:g} | {_fmt(r['epsilon'])} | {_fmt(r.get('epsilon_median'))} | "
+            f"{_fmt(r.get('clients_trained'))} | {_fmt(r['noise_multiplier'], 3)} | {_fmt(r.get('record_clip'))} | "
+            f"{_fmt(r.get('max_steps'))} | {_fmt(r.get('k_calibrated'))} | {_fmt(r.get('k_star'))} | {acc} |"
         )
     return "\n".join(lines)
 
@@ -405,7 +467,16 @@ def write_report(path: Path, meta: dict[str, Any], summary: dict[str, Any], runs
     mono = summary["monotone"]
     failed = [r for r in runs if r.get("status") == "error"]
     pending = [r for r in runs if r.get("status") == "pending"]
-    modes_sum = ", ".join(f"{m}: {'plain' if m in ('local', 'record') else spec['secure_sum']}" for m in spec["modes"])
+    modes_sum = ", ".join(f"{m}: {'plain' if m == 'local' else spec['secure_sum']}" for m in spec["modes"])
+    client_modes = [m for m in spec["modes"] if m != "record"]
+    record_runs = [r for r in runs if r.get("mode") == "record" and r.get("calibration", {}).get("details")]
+    unit = "one client's whole contribution (client-level DP, add/remove one client)"
+    if record_runs:
+        unit = (
+            (f"{', '.join(client_modes)}: {unit}; " if client_modes else "")
+            + "record: one record (training example) of one client (record-level DP, add/remove one record), "
+            "not a whole client"
+        )
     adaptive = any(r.get("config", {}).get("adaptive_clip") for r in runs)
     clip_note = (
         "adaptive (median-tracking, Andrew et al. 2021; its count query is accounted), initial clip in the table"
@@ -414,7 +485,7 @@ def write_report(path: Path, meta: dict[str, Any], summary: dict[str, Any], runs
     )
     settings = [
         ("dataset", f"{spec['dataset']} ({spec['partition']} split over clients)"),
-        ("privacy unit", "one client's whole contribution (client-level DP, add/remove one client)"),
+        ("privacy unit", unit),
         (
             "sampling scheme",
             f"Poisson, q = {spec['per_round']}/{spec['clients']} = {spec['sampling_rate']:g} per round",
@@ -450,6 +521,8 @@ def write_report(path: Path, meta: dict[str, Any], summary: dict[str, Any], runs
         ("evaluation", f"{spec['split']} half of the held-out set (fixed permutation), final round"),
         ("seeds", f"{seeds} per cell (0..{seeds - 1}); ± is the std over seeds"),
     ]
+    if record_runs:
+        settings += _record_settings(record_runs, spec)
     parts = [
         f"# Privacy-utility sweep: {spec['dataset']}",
         "",
@@ -475,6 +548,20 @@ def write_report(path: Path, meta: dict[str, Any], summary: dict[str, Any], runs
         + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in sorted(mono.items()))
         + ".",
         "",
+        *(
+            [
+                "## Record mode (record-level DP)",
+                "",
+                "ε is measured: the largest record-level ε that any client's Opacus accountant holds at the end of "
+                "the run (the median over the clients that trained beside it). It is not comparable unit for unit "
+                "with the client-level ε of the other modes: it protects one record of one client, not a client.",
+                "",
+                record_table(summary),
+                "",
+            ]
+            if record_runs
+            else []
+        ),
         "![accuracy vs epsilon](accuracy_vs_epsilon.png)",
         "",
         "![accuracy and epsilon per round](rounds.png)",
@@ -496,6 +583,51 @@ def write_report(path: Path, meta: dict[str, Any], summary: dict[str, Any], runs
         parts += ["", "## Cells not run yet (rerun the command to run them)", ""]
         parts += [f"- {r['label']}" for r in pending]
     path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+
+
+def _record_settings(record_runs: Sequence[dict[str, Any]], spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """The report's settings rows for record mode (from the record cells' calibrations)."""
+    d = record_runs[0]["calibration"]["details"]
+    cfg = record_runs[0]["config"]
+    steps = ", ".join(
+        f"{s['steps']} at sample rate {s['sample_rate']:.4g}" for s in d.get("steps_per_participation", [])
+    )
+    k_seed = sorted({(r["seed"], r["calibration"]["details"].get("k_calibrated")) for r in record_runs})
+    rule = d.get("participation_rule")
+    if rule == "exact":
+        k_note = (
+            "calibrated for each seed's exact maximum participation count, computed before the run from the "
+            "seeded cohort schedule (" + ", ".join(f"seed {s}: {k}" for s, k in k_seed) + ")"
+        )
+    else:
+        k_note = "calibrated for k* (below)"
+    version = f"Opacus {d.get('opacus_version')} {str(d.get('mechanism', '')).upper()} accountant"
+    return [
+        (
+            "record mode",
+            f"DP-SGD inside each client (Opacus make_private in the client's train_fn, Poisson sampling of "
+            f"records), no client-level noise, secure sum {cfg.get('secure_sum')}; client updates are clipped at "
+            f"{cfg.get('clip'):g} only so the secure sum can encode them; Opacus runs without secure_mode "
+            "(torch generators, not a CSPRNG: see fl_core.record_dp)",
+        ),
+        ("record accountant", f"{version}, one per client across the rounds it takes part in; δ = {spec['delta']:g}"),
+        (
+            "record clip / noise",
+            f"per-record gradient clip {cfg.get('record_clip'):g}; noise multiplier σ / clip per target ε in the "
+            "record table, calibrated by bisection on the same accountant for the worst client",
+        ),
+        (
+            "record steps",
+            f"per participation: {d.get('local_epochs')} local epochs x ceil(records / {d.get('batch_size')}) "
+            f"Poisson batches ({steps}); total steps = that x participations (max in the record table)",
+        ),
+        (
+            "record participations",
+            f"{k_note}; k* = {d.get('k_star')}: by a union bound over the {spec['clients']} clients, the chance "
+            f"that any client takes part in more than k* of the rounds is at most {d.get('fail_prob'):g} "
+            "(used when the schedule is not seeded); client sampling is not credited as amplification",
+        ),
+    ]
 
 
 def write_outputs(out: Path, meta: dict[str, Any], records: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -10,7 +10,9 @@ configuration.
 The per-epsilon defaults (clip, server learning rate, server momentum) come
 from the small grid :data:`GRID`, searched on a *validation* half of the
 held-out set (``privagg bench utility --tune``); the reported accuracy is
-measured on the other, *test* half, which tuning never sees.
+measured on the other, *test* half, which tuning never sees. Record mode
+(Opacus DP-SGD inside each client) has its own defaults (:data:`RECORD_DEFAULTS`)
+and grid (:data:`RECORD_GRID`): its knob is the per-record gradient clip.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from fl_core.errors import ConfigError
 __all__ = [
     "BENCH_VERSION",
     "GRID",
+    "RECORD_DEFAULTS",
+    "RECORD_GRID",
     "Hyper",
     "Mode",
     "Split",
@@ -35,6 +39,7 @@ __all__ = [
     "SweepSpec",
     "default_hyper",
     "base_options",
+    "grid_for",
 ]
 
 #: Bumped whenever the meaning of a stored cell changes (its result must not be reused).
@@ -68,20 +73,26 @@ class Hyper:
         server_momentum: server momentum (FedAvgM).
         adaptive_clip: track the median update norm (Andrew et al. 2021) starting from ``clip``;
             its noisy count query is accounted.
+        record_clip: record mode only: Opacus' per-record gradient clip (``max_grad_norm``);
+            None for the client-level modes.
     """
 
     clip: float
     server_lr: float
     server_momentum: float
     adaptive_clip: bool = False
+    record_clip: float | None = None
 
     def to_dict(self) -> dict[str, float | bool]:
-        return {
+        out: dict[str, float | bool] = {
             "clip": self.clip,
             "server_lr": self.server_lr,
             "server_momentum": self.server_momentum,
             "adaptive_clip": self.adaptive_clip,
         }
+        if self.record_clip is not None:
+            out["record_clip"] = self.record_clip
+        return out
 
 
 #: The documented grid searched per (dataset, model, mode, epsilon) by ``--tune``:
@@ -92,6 +103,23 @@ GRID: dict[str, tuple[float, ...]] = {
     "server_lr": (1.0, 2.0),
     "server_momentum": (0.5, 0.9),
 }
+
+#: Record mode's grid for ``--tune``: 3 per-record clip norms x the same server learning rates
+#: and momenta as :data:`GRID` = 12 runs; the update clip stays at the dataset's base clip.
+RECORD_GRID: dict[str, tuple[float, ...]] = {
+    "record_clip": (0.25, 1.0, 4.0),
+    "server_lr": GRID["server_lr"],
+    "server_momentum": GRID["server_momentum"],
+}
+
+#: Record mode's default per-record clip (Opacus ``max_grad_norm``); client training (lr,
+#: local epochs, batch) is the dataset's, as for every mode, so the modes differ only in
+#: where the noise goes. Chosen as 1.0 because it sits below the per-record gradient norms
+#: of these models at the start of training (digits logreg: median 3.8), so clipping binds
+#: and every record's gradient is used at full allowed strength; once it binds, a smaller
+#: clip only rescales signal and noise alike. The client update is still clipped at the
+#: dataset's base clip, for the encoding of the secure sum only (no client-level noise).
+RECORD_DEFAULTS: dict[str, float] = {"record_clip": 1.0}
 
 # Client-side training and the default rounds per (dataset, model), and the base clip.
 # digits: the configuration measured in the foundation work (logreg, lr 0.5, 2 epochs).
@@ -125,9 +153,20 @@ def base_options(dataset: str, model: str) -> dict[str, Any]:
     return dict(_BASE[key])
 
 
-def default_hyper(dataset: str, model: str, epsilon: float | None) -> Hyper:
-    """The documented default knobs for one cell (epsilon None: the non-private baseline)."""
+def default_hyper(dataset: str, model: str, epsilon: float | None, mode: Mode | None = None) -> Hyper:
+    """The documented default knobs for one cell (epsilon None: the non-private baseline).
+
+    Record mode takes the dataset's base clip for the update, server lr 1 and momentum 0.5,
+    and :data:`RECORD_DEFAULTS` for the per-record clip.
+    """
     base = base_options(dataset, model)
+    if mode is Mode.RECORD:
+        return Hyper(
+            clip=float(base["clip"]),
+            server_lr=1.0,
+            server_momentum=0.5,
+            record_clip=RECORD_DEFAULTS["record_clip"],
+        )
     tuned = _TUNED.get((dataset, model), {})
     if tuned:
         if epsilon is None:
@@ -138,9 +177,16 @@ def default_hyper(dataset: str, model: str, epsilon: float | None) -> Hyper:
     return Hyper(clip=float(base["clip"]), server_lr=1.0, server_momentum=0.5)
 
 
-def grid_for(dataset: str, model: str) -> list[Hyper]:
-    """Every point of :data:`GRID` for ``(dataset, model)``."""
+def grid_for(dataset: str, model: str, mode: Mode | None = None) -> list[Hyper]:
+    """Every point of :data:`GRID` for ``(dataset, model)`` (record mode: of :data:`RECORD_GRID`)."""
     base_clip = float(base_options(dataset, model)["clip"])
+    if mode is Mode.RECORD:
+        return [
+            Hyper(clip=base_clip, server_lr=lr, server_momentum=m, record_clip=rc)
+            for rc in RECORD_GRID["record_clip"]
+            for lr in RECORD_GRID["server_lr"]
+            for m in RECORD_GRID["server_momentum"]
+        ]
     return [
         Hyper(clip=base_clip * f, server_lr=lr, server_momentum=m)
         for f in GRID["clip_factor"]
@@ -219,8 +265,9 @@ class SweepSpec:
         rounds: rounds per run (None: the dataset/model default).
         seeds: number of seeds per cell (0, 1, ...).
         delta: the delta of every guarantee.
-        secure_sum: backend for the central and distributed modes (baseline, local
-            and record use the plain sum: they need no secure aggregation).
+        secure_sum: backend for the central, distributed and record modes (the baseline
+            and local mode use the plain sum: they need no secure aggregation; record mode
+            has no client-level noise, so the secure sum is what hides each client's update).
         accountant: ``pld`` or ``rdp``.
         split: evaluate on the test half (reported) or the validation half (tuning).
         partition: how data is split among clients.

@@ -198,7 +198,6 @@ def test_cli_json(tmp_path: Path) -> None:
         (["--split", "train"], "--split must be"),
         (["--per-round", "0"], "--per-round"),
         (["--workers", "0"], "--workers"),
-        (["--modes", "record"], "record"),
     ],
 )
 def test_cli_option_errors(tmp_path: Path, extra: list[str], message: str) -> None:
@@ -332,11 +331,6 @@ def test_grid_and_defaults() -> None:
 def test_spec_errors(changes: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         dataclasses.replace(TINY, **changes)
-
-
-def test_record_mode_is_refused_until_it_is_a_run_option() -> None:
-    with pytest.raises(ConfigError, match="record"):
-        build_cells(dataclasses.replace(TINY, modes=(Mode.RECORD,)))
 
 
 def test_workers_must_be_positive(tmp_path: Path) -> None:
