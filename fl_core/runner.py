@@ -138,11 +138,15 @@ def build_federation(
     if cfg.record_noise_multiplier is not None:
         from fl_core.record_dp import RecordDP, RecordDPConfig
 
+        # Key each client's accountant (and the labels its Opacus generators are seeded from) by
+        # client id rather than object identity, so a seeded run is reproducible across processes.
+        client_of = {id(d): i + 1 for i, d in enumerate(data.clients)}
         record = RecordDP(
             RecordDPConfig(
                 noise_multiplier=cfg.record_noise_multiplier, max_grad_norm=cfg.record_clip, delta=cfg.delta
             ),
             rng=rng.spawn("record-dp"),
+            client_key=lambda d: client_of.get(id(d), id(d)),
         )
         train_fn = record.wrap(train_fn)
     from fl_core.privacy import build_privacy

@@ -288,6 +288,16 @@ def test_record_dp_epsilons_computes_each_history_once_and_right() -> None:
     assert eps["a"] == eps["b"] < eps["c"]
 
 
+def test_seeded_record_run_is_reproducible_with_fresh_data_objects() -> None:
+    """Opacus' generators are seeded per client id, not per object identity (which differs per process)."""
+    from fl_core.runner import execute, load_federated_data
+
+    cfg = _digits_cfg(rounds=2, record_noise_multiplier=1.5)
+    runs = [execute(cfg, data=load_federated_data(cfg)).to_json() for _ in range(2)]
+    assert runs[0]["accuracy"] == runs[1]["accuracy"] and runs[0]["loss"] == runs[1]["loss"]
+    assert runs[0]["record_level"] == runs[1]["record_level"]
+
+
 def test_record_mechanism_is_the_runners() -> None:
     from fl_core.runner import build_federation
 
