@@ -157,6 +157,7 @@ class Federation:
         self.accounting = _Accounting(epsilon_fn=epsilon_fn, ledger=ledger, budget=budget)
         self.round = 0
         self.history: list[RoundResult] = []
+        self._cohorts: dict[int, Any] = {}
 
     # -- public API ---------------------------------------------------------
 
@@ -224,10 +225,22 @@ class Federation:
 
     # -- the round in pieces (a networked transport runs them on different machines) --
 
+    def cohort_of(self, r: int) -> Any:
+        """Server: the cohort of round ``r``, drawn once (``begin_round(r)`` uses the same draw).
+
+        A transport may ask for the next round's cohort while the current round is still
+        running (to have its members advertise their keys early); sampling depends on
+        no data and charges nothing, so drawing it early changes nothing else.
+        """
+        if r not in self._cohorts:
+            self._cohorts = {k: v for k, v in self._cohorts.items() if k > self.round}
+            self._cohorts[r] = self.sampler.sample(self.rng.spawn(f"sample/{r}"))
+        return self._cohorts[r]
+
     def begin_round(self) -> RoundStart:
         """Server: sample the cohort and check the budget before anything runs."""
         r = self.round + 1
-        cohort = self.sampler.sample(self.rng.spawn(f"sample/{r}"))
+        cohort = self.cohort_of(r)
         if not cohort.members:
             return RoundStart(r, cohort, skipped=True)
         acc = self.accounting

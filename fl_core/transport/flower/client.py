@@ -38,6 +38,14 @@ import numpy as np
 
 from fl_core.config import RunConfig
 from fl_core.errors import ConfigError, FLError
+from fl_core.transport.flower.ahead import (
+    ADVERTISE_STAGE,
+    AheadParams,
+    AheadSession,
+    advertise,
+    request_from_fields,
+    resume_session,
+)
 from fl_core.transport.flower.codec import (
     FlowerCodecError,
     StagePacket,
@@ -57,10 +65,12 @@ __all__ = [
     "ClientStateError",
     "NodePolicyError",
     "NodeSession",
+    "NodeState",
     "check_node_policy",
     "app",
     "client_id_of",
     "handle_hello",
+    "handle_packet",
     "handle_round",
     "handle_stage",
 ]
@@ -242,11 +252,20 @@ def handle_hello(node_config: Any) -> StagePacket:
     return StagePacket(0, "hello", (), {"client": client_id_of(node_config)})
 
 
-def handle_round(packet: StagePacket, node_config: Any) -> tuple[StagePacket, NodeSession]:
+def handle_round(
+    packet: StagePacket, node_config: Any, ahead: AheadSession | None = None
+) -> tuple[StagePacket, NodeSession]:
     """The opening message of a round: train, clip, noise, encode, start the session.
 
+    When the node advertised its keys for this round ahead (``ahead``,
+    :mod:`fl_core.transport.flower.ahead`), the packet carries the server's next-stage
+    messages (the neighbours' keys): the session is rebuilt from the kept seed with the
+    real input, checked to re-emit the advertisement, and answers them.
+
     Raises:
-        ClientStateError: the server addressed another client than this node.
+        ClientStateError: the server addressed another client than this node, or sent
+            neighbour keys to a node that advertised none for this round.
+        AheadError: the kept advertisement does not fit this round (see ``resume_session``).
         NodePolicyError: the run is weaker than the node operator's floor.
         FlowerCodecError: the packet lacks the model or the configuration.
         ConfigError, FLError: invalid configuration or a failing ``train_fn``.
@@ -270,15 +289,30 @@ def handle_round(packet: StagePacket, node_config: Any) -> tuple[StagePacket, No
             f"the server's model has {f['dim']} values, this node's has {fed.dim}: different model or privagg version",
             option="model",
         )
+    if packet.messages and ahead is None:
+        raise ClientStateError(
+            f"the opening message of round {r} carries neighbour keys but this node advertised none "
+            "(it restarted, or missed the advertise request): it is a dropout for this round"
+        )
     global_vec = vector_from_bytes(bytes(f["global"]), np.float32, fed.dim)
     vec, clip = fed.client_contribution(client, r, global_vec, fed.client_data[client - 1])
-    seeded = cfg.seed is not None
-    seed = b"" if seeded else os.urandom(32)
     ring_bits = fed.plan.ring.bits
     max_clients = fed.sampler.max_cohort()
     min_survivors = int(fed.privacy.min_survivors)
-    session = fed.secure_sum.client(client, r, _session_rng(cfg, client, r, seed, seeded))
-    out = session.start(vec)
+    if packet.messages:
+        assert ahead is not None
+        seed, seeded = ahead.session_seed, ahead.seeded
+        own = AheadParams(r, str(f["config"]), ring_bits, fed.dim, max_clients, min_survivors)
+        rng = _session_rng(cfg, client, r, seed, seeded)
+        session = resume_session(
+            ahead, round_id=r, client=client, config_json=str(f["config"]), own=own, x=vec, rng=rng, ss=fed.secure_sum
+        )
+        out = [reply for m in packet.messages for reply in session.receive(m)]
+    else:
+        seeded = cfg.seed is not None
+        seed = b"" if seeded else os.urandom(32)
+        session = fed.secure_sum.client(client, r, _session_rng(cfg, client, r, seed, seeded))
+        out = session.start(vec)
     state = NodeSession(
         round_id=r,
         client=client,
@@ -290,6 +324,7 @@ def handle_round(packet: StagePacket, node_config: Any) -> tuple[StagePacket, No
         session_seed=seed,
         seeded=seeded,
         x=vector_to_bytes(vec),
+        history=tuple(packet.messages),
     )
     reply = StagePacket(r, TRAIN_STAGE, tuple(out), {"clipped": bool(clip.clipped), "saturated": int(clip.saturated)})
     return reply, state
@@ -343,19 +378,61 @@ def handle_stage(packet: StagePacket, state: NodeSession | None) -> tuple[StageP
     return StagePacket(state.round_id, packet.stage, tuple(out)), new_state
 
 
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """Everything a node keeps between messages: the open round's session and an advertised next one."""
+
+    session: NodeSession | None = None
+    ahead: AheadSession | None = None
+
+
+def handle_packet(packet: StagePacket, node_config: Any, state: NodeState) -> tuple[StagePacket, NodeState]:
+    """Answer one privagg packet (a round's opening, a stage, or a standalone advertise request).
+
+    A packet may also ask the node to advertise its keys for the next round
+    (:mod:`fl_core.transport.flower.ahead`); the advertisement rides on the reply.
+
+    Raises:
+        The errors of :func:`handle_round`, :func:`handle_stage` and
+        :func:`fl_core.transport.flower.ahead.advertise`.
+    """
+    if packet.stage == TRAIN_STAGE:
+        ahead = state.ahead if state.ahead is not None and state.ahead.params.round_id == packet.round_id else None
+        reply, session = handle_round(packet, node_config, ahead)
+        new = NodeState(session, None)
+    elif packet.stage == ADVERTISE_STAGE:
+        reply, new = StagePacket(packet.round_id, ADVERTISE_STAGE), state
+    else:
+        reply, stage_session = handle_stage(packet, state.session)
+        new = NodeState(stage_session, state.ahead)
+    req = request_from_fields(packet.fields)
+    if req is not None:
+        fields, kept = advertise(req, client_id_of(node_config), node_config)
+        reply = StagePacket(reply.round_id, reply.stage, reply.messages, {**reply.fields, **fields})
+        new = NodeState(new.session, kept)
+    return reply, new
+
+
 # -- the Flower ClientApp -----------------------------------------------------------
 
+_AHEAD = "privagg.ahead"
 
-def _load_state(context: Any) -> NodeSession | None:
+
+def _load_state(context: Any) -> NodeState:
     rec = context.state.config_records.get(_STATE)
-    return NodeSession.from_record(rec) if rec is not None else None
+    arec = context.state.config_records.get(_AHEAD)
+    return NodeState(
+        NodeSession.from_record(rec) if rec is not None else None,
+        AheadSession.from_record(arec) if arec is not None else None,
+    )
 
 
-def _save_state(context: Any, state: NodeSession | None) -> None:
-    if state is None:
-        context.state.config_records.pop(_STATE, None)
-    else:
-        context.state.config_records[_STATE] = state.to_record()
+def _save_state(context: Any, state: NodeState) -> None:
+    for key, value in ((_STATE, state.session), (_AHEAD, state.ahead)):
+        if value is None:
+            context.state.config_records.pop(key, None)
+        else:
+            context.state.config_records[key] = value.to_record()
 
 
 def _make_app() -> Any:
@@ -371,17 +448,18 @@ def _make_app() -> Any:
 
     @app.train("privagg_round")
     def _round(msg: FlowerMessage, context: Any) -> FlowerMessage:
-        _save_state(context, None)  # a new round discards whatever the node held
+        state = _load_state(context)
+        _save_state(context, NodeState())  # a new round discards whatever the node held, even if it fails
         packet = decode_packet(msg.content, stage=TRAIN_STAGE)
-        reply, state = handle_round(packet, context.node_config)
-        _save_state(context, state)
+        reply, new = handle_packet(packet, context.node_config, state)
+        _save_state(context, new)
         return FlowerMessage(encode_packet(reply), reply_to=msg)
 
     @app.train("privagg_stage")
     def _stage(msg: FlowerMessage, context: Any) -> FlowerMessage:
         packet = decode_packet(msg.content)
-        reply, state = handle_stage(packet, _load_state(context))
-        _save_state(context, state)
+        reply, new = handle_packet(packet, context.node_config, _load_state(context))
+        _save_state(context, new)
         return FlowerMessage(encode_packet(reply), reply_to=msg)
 
     from fl_core.transport.flower.baseline import register_fedavg_client

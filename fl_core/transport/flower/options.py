@@ -41,6 +41,9 @@ class FlowerOptions:
         resume_file: see ``pause_after``.
         mode: ``"privagg"`` (private aggregation) or ``"fedavg"`` (Flower's own FedAvg
             strategy on the same model and data, for comparison).
+        advertise_ahead: the next round's cohort advertises its keys during the current
+            round's final exchange, saving one Flower exchange per round
+            (:mod:`fl_core.transport.flower.ahead`); off: every round starts from scratch.
     """
 
     train_timeout: float = 600.0
@@ -51,6 +54,7 @@ class FlowerOptions:
     pause_after: str = ""
     resume_file: str = ""
     mode: str = "privagg"
+    advertise_ahead: bool = True
 
     def __post_init__(self) -> None:
         for name in ("train_timeout", "stage_timeout", "connect_timeout", "poll_interval"):
