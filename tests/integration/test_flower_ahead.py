@@ -26,9 +26,9 @@ pytestmark = [
 
 
 def _run_driver(
-    cfg: Any, tmp_path: Path, rounds: int, *, ahead: bool = True, silent: dict[int, set[str]] | None = None
+    cfg: Any, tmp_path: Path, rounds: int, *, ahead: bool = True, strip: frozenset[int] = frozenset()
 ) -> tuple[Any, list[Any], list[tuple[int, str]]]:
-    """Drive ``rounds`` rounds over a scripted grid; ``silent[c]`` = packet stages client c ignores."""
+    """Drive ``rounds`` rounds over a scripted grid; clients in ``strip`` never see an ahead request."""
     from fl_core.runner import build_federation
     from fl_core.transport.flower.client import NodeState, handle_packet
     from fl_core.transport.flower.codec import decode_packet, encode_packet
@@ -43,8 +43,9 @@ def _run_driver(
         c = node - 100
         packet = decode_packet(content)
         sent.append((c, packet.stage + ("+ahead" if "ahead" in packet.fields else "")))
-        if packet.stage in (silent or {}).get(c, set()):
-            return None
+        if c in strip:
+            fields = {k: v for k, v in packet.fields.items() if not k.startswith("ahead")}
+            packet = dataclasses.replace(packet, fields=fields)
         reply, states[c] = handle_packet(packet, {"partition-id": c - 1}, states.get(c, NodeState()))
         return encode_packet(reply)
 
@@ -89,14 +90,16 @@ def test_ahead_rounds_equal_the_in_process_rounds_with_one_exchange_less(dp: str
     assert [r.survivors for r in fed.history] == [r.survivors for r in ref.history]
     base, _, _ = _run_driver(cfg, tmp_path / "off", 3, ahead=False)
     assert np.array_equal(base.codec.flatten(base.model), ref.codec.flatten(ref.model))
-    # Round 1 opens as before; rounds 2 and 3 start with the keys advertised during the round before.
+    # Round 1 opens as before; rounds 2 and 3 start with their key setup done during the round before,
+    # and open with the masked-input request: two exchanges fewer.
     assert traces[0].stages[0]["stage"] == "train"
     for tr in traces[1:]:
-        assert tr.stages[0]["stage"] == "advertise-keys (ahead)" and tr.stages[0]["answered"] == [1, 2, 3]
-    assert [_exchanges(t) for t in traces][1:] == [_exchanges(traces[0]) - 1] * 2
-    # The request rides on the final exchange of rounds 1 and 2 only, and no standalone packet is needed.
-    assert sum(1 for _, st in sent if st.endswith("+ahead")) == 6
-    assert all(st != "advertise" for _, st in sent)
+        assert [s["stage"] for s in tr.stages[:3]] == ["advertise-keys (ahead)", "share-keys (ahead)", "train"]
+        assert tr.stages[0]["answered"] == tr.stages[1]["answered"] == [1, 2, 3]
+    assert [_exchanges(t) for t in traces][1:] == [_exchanges(traces[0]) - 2] * 2
+    # The two requests ride on the first two exchanges of rounds 1 and 2; no standalone packet is needed.
+    assert sum(1 for _, st in sent if st.endswith("+ahead")) == 2 * 2 * 3
+    assert all(not st.startswith("ahead") for _, st in sent)
 
 
 def test_new_cohort_members_get_a_standalone_advertise_request(tmp_path: Path) -> None:
@@ -108,65 +111,90 @@ def test_new_cohort_members_get_a_standalone_advertise_request(tmp_path: Path) -
     fed, traces, sent = _run_driver(cfg, tmp_path, 3)
     assert [r.cohort for r in fed.history] == cohorts
     assert np.array_equal(fed.codec.flatten(fed.model), ref.codec.flatten(ref.model))
-    standalone = [c for c, st in sent if st == "advertise+ahead"]
-    expected = [c for a, b in zip(cohorts, cohorts[1:], strict=False) for c in b if c not in a]
-    assert sorted(standalone) == sorted(expected)
+    standalone = {c for c, st in sent if st == "ahead+ahead"}
+    expected = {c for a, b in zip(cohorts, cohorts[1:], strict=False) for c in b if c not in a}
+    assert standalone == expected
 
 
-def test_a_member_that_misses_the_advertise_request_is_a_first_stage_dropout(tmp_path: Path) -> None:
-    cfg = _small_cfg(clients=4, per_round=4, dp="distributed", noise_multiplier=1.0, clip=1.0, rounds=2, colluders=0)
+def test_a_member_that_misses_the_ahead_requests_is_a_first_stage_dropout(tmp_path: Path) -> None:
+    cfg = _small_cfg(clients=4, per_round=4, dp="distributed", noise_multiplier=1.0, clip=1.0, rounds=2)
     cfg = cfg.replace(min_survivors=3)
-    # Client 4 does not answer round 1's final exchange (the one carrying the request for round 2).
-    fed, traces, sent = _run_driver(cfg, tmp_path, 2, silent={4: {"unmasking"}})
-    before_final = len(traces[0].stages) - 1  # it took part in every stage of round 1 but the last
-    ref = _reference(cfg, tmp_path, 2, dropouts={1: {4: before_final}, 2: {4: 0}})
+    # Client 4 takes part in round 1 but never sees the requests for round 2 (e.g. an older node).
+    fed, traces, sent = _run_driver(cfg, tmp_path, 2, strip=frozenset({4}))
+    ref = _reference(cfg, tmp_path, 2, dropouts={2: {4: 0}})
+    assert fed.history[0].survivors == (1, 2, 3, 4)
     assert fed.history[1].survivors == ref.history[1].survivors == (1, 2, 3)
     assert np.array_equal(fed.codec.flatten(fed.model), ref.codec.flatten(ref.model))
     assert traces[1].stages[0]["answered"] == [1, 2, 3]
-    assert (4, "train") not in sent[sent.index((1, "unmasking+ahead")) :]  # never opened round 2
+    opened_2 = [c for c, st in sent[len(sent) // 2 :] if st.startswith("train")]
+    assert 4 not in opened_2  # never opened round 2
 
 
 # -- node side: what the node refuses ---------------------------------------------------------------------------
 
 
 def _advertised(cfg: Any, client: int = 1, r: int = 1) -> tuple[Any, Any, Any]:
-    from fl_core.transport.flower.ahead import AheadParams, advertise
+    from fl_core.transport.flower.ahead import AheadParams, advance
     from fl_core.transport.flower.options import config_to_json
 
     fed, packet = _opening(cfg, client, r)
     params = AheadParams(
         r, config_to_json(cfg), fed.plan.ring.bits, fed.dim, fed.sampler.max_cohort(), int(fed.privacy.min_survivors)
     )
-    fields, kept = advertise(params, client, {"partition-id": client - 1})
+    fields, kept = advance(params, (), client, {"partition-id": client - 1}, None)
     return fed, packet, (params, fields, kept)
 
 
-def test_node_rebuilds_the_advertised_session_and_answers_the_neighbours_keys() -> None:
-    from fl_core.transport.flower.ahead import advertisement_from_fields
+def test_node_runs_key_setup_ahead_then_answers_the_opening_with_its_masked_input() -> None:
+    from fl_core.transport.flower.ahead import AheadError, advance, outputs_from_fields
     from fl_core.transport.flower.client import NodeState, handle_packet
     from fl_core.transport.flower.codec import StagePacket
 
     cfg = _small_cfg(dp="distributed", noise_multiplier=1.0, clip=1.0)
-    fed, packet, _ = _advertised(cfg)
+    fed, packet, (params, _, _) = _advertised(cfg)
     server = fed.secure_sum.server([1, 2, 3], 1)
-    kept = {}
-    out = []
-    for c in (1, 2, 3):
+    kept: dict[int, Any] = {}
+    out: list[Any] = []
+    for c in (1, 2, 3):  # stage 0 ahead: the advertisements
         _, _, (_, fields, kept[c]) = _advertised(cfg, c)
-        for m in advertisement_from_fields(fields, c, 1) or []:
+        for m in outputs_from_fields(fields, c, 1) or []:
             out.extend(server.receive(m))
-    mine = tuple(m for m in out if m.recipient == 1)
-    assert mine and all(m.stage == "share-keys" for m in mine)
+    assert out and {m.stage for m in out} == {"share-keys"}
+    shares: list[Any] = []
+    for c in (1, 2, 3):  # stage 1 ahead: the sealed shares
+        mine = tuple(m for m in out if m.recipient == c)
+        fields, kept[c] = advance(params, mine, c, {"partition-id": c - 1}, kept[c])
+        for m in outputs_from_fields(fields, c, 1) or []:
+            shares.extend(server.receive(m))
+    assert shares and {m.stage for m in shares} == {"masked-input"}
+    mine = tuple(m for m in shares if m.recipient == 1)
+    with pytest.raises(AheadError, match="before having the input"):  # the placeholder input is never masked
+        advance(params, mine, 1, {"partition-id": 0}, kept[1])
     reply, state = handle_packet(
         StagePacket(1, "train", mine, packet.fields), {"partition-id": 0}, NodeState(None, kept[1])
     )
-    assert reply.messages and all(m.stage == "share-keys" and m.sender == 1 for m in reply.messages)
-    assert state.ahead is None and state.session is not None and state.session.history == mine
-    for m in reply.messages:
-        server.receive(m)  # the server accepts the sealed shares of the rebuilt session
+    assert [m.stage for m in reply.messages] == ["masked-input"] and reply.messages[0].sender == 1
+    assert state.ahead is None and state.session is not None
+    assert state.session.history == kept[1].history + mine
+    server.receive(reply.messages[0])  # the server accepts the masked input of the rebuilt session
 
 
-def test_node_refuses_neighbour_keys_it_did_not_advertise_for() -> None:
+def test_ahead_requests_that_do_not_continue_the_kept_session_are_refused() -> None:
+    import dataclasses as dc
+
+    from fl_core.transport.flower.ahead import AheadError, advance
+    from secagg import Message
+
+    cfg = _small_cfg()
+    _, _, (params, _, kept) = _advertised(cfg)
+    keys = (Message(0, 1, 1, "share-keys", b"x"),)
+    with pytest.raises(AheadError, match="no session was opened ahead"):
+        advance(params, keys, 1, {"partition-id": 0}, None)
+    with pytest.raises(AheadError, match="differs from the one that opened it"):
+        advance(dc.replace(params, dim=params.dim + 1), keys, 1, {"partition-id": 0}, kept)
+
+
+def test_node_refuses_an_opening_that_does_not_continue_its_ahead_session() -> None:
     from fl_core.transport.flower.ahead import AheadError
     from fl_core.transport.flower.client import ClientStateError, handle_round
     from fl_core.transport.flower.codec import StagePacket
@@ -175,10 +203,10 @@ def test_node_refuses_neighbour_keys_it_did_not_advertise_for() -> None:
     cfg = _small_cfg()
     fed, packet, (params, _, kept) = _advertised(cfg)
     keys = (Message(0, 1, 1, "share-keys", b"x"),)
-    with pytest.raises(ClientStateError, match="advertised none"):
+    with pytest.raises(ClientStateError, match="ran none"):
         handle_round(StagePacket(1, "train", keys, packet.fields), {"partition-id": 0})
     other_round = dataclasses.replace(kept, params=dataclasses.replace(params, round_id=2))
-    with pytest.raises(AheadError, match="advertised keys for round 2"):
+    with pytest.raises(AheadError, match="ran round 2"):
         handle_round(StagePacket(1, "train", keys, packet.fields), {"partition-id": 0}, other_round)
     other_cfg = dataclasses.replace(kept, params=dataclasses.replace(params, config_json=params.config_json + " "))
     with pytest.raises(AheadError, match="configuration differs"):
@@ -186,13 +214,13 @@ def test_node_refuses_neighbour_keys_it_did_not_advertise_for() -> None:
     lying = dataclasses.replace(kept, params=dataclasses.replace(params, min_survivors=params.min_survivors - 1))
     with pytest.raises(AheadError, match="differ from this node's own"):
         handle_round(StagePacket(1, "train", keys, packet.fields), {"partition-id": 0}, lying)
-    forged = dataclasses.replace(kept, advert=((kept.advert[0][0], b"\0" * len(kept.advert[0][1])),))
+    forged = dataclasses.replace(kept, sent=((kept.sent[0][0], b"\0" * len(kept.sent[0][1])),))
     with pytest.raises(AheadError, match="does not re-emit"):
         handle_round(StagePacket(1, "train", keys, packet.fields), {"partition-id": 0}, forged)
 
 
 def test_advertise_refuses_input_dependent_backends_and_weaker_runs() -> None:
-    from fl_core.transport.flower.ahead import AheadError, AheadParams, advertise
+    from fl_core.transport.flower.ahead import AheadError, AheadParams, advance
     from fl_core.transport.flower.client import NodePolicyError
     from fl_core.transport.flower.options import config_to_json
 
@@ -200,28 +228,31 @@ def test_advertise_refuses_input_dependent_backends_and_weaker_runs() -> None:
     fed, _ = _opening(cfg, 1)
     params = AheadParams(1, config_to_json(cfg), fed.plan.ring.bits, fed.dim, 3, 1)
     with pytest.raises(AheadError, match="depend on the input"):
-        advertise(params, 1, {"partition-id": 0})
+        advance(params, (), 1, {"partition-id": 0}, None)
     with pytest.raises(NodePolicyError):
-        advertise(params, 1, {"partition-id": 0, "require-secure-sum": "masking"})
+        advance(params, (), 1, {"partition-id": 0, "require-secure-sum": "masking"}, None)
 
 
-def test_malformed_requests_and_advertisements_are_refused() -> None:
-    from fl_core.transport.flower.ahead import AheadError, advertisement_from_fields, request_from_fields
+def test_malformed_requests_and_replies_are_refused() -> None:
+    from fl_core.transport.flower.ahead import AheadError, outputs_from_fields, request_from_fields
 
-    assert request_from_fields({}) is None
-    with pytest.raises(AheadError, match="malformed advertise-ahead request"):
-        request_from_fields({"ahead": "{}", "ahead_config": ""})
-    with pytest.raises(AheadError, match="malformed advertise-ahead request"):
-        request_from_fields({"ahead": "not json"})
-    assert advertisement_from_fields({}, 1, 2) is None
-    good = {"ahead_round": 2, "ahead_msg_stage": ["advertise-keys"], "ahead_msg_payload": [b"k"]}
-    assert advertisement_from_fields(good, 1, 2)[0].round_id == 2  # type: ignore[index]
-    with pytest.raises(AheadError, match="for round 2, expected round 3"):
-        advertisement_from_fields(good, 1, 3)
+    assert request_from_fields({}, 1) is None
+    with pytest.raises(AheadError, match="malformed ahead request"):
+        request_from_fields({"ahead": "{}", "ahead_config": ""}, 1)
+    with pytest.raises(AheadError, match="malformed ahead request"):
+        request_from_fields({"ahead": "not json"}, 1)
+    req = '{"dim": 3, "max_clients": 3, "min_survivors": 1, "ring_bits": 32, "round": 2}'
     with pytest.raises(AheadError, match="different lengths"):
-        advertisement_from_fields({**good, "ahead_msg_payload": []}, 1, 2)
-    with pytest.raises(AheadError, match="malformed advertisement"):
-        advertisement_from_fields({"ahead_round": "x"}, 1, 2)
+        request_from_fields({"ahead": req, "ahead_config": "{}", "ahead_srv_stage": ["x"]}, 1)
+    assert outputs_from_fields({}, 1, 2) is None
+    good = {"ahead_round": 2, "ahead_msg_stage": ["advertise-keys"], "ahead_msg_payload": [b"k"]}
+    assert outputs_from_fields(good, 1, 2)[0].round_id == 2  # type: ignore[index]
+    with pytest.raises(AheadError, match="for round 2, expected round 3"):
+        outputs_from_fields(good, 1, 3)
+    with pytest.raises(AheadError, match="different lengths"):
+        outputs_from_fields({**good, "ahead_msg_payload": []}, 1, 2)
+    with pytest.raises(AheadError, match="malformed ahead reply"):
+        outputs_from_fields({"ahead_round": "x"}, 1, 2)
 
 
 def test_ahead_session_survives_the_flower_state_record() -> None:

@@ -39,10 +39,10 @@ import numpy as np
 from fl_core.config import RunConfig
 from fl_core.errors import ConfigError, FLError
 from fl_core.transport.flower.ahead import (
-    ADVERTISE_STAGE,
+    AHEAD_STAGE,
     AheadParams,
     AheadSession,
-    advertise,
+    advance,
     request_from_fields,
     resume_session,
 )
@@ -257,15 +257,17 @@ def handle_round(
 ) -> tuple[StagePacket, NodeSession]:
     """The opening message of a round: train, clip, noise, encode, start the session.
 
-    When the node advertised its keys for this round ahead (``ahead``,
-    :mod:`fl_core.transport.flower.ahead`), the packet carries the server's next-stage
-    messages (the neighbours' keys): the session is rebuilt from the kept seed with the
-    real input, checked to re-emit the advertisement, and answers them.
+    When the node ran this round's input-free stages ahead (``ahead``,
+    :mod:`fl_core.transport.flower.ahead`), the packet carries the server's messages of
+    the next stage (masking: the shares sealed to this node): the session is rebuilt from
+    the kept seed with the real input, checked to re-emit what it sent ahead, and answers
+    them (masking: with the masked input).
 
     Raises:
         ClientStateError: the server addressed another client than this node, or sent
-            neighbour keys to a node that advertised none for this round.
-        AheadError: the kept advertisement does not fit this round (see ``resume_session``).
+            messages of a session run ahead to a node that ran none for this round.
+        AheadError: the session kept from the stages run ahead does not fit this round
+            (see ``resume_session``).
         NodePolicyError: the run is weaker than the node operator's floor.
         FlowerCodecError: the packet lacks the model or the configuration.
         ConfigError, FLError: invalid configuration or a failing ``train_fn``.
@@ -291,8 +293,8 @@ def handle_round(
         )
     if packet.messages and ahead is None:
         raise ClientStateError(
-            f"the opening message of round {r} carries neighbour keys but this node advertised none "
-            "(it restarted, or missed the advertise request): it is a dropout for this round"
+            f"the opening message of round {r} continues a session run ahead, but this node ran none "
+            "(it restarted, or missed the ahead requests): it is a dropout for this round"
         )
     global_vec = vector_from_bytes(bytes(f["global"]), np.float32, fed.dim)
     vec, clip = fed.client_contribution(client, r, global_vec, fed.client_data[client - 1])
@@ -324,7 +326,7 @@ def handle_round(
         session_seed=seed,
         seeded=seeded,
         x=vector_to_bytes(vec),
-        history=tuple(packet.messages),
+        history=(ahead.history if packet.messages and ahead is not None else ()) + tuple(packet.messages),
     )
     reply = StagePacket(r, TRAIN_STAGE, tuple(out), {"clipped": bool(clip.clipped), "saturated": int(clip.saturated)})
     return reply, state
@@ -389,8 +391,8 @@ class NodeState:
 def handle_packet(packet: StagePacket, node_config: Any, state: NodeState) -> tuple[StagePacket, NodeState]:
     """Answer one privagg packet (a round's opening, a stage, or a standalone advertise request).
 
-    A packet may also ask the node to advertise its keys for the next round
-    (:mod:`fl_core.transport.flower.ahead`); the advertisement rides on the reply.
+    A packet may also ask the node to run the next round's next input-free stage
+    (:mod:`fl_core.transport.flower.ahead`); its messages ride on the reply.
 
     Raises:
         The errors of :func:`handle_round`, :func:`handle_stage` and
@@ -400,14 +402,17 @@ def handle_packet(packet: StagePacket, node_config: Any, state: NodeState) -> tu
         ahead = state.ahead if state.ahead is not None and state.ahead.params.round_id == packet.round_id else None
         reply, session = handle_round(packet, node_config, ahead)
         new = NodeState(session, None)
-    elif packet.stage == ADVERTISE_STAGE:
-        reply, new = StagePacket(packet.round_id, ADVERTISE_STAGE), state
+    elif packet.stage == AHEAD_STAGE:
+        reply, new = StagePacket(packet.round_id, AHEAD_STAGE), state
     else:
         reply, stage_session = handle_stage(packet, state.session)
         new = NodeState(stage_session, state.ahead)
-    req = request_from_fields(packet.fields)
+    client = client_id_of(node_config)
+    req = request_from_fields(packet.fields, client)
     if req is not None:
-        fields, kept = advertise(req, client_id_of(node_config), node_config)
+        params, msgs = req
+        kept = new.ahead if new.ahead is not None and new.ahead.params.round_id == params.round_id else None
+        fields, kept = advance(params, msgs, client, node_config, kept)
         reply = StagePacket(reply.round_id, reply.stage, reply.messages, {**reply.fields, **fields})
         new = NodeState(new.session, kept)
     return reply, new

@@ -37,15 +37,7 @@ import numpy as np
 
 from fl_core.config import RunConfig
 from fl_core.errors import ConfigError, FLError
-from fl_core.transport.flower.ahead import (
-    ADVERTISE_STAGE,
-    AheadError,
-    AheadParams,
-    advertisement_from_fields,
-    ahead_request_fields,
-    pending_members,
-    supports_ahead,
-)
+from fl_core.transport.flower.ahead import AHEAD_STAGE, AheadPipeline
 from fl_core.transport.flower.client import HELLO, ROUND, STAGE, TRAIN_STAGE
 from fl_core.transport.flower.codec import (
     FlowerCodecError,
@@ -183,7 +175,7 @@ class FlowerRoundDriver:
         self.clients = {n: c for c, n in self.nodes.items()}
         self.options = options
         self.on_stage = on_stage
-        self._ahead: dict[int, _AheadRound] = {}
+        self._pipeline = AheadPipeline(enabled=options.advertise_ahead)
 
     def _accept(
         self,
@@ -237,7 +229,8 @@ class FlowerRoundDriver:
         """One round's secure sum: returns (outcome, clipped count, saturated count, trace).
 
         ``next_members``: the next round's cohort; when given (and the backend allows it),
-        its members advertise their next-round keys in this round's final exchange.
+        its members run the next round's input-free stages during this round's exchanges
+        (:mod:`fl_core.transport.flower.ahead`).
         """
         r = start.round
         members: tuple[int, ...] = tuple(start.cohort.members)
@@ -248,17 +241,15 @@ class FlowerRoundDriver:
             outcome.bytes_up[c] = 0
             outcome.bytes_down[c] = 0
             outcome.client_cpu_s[c] = 0.0
-        pre = self._ahead.pop(r, None)
-        self._ahead.clear()
-        if pre is not None and pre.members != members:
-            pre = None  # a cohort other than the one that advertised: start from scratch
+        pre = self._pipeline.take(r, members)
         first: list[Message] = []
         t = time.process_time()
         if pre is not None:
-            server, first = pre.server, list(pre.to_clients)
-            for c, n in pre.bytes_up.items():
-                outcome.bytes_up[c] += n
-            trace.stages.append({"stage": f"{pre.stage} (ahead)", "answered": sorted(pre.answered), "wall_s": 0.0})
+            server, first = pre.server, list(pre.pending)
+            for c in members:
+                outcome.bytes_up[c] += pre.bytes_up.get(c, 0)
+                outcome.bytes_down[c] += pre.bytes_down.get(c, 0)
+            trace.stages.extend(pre.stages)
         else:
             server = fed.secure_sum.server(members, r)
         outcome.server_cpu_s += time.process_time() - t
@@ -274,26 +265,21 @@ class FlowerRoundDriver:
             if m.recipient in outcome.bytes_down:
                 firsts.setdefault(m.recipient, []).append(m)
                 outcome.bytes_down[m.recipient] += m.size
-        # With keys advertised ahead, only the members whose advertisement arrived open the
-        # round (the others are dropouts of its first stage); otherwise every member does.
+        # With stages run ahead, only the members the server still has messages for open the
+        # round (the others dropped out of a stage run ahead); otherwise every member does.
         openers = [c for c in members if c in firsts] if pre is not None else list(members)
         opening = {
-            self.nodes[c]: encode_packet(
-                StagePacket(
-                    r,
-                    TRAIN_STAGE,
-                    tuple(firsts.get(c, ())),
-                    {"config": config_json, "client": c, "global": gbytes, "dim": fed.dim},
-                )
+            c: StagePacket(
+                r,
+                TRAIN_STAGE,
+                tuple(firsts.get(c, ())),
+                {"config": config_json, "client": c, "global": gbytes, "dim": fed.dim},
             )
             for c in openers
         }
-        ts = time.perf_counter()
-        replies = self.link.exchange(ROUND, opening, group=str(r), timeout=self.options.train_timeout)
-        to_clients, answered = self._accept(
-            server, replies, round_id=r, stage=TRAIN_STAGE, outcome=outcome, trace=trace, on_fields=clip_fields
+        to_clients = self._round_trip(
+            ROUND, fed, server, r, TRAIN_STAGE, opening, config_json, next_members, outcome, trace, clip_fields
         )
-        self._stage_done(trace, r, TRAIN_STAGE, answered, time.perf_counter() - ts)
         step, idle = 0, 0
         while not server.done:
             if not to_clients:
@@ -313,48 +299,15 @@ class FlowerRoundDriver:
                 raise RoundStalledError(f"round {r} did not finish within 64 stages")
             batch, to_clients = to_clients, []
             stage = batch[0].stage
-            by_node: dict[int, list[Message]] = {}
+            by_client: dict[int, list[Message]] = {}
             for m in batch:
                 if m.recipient in self.nodes and m.recipient in outcome.bytes_down:
-                    by_node.setdefault(self.nodes[m.recipient], []).append(m)
+                    by_client.setdefault(m.recipient, []).append(m)
                     outcome.bytes_down[m.recipient] += m.size
-            ahead = self._ahead_params(fed, r, stage, config_json, next_members)
-            fields = ahead_request_fields(ahead) if ahead is not None else {}
-            next_set = set(next_members or ())
-            contents = {
-                n: encode_packet(StagePacket(r, stage, tuple(ms), fields if self.clients[n] in next_set else {}))
-                for n, ms in by_node.items()
-            }
-            standalone: dict[int, int] = {}
-            if ahead is not None and next_members is not None:
-                reached = [self.clients[n] for n in by_node]
-                for c in pending_members(next_members, reached):
-                    if c in self.nodes:
-                        standalone[self.nodes[c]] = c
-                        contents[self.nodes[c]] = encode_packet(StagePacket(r + 1, ADVERTISE_STAGE, (), fields))
-            adverts: dict[int, Mapping[str, Any]] = {}
-            ts = time.perf_counter()
-            replies = self.link.exchange(STAGE, contents, group=str(r), timeout=self.options.stage_timeout)
-            own = {n: rep for n, rep in replies.items() if n not in standalone}
-            to_clients, answered = self._accept(
-                server,
-                own,
-                round_id=r,
-                stage=stage,
-                outcome=outcome,
-                trace=trace,
-                on_fields=adverts.__setitem__,
+            packets = {c: StagePacket(r, stage, tuple(ms)) for c, ms in by_client.items()}
+            to_clients = self._round_trip(
+                STAGE, fed, server, r, stage, packets, config_json, next_members, outcome, trace, None
             )
-            self._stage_done(trace, r, stage, answered, time.perf_counter() - ts)
-            if ahead is not None and next_members is not None:
-                for n, c in standalone.items():
-                    if n not in replies:
-                        continue
-                    try:
-                        adverts[c] = decode_packet(replies[n].content, round_id=r + 1, stage=ADVERTISE_STAGE).fields
-                    except FlowerCodecError as exc:
-                        trace.rejected.append(f"client {c} (round {r + 1} advertisement): {exc}")
-                self._open_ahead(fed, r + 1, next_members, adverts, trace)
         outcome.stages = step + 1
         t = time.process_time()
         try:
@@ -366,75 +319,59 @@ class FlowerRoundDriver:
         trace.wall_s = time.perf_counter() - t0
         return outcome, counts["clipped"], counts["saturated"], trace
 
-    def _ahead_params(
-        self, fed: Any, r: int, stage: str, config_json: str, next_members: tuple[int, ...] | None
-    ) -> AheadParams | None:
-        """The advertise-ahead request to attach to this exchange, or None."""
-        if not (self.options.advertise_ahead and next_members and supports_ahead(fed.secure_sum)):
-            return None
-        if stage != fed.secure_sum.final_stage:
-            return None
-        return AheadParams(
-            round_id=r + 1,
-            config_json=config_json,
-            ring_bits=fed.plan.ring.bits,
-            dim=fed.dim,
-            max_clients=fed.sampler.max_cohort(),
-            min_survivors=int(fed.privacy.min_survivors),
-        )
-
-    def _open_ahead(
+    def _round_trip(
         self,
+        message_type: str,
         fed: Any,
+        server: Any,
         r: int,
-        members: tuple[int, ...],
-        adverts: Mapping[int, Mapping[str, Any]],
+        stage: str,
+        packets: Mapping[int, StagePacket],
+        config_json: str,
+        next_members: tuple[int, ...] | None,
+        outcome: RoundOutcome,
         trace: RoundTrace,
-    ) -> None:
-        """Start round ``r``'s server session with the advertisements that arrived; close its first stage."""
-        server = fed.secure_sum.server(members, r)
-        out: list[Message] = []
-        bytes_up: dict[int, int] = {}
-        answered: set[int] = set()
-        stage = ""
-        for c in sorted(adverts):
-            if c not in members:
-                continue
-            try:
-                msgs = advertisement_from_fields(adverts[c], c, r)
-            except AheadError as exc:
-                trace.rejected.append(f"client {c} (round {r} advertisement): {exc}")
-                continue
-            if msgs is None:
-                continue
-            try:
-                for m in msgs:
-                    stage = m.stage
-                    bytes_up[c] = bytes_up.get(c, 0) + m.size
-                    out.extend(server.receive(m))
-                answered.add(c)
-            except SecAggError as exc:
-                trace.rejected.append(f"client {c} (round {r} advertisement): {type(exc).__name__}: {exc}")
-        if not out and not server.done:
-            out.extend(server.close_stage())  # the exchange's deadline passed: the silent are dropouts
-        self._ahead[r] = _AheadRound(members, server, out, bytes_up, frozenset(answered), stage or "advertise")
+        on_fields: Callable[[int, Mapping[str, Any]], None] | None,
+    ) -> list[Message]:
+        """One exchange of round ``r`` (plus the next round's ahead request); returns the server's next messages."""
+        ahead = self._pipeline.request(fed, r + 1, config_json, next_members)
+        contents = {
+            self.nodes[c]: encode_packet(StagePacket(p.round_id, p.stage, p.messages, {**p.fields, **ahead.get(c, {})}))
+            for c, p in packets.items()
+        }
+        standalone = {self.nodes[c]: c for c in ahead if c not in packets and c in self.nodes}
+        for n, c in standalone.items():
+            contents[n] = encode_packet(StagePacket(r + 1, AHEAD_STAGE, (), ahead[c]))
+        timeout = self.options.train_timeout if message_type == ROUND else self.options.stage_timeout
+        ahead_replies: dict[int, Mapping[str, Any]] = {}
+
+        def fields_of(c: int, f: Mapping[str, Any]) -> None:
+            ahead_replies[c] = f
+            if on_fields is not None:
+                on_fields(c, f)
+
+        ts = time.perf_counter()
+        replies = self.link.exchange(message_type, contents, group=str(r), timeout=timeout)
+        own = {n: rep for n, rep in replies.items() if n not in standalone}
+        out, answered = self._accept(
+            server, own, round_id=r, stage=stage, outcome=outcome, trace=trace, on_fields=fields_of
+        )
+        self._stage_done(trace, r, stage, answered, time.perf_counter() - ts)
+        if ahead:
+            for n, c in standalone.items():
+                if n not in replies:
+                    continue
+                try:
+                    ahead_replies[c] = decode_packet(replies[n].content, round_id=r + 1, stage=AHEAD_STAGE).fields
+                except FlowerCodecError as exc:
+                    trace.rejected.append(f"client {c} (round {r + 1}, ahead): {exc}")
+            self._pipeline.collect(ahead_replies, trace.rejected)
+        return out
 
     def _stage_done(self, trace: RoundTrace, r: int, stage: str, answered: frozenset[int], wall: float) -> None:
         trace.stages.append({"stage": stage, "answered": sorted(answered), "wall_s": round(wall, 3)})
         if self.on_stage is not None:
             self.on_stage(r, stage, answered)
-
-
-@dataclass
-class _AheadRound:
-    """A round whose first stage (key advertisement) ran during the previous round's final exchange."""
-
-    members: tuple[int, ...]
-    server: Any
-    to_clients: list[Message]
-    bytes_up: dict[int, int]
-    answered: frozenset[int]
-    stage: str
 
 
 class RoundStalledError(FLError):
