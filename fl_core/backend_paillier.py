@@ -1,15 +1,47 @@
-"""Registers the packed-Paillier secure sum as the ``paillier`` backend (``--secure-sum paillier``)."""
+"""Registers the packed-Paillier secure sum as the ``paillier`` backend (``--secure-sum paillier``).
+
+On one machine the key is generated from the run's setup randomness. A deployment whose
+key holders run elsewhere (e.g. on Flower) builds the backend from their published public
+key instead: inside :func:`keys_from` the ``paillier`` builder delegates to the given
+factory and generates nothing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from fl_core.backends import BackendRequest, register_backend
 from fl_core.errors import ConfigError
 from secagg import SecAggError, SecureSum
 
-__all__ = ["build_paillier", "parse_threshold"]
+__all__ = ["build_paillier", "keys_from", "parse_threshold"]
+
+PaillierFactory = Callable[[BackendRequest], SecureSum]
+"""Builds the ``paillier`` backend for a request from keys made elsewhere."""
+
+_FACTORY: contextvars.ContextVar[PaillierFactory | None] = contextvars.ContextVar(
+    "privagg_paillier_factory", default=None
+)
+
+
+@contextlib.contextmanager
+def keys_from(factory: PaillierFactory) -> Iterator[None]:
+    """Within the block, the ``paillier`` backend is ``factory(request)``: no key is generated.
+
+    For parties whose Paillier key lives elsewhere: a Flower server builds the backend from
+    the key holders' public key (``PaillierSecureSum.from_public_key``), a client node from
+    the key the server sent. The request (ring, dim, cohort bound, min survivors) is the one
+    the federation would have used.
+    """
+    token = _FACTORY.set(factory)
+    try:
+        yield
+    finally:
+        _FACTORY.reset(token)
+
 
 _OPTIONS = (
     "key_bits",
@@ -50,10 +82,14 @@ def build_paillier(req: BackendRequest) -> SecureSum:
     (default 2048), ``threshold`` (``"t/m"``), ``mode`` (``"djn"`` or ``"standard"``),
     ``window``, ``verify_decryption`` (the single key holder proves its plaintexts),
     ``insecure_small_key_for_tests``, ``min_survivors`` (fewer inputs abort the round; the DP
-    layer sets it to the survivors its noise was sized for).
+    layer sets it to the survivors its noise was sized for). Inside :func:`keys_from`, the
+    factory builds it instead.
     """
     from secagg.paillier import EncryptionMode, PaillierSecureSum
 
+    factory = _FACTORY.get()
+    if factory is not None:
+        return factory(req)
     opts: Mapping[str, Any] = {k: v for k, v in req.options.items() if k in _OPTIONS}
     try:
         mode = EncryptionMode(str(opts.get("mode", "djn")))

@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fl_core.commands.plan",
     "fl_core.commands.audit",
     "fl_core.commands.bench_utility",
+    "fl_core.commands.keygen",
 )
 
 for _name in COMMAND_MODULES:

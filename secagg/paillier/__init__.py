@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from secagg.paillier.backend import (
+    HolderExchange,
     HolderLink,
     KeyHolder,
     PaillierSecureSum,
+    RemoteDecryptor,
+    RemoteKeyHolder,
     ThresholdDecryptor,
 )
 from secagg.paillier.errors import (
     CiphertextOutOfRangeError,
     CorruptDecryptionShareError,
     KeyFormatError,
+    KeyHolderUnavailableError,
     KeyMismatchError,
     MalformedCiphertextError,
     TooFewDecryptionSharesError,
@@ -26,6 +30,7 @@ from secagg.paillier.keys import (
     load_private_key,
     load_public_key,
     load_threshold_params,
+    public_key_sha256,
 )
 from secagg.paillier.packing import PackingPlan, plan_packing
 from secagg.primitives.paillier_core import (
@@ -41,9 +46,11 @@ __all__ = [
     "CiphertextOutOfRangeError",
     "CorruptDecryptionShareError",
     "EncryptionMode",
+    "HolderExchange",
     "HolderLink",
     "KeyFormatError",
     "KeyHolder",
+    "KeyHolderUnavailableError",
     "KeyMismatchError",
     "KeyShare",
     "MalformedCiphertextError",
@@ -51,6 +58,8 @@ __all__ = [
     "PaillierPrivateKey",
     "PaillierPublicKey",
     "PaillierSecureSum",
+    "RemoteDecryptor",
+    "RemoteKeyHolder",
     "ThresholdDecryptor",
     "ThresholdParams",
     "TooFewDecryptionSharesError",
@@ -68,6 +77,7 @@ __all__ = [
     "load_public_key",
     "load_threshold_params",
     "plan_packing",
+    "public_key_sha256",
     "to_phe_private",
     "to_phe_public",
 ]

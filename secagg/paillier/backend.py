@@ -10,7 +10,11 @@ plaintexts into the ring sum.
 Key holders are not cohort clients. The server session drives them as sans-I/O
 sessions through ``holder_link`` (a callable that carries one message and returns the
 messages to deliver: the in-process default delivers it unchanged; tests use it to
-tamper; a deployment would put a real transport behind it).
+tamper). In a deployment the holders run elsewhere: :meth:`PaillierSecureSum.from_public_key`
+builds the backend from the public key (and the public threshold parameters) only, with
+:class:`RemoteKeyHolder` / :class:`RemoteDecryptor` stand-ins whose sessions carry each
+decryption request over a :data:`HolderExchange` to the real holder and return its reply;
+the party running the server session then never holds the private key or a key share.
 
 Security:
     Assumption: DCR (and the DJN short-exponent assumption in the default mode, see
@@ -45,6 +49,7 @@ from secagg.errors import (
 from secagg.paillier import wire
 from secagg.paillier.errors import (
     CorruptDecryptionShareError,
+    KeyHolderUnavailableError,
     MalformedCiphertextError,
     TooFewDecryptionSharesError,
     WrongRoundError,
@@ -79,6 +84,9 @@ __all__ = [
     "PaillierSecureSum",
     "KeyHolder",
     "ThresholdDecryptor",
+    "RemoteKeyHolder",
+    "RemoteDecryptor",
+    "HolderExchange",
     "HolderLink",
     "STAGE_INPUT",
     "STAGE_DECRYPT",
@@ -93,6 +101,9 @@ STAGE_SHARE = "paillier-share"
 
 HolderLink = Callable[[Message], list[Message]]
 """Carries one server<->key-holder message; returns the messages to deliver."""
+
+HolderExchange = Callable[[Message], list[Message]]
+"""Carries one decryption request to a remote key holder; returns its replies ([] when it did not answer)."""
 
 _PROOF_CONTEXT = b"privagg paillier threshold share v1|"
 _NO_PROOF, _WANT_PROOF = b"\x00", b"\x01"
@@ -206,6 +217,11 @@ class ThresholdDecryptor:
         self.served_rounds: set[int] = set()
 
     @property
+    def index(self) -> int:
+        """The share index (1..m)."""
+        return int(self.share.index)
+
+    @property
     def holder_id(self) -> int:
         return -self.share.index
 
@@ -260,9 +276,100 @@ class ThresholdDecryptorSession:
         return [Message(d.holder_id, SERVER, self._round, STAGE_SHARE, payload)]
 
 
+class RemoteKeyHolder:
+    """Stands for the single key holder running elsewhere: holds its public key, never its private key.
+
+    Its sessions carry the server's decryption request over ``exchange`` and return the
+    holder's reply unchecked; the server session checks it exactly as a local holder's
+    (and proves it with ``verify_decryption``).
+
+    Raises:
+        ConfigurationError: ``holder_id`` is not negative.
+    """
+
+    def __init__(self, public_key: PaillierPublicKey, exchange: HolderExchange, *, holder_id: int = -1) -> None:
+        if holder_id >= 0:
+            raise ConfigurationError(f"key-holder ids are negative (clients are >= 1, the server 0), got {holder_id}")
+        self._public_key = public_key
+        self.exchange = exchange
+        self.holder_id = holder_id
+
+    @property
+    def public_key(self) -> PaillierPublicKey:
+        return self._public_key
+
+    def session(self, round_id: int, count: int) -> RemoteHolderSession:
+        return RemoteHolderSession(self.exchange, self.holder_id, round_id)
+
+
+class RemoteDecryptor:
+    """Stands for threshold decryptor ``index`` running elsewhere: the public parameters only, no share.
+
+    Raises:
+        ConfigurationError: ``index`` is not in 1..m of ``params``.
+    """
+
+    def __init__(self, params: ThresholdParams, index: int, exchange: HolderExchange) -> None:
+        if not 1 <= index <= params.parties:
+            raise ConfigurationError(f"decryptor index must be in 1..{params.parties}, got {index}")
+        self.params = params
+        self._index = index
+        self.exchange = exchange
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def holder_id(self) -> int:
+        return -self._index
+
+    @property
+    def public_key(self) -> PaillierPublicKey:
+        return self.params.public_key
+
+    def session(self, round_id: int, count: int) -> RemoteHolderSession:
+        return RemoteHolderSession(self.exchange, self.holder_id, round_id)
+
+
+class RemoteHolderSession:
+    """Sans-I/O proxy: the request goes out over the exchange, the remote holder's replies come back."""
+
+    def __init__(self, exchange: HolderExchange, holder_id: int, round_id: int) -> None:
+        self._exchange = exchange
+        self._holder = holder_id
+        self._round = round_id
+        self._sent = False
+
+    def receive(self, msg: Message) -> list[Message]:
+        """Send the request; return the holder's replies.
+
+        Raises:
+            LocalProtocolError: a second request through this session, or a request not
+                addressed to this holder.
+            KeyHolderUnavailableError: the holder did not answer.
+        """
+        if self._sent:
+            raise LocalProtocolError("a remote key-holder session carries one request")
+        if msg.recipient != self._holder or msg.round_id != self._round:
+            raise LocalProtocolError(
+                f"request for holder {msg.recipient} round {msg.round_id} sent through the session of holder "
+                f"{self._holder} round {self._round}"
+            )
+        self._sent = True
+        replies = list(self._exchange(msg))
+        if not replies:
+            raise KeyHolderUnavailableError(
+                f"key holder {self._holder} did not answer the decryption request of round {self._round}",
+                peer=self._holder,
+            )
+        return replies
+
+
 class _Setting(Enum):
     SINGLE = "single"
     THRESHOLD = "threshold"
+    ENCRYPT_ONLY = "encrypt-only"
 
 
 class PaillierSecureSum:
@@ -278,8 +385,12 @@ class PaillierSecureSum:
         ring: the ring of the inputs.
         dim: vector length.
         public_key: the key clients encrypt under.
-        key_holder: the single key holder (simple setting), or
-        decryptors: the available threshold decryptors (threshold setting; any t suffice).
+        key_holder: the single key holder (simple setting; a :class:`RemoteKeyHolder`
+            when it runs elsewhere), or
+        decryptors: the available threshold decryptors (threshold setting; any t suffice;
+            :class:`RemoteDecryptor` when they run elsewhere), or
+        encrypt_only: neither: the instance only encrypts (client sessions) under a key
+            whose holders run elsewhere; :meth:`server` is refused.
         threshold_params: public threshold parameters (required with ``decryptors``).
         max_clients: the largest cohort; sizes the slots so a sum cannot overflow.
         mode: DJN (default, fast) or STANDARD (``r^n``, as ``phe``) encryption.
@@ -294,7 +405,7 @@ class PaillierSecureSum:
         insecure_small_key_for_tests: accept moduli below 2048 bits. Tests only.
 
     Raises:
-        ConfigurationError: key too small, both or neither of the key-holder settings,
+        ConfigurationError: key too small, not exactly one of the key-holder settings,
             keys that do not match, bad options.
         EncodingOverflowError: the packing cannot hold a sum of ``max_clients`` vectors.
     """
@@ -307,9 +418,10 @@ class PaillierSecureSum:
         dim: int,
         *,
         public_key: PaillierPublicKey,
-        key_holder: KeyHolder | None = None,
-        decryptors: Sequence[ThresholdDecryptor] | None = None,
+        key_holder: KeyHolder | RemoteKeyHolder | None = None,
+        decryptors: Sequence[ThresholdDecryptor | RemoteDecryptor] | None = None,
         threshold_params: ThresholdParams | None = None,
+        encrypt_only: bool = False,
         max_clients: int = 100,
         mode: EncryptionMode = EncryptionMode.DJN,
         window: int = DEFAULT_WINDOW,
@@ -327,8 +439,10 @@ class PaillierSecureSum:
             raise ConfigurationError(f"min_survivors must be >= 1, got {min_survivors}")
         if not 1 <= window <= 12:
             raise ConfigurationError(f"window must be in 1..12 bits, got {window}")
-        if (key_holder is None) == (decryptors is None):
-            raise ConfigurationError("pass exactly one of key_holder= (single) or decryptors= (threshold)")
+        if (key_holder is not None) + (decryptors is not None) + bool(encrypt_only) != 1:
+            raise ConfigurationError(
+                "pass exactly one of key_holder= (single), decryptors= (threshold) or encrypt_only=True"
+            )
         self.ring = ring
         self.dim = dim
         self.public_key = public_key
@@ -341,8 +455,12 @@ class PaillierSecureSum:
         self.verify_decryption = verify_decryption
         self.key_holder = key_holder
         self.threshold_params = threshold_params
-        self.decryptors: tuple[ThresholdDecryptor, ...] = ()
-        if key_holder is not None:
+        self.decryptors: tuple[ThresholdDecryptor | RemoteDecryptor, ...] = ()
+        if encrypt_only:
+            self.setting = _Setting.ENCRYPT_ONLY
+            if threshold_params is not None and threshold_params.public_key.n != public_key.n:
+                raise ConfigurationError("threshold_params belong to another public key")
+        elif key_holder is not None:
             self.setting = _Setting.SINGLE
             if key_holder.public_key.n != public_key.n:
                 raise ConfigurationError("the key holder's private key does not match public_key")
@@ -353,12 +471,12 @@ class PaillierSecureSum:
             if threshold_params.public_key.n != public_key.n:
                 raise ConfigurationError("threshold_params belong to another public key")
             decs = tuple(decryptors or ())
-            ids = [d.share.index for d in decs]
+            ids = [d.index for d in decs]
             if len(set(ids)) != len(ids):
                 raise ConfigurationError("two decryptors hold the same share index")
             for d in decs:
-                if d.share.params.public_key.n != public_key.n:
-                    raise ConfigurationError(f"decryptor {d.share.index} holds a share of another key")
+                if d.public_key.n != public_key.n:
+                    raise ConfigurationError(f"decryptor {d.index} holds a share of another key")
             self.decryptors = decs
 
     @classmethod
@@ -429,6 +547,68 @@ class PaillierSecureSum:
             insecure_small_key_for_tests=insecure_small_key_for_tests,
         )
 
+    @classmethod
+    def from_public_key(
+        cls,
+        ring: RingSpec,
+        dim: int,
+        *,
+        public_key: PaillierPublicKey,
+        threshold_params: ThresholdParams | None = None,
+        exchange: HolderExchange | None = None,
+        max_clients: int = 100,
+        mode: EncryptionMode = EncryptionMode.DJN,
+        window: int = DEFAULT_WINDOW,
+        min_survivors: int = 1,
+        verify_decryption: bool = False,
+        insecure_small_key_for_tests: bool = False,
+    ) -> PaillierSecureSum:
+        """A backend built from public key material only (the key holders run elsewhere).
+
+        Args:
+            public_key: the key the holders published.
+            threshold_params: the public t-of-m parameters when the key is a threshold key
+                (decryptor ``i`` is holder ``-i``); None for a single key holder (holder ``-1``).
+            exchange: carries a decryption request to the holder it is addressed to and
+                returns its replies (``[]``: no answer). None: the instance only encrypts
+                (a client's view); :meth:`server` is then refused.
+            Other arguments as in the constructor.
+
+        Security:
+            The returned object holds no private key and no key share, so whoever runs
+            its server session can only obtain what the holders decrypt for it: one
+            aggregate per round per holder (each holder's own rule). Which key the
+            clients encrypt under is the clients' concern: a party that can substitute
+            the public key can decrypt individual inputs; clients pin it out of band.
+
+        Raises:
+            ConfigurationError: as the constructor (e.g. a small key without the test flag).
+        """
+        if threshold_params is not None and threshold_params.public_key.n != public_key.n:
+            raise ConfigurationError("threshold_params belong to another public key")
+        common: dict[str, object] = {}
+        if exchange is None:
+            common["encrypt_only"] = True
+        elif threshold_params is None:
+            common["key_holder"] = RemoteKeyHolder(public_key, exchange)
+        else:
+            common["decryptors"] = [
+                RemoteDecryptor(threshold_params, i, exchange) for i in range(1, threshold_params.parties + 1)
+            ]
+        return cls(
+            ring,
+            dim,
+            public_key=public_key,
+            threshold_params=threshold_params,
+            max_clients=max_clients,
+            mode=mode,
+            window=window,
+            min_survivors=min_survivors,
+            verify_decryption=verify_decryption,
+            insecure_small_key_for_tests=insecure_small_key_for_tests,
+            **common,  # type: ignore[arg-type]
+        )
+
     def precompute(self, count: int, rng: RandomSource) -> None:
         """Offline phase: prepare ``count`` encryptions of zero (one per ciphertext to send)."""
         self.encryptor.precompute(count, rng)
@@ -440,7 +620,17 @@ class PaillierSecureSum:
         return PaillierClientSession(self, me, round_id, rng)
 
     def server(self, cohort: Sequence[ClientId], round_id: int) -> PaillierServerSession:
+        """The server session of one round.
+
+        Raises:
+            LocalProtocolError: an encrypt-only instance (it has no key holder to ask).
+        """
         _check_round(round_id)
+        if self.setting is _Setting.ENCRYPT_ONLY:
+            raise LocalProtocolError(
+                "this Paillier backend was built to encrypt only (no key holder, no exchange): "
+                "it cannot run a server session; build it with from_public_key(..., exchange=...)"
+            )
         return PaillierServerSession(self, cohort, round_id)
 
 
@@ -613,7 +803,10 @@ class PaillierServerSession:
             self._total = self._threshold_result(request)
 
     def _ask(
-        self, holder_id: int, session: KeyHolderSession | ThresholdDecryptorSession, request: bytes
+        self,
+        holder_id: int,
+        session: KeyHolderSession | ThresholdDecryptorSession | RemoteHolderSession,
+        request: bytes,
     ) -> list[Message]:
         link = self._spec.holder_link
         out: list[Message] = []
@@ -698,14 +891,14 @@ class PaillierServerSession:
                     trailer=True,
                 )
                 proof = _decode_proof(payload.trailer, hid)
-                verify(params, dec.share.index, acc, payload.values, proof, context=context)
+                verify(params, dec.index, acc, payload.values, proof, context=context)
             except InvalidDecryptionShareError as exc:
                 self.rejected[hid] = CorruptDecryptionShareError(str(exc), peer=hid)
                 continue
             except RemoteProtocolError as exc:
                 self.rejected[hid] = exc
                 continue
-            valid[dec.share.index] = payload.values
+            valid[dec.index] = payload.values
         if len(valid) < params.threshold:
             raise TooFewDecryptionSharesError(
                 f"{len(valid)} valid decryption shares, {params.threshold} needed (rejected: {sorted(self.rejected)})",

@@ -12,6 +12,7 @@ __all__ = [
     "CorruptDecryptionShareError",
     "TooFewDecryptionSharesError",
     "KeyFormatError",
+    "KeyHolderUnavailableError",
 ]
 
 
@@ -44,3 +45,11 @@ class TooFewDecryptionSharesError(TooFewSurvivorsError):
 
 class KeyFormatError(ConfigurationError):
     """Serialized key material is malformed, truncated, or of another kind or version."""
+
+
+class KeyHolderUnavailableError(RemoteProtocolError):
+    """A remote key holder did not answer a decryption request (it is missing for this round).
+
+    With a single key holder the round aborts; with a t-of-m threshold key the holder is
+    skipped and the round needs t answers from the others. ``peer`` is the holder's id.
+    """

@@ -7,6 +7,7 @@ store it like any private key (the format does not encrypt it).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 from gmpy2 import mpz
@@ -24,6 +25,7 @@ __all__ = [
     "load_threshold_params",
     "dump_key_share",
     "load_key_share",
+    "public_key_sha256",
 ]
 
 _MAGIC = b"PAIL"
@@ -89,6 +91,15 @@ def _header(kind: int) -> bytes:
 
 def dump_public_key(pk: PaillierPublicKey) -> bytes:
     return _header(_PUBLIC) + _int(pk.n) + _int(pk.hs) + _u32(pk.djn_exponent_bits)
+
+
+def public_key_sha256(pk: PaillierPublicKey) -> str:
+    """Hex SHA-256 of :func:`dump_public_key` ``(pk)``: the fingerprint a client pins out of band.
+
+    It covers the whole serialized key (modulus, DJN base and exponent size), so a key
+    that differs in any field has another fingerprint.
+    """
+    return hashlib.sha256(dump_public_key(pk)).hexdigest()
 
 
 def load_public_key(data: bytes) -> PaillierPublicKey:
