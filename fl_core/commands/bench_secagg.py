@@ -7,10 +7,15 @@ from typing import Any, Optional
 
 import typer
 
-__all__ = ["register", "bench_secagg", "machine_info"]
+__all__ = ["DROP_STAGES", "DROP_STAGE_NEEDS", "register", "bench_secagg", "machine_info"]
 
 DROP_STAGES = {"advertise": 1, "sharing": 2, "masked-input": 3, "consistency": 4}
 """--drop-stage name -> how many stages a dropped client completes (see secagg.simulation)."""
+
+DROP_STAGE_NEEDS = {"consistency": "consistency-check"}
+"""--drop-stage names that mean something only when the round has this stage. The consistency
+check runs only with identity keys (the active variant); without them a client that completed
+four stages never drops, so the option is refused rather than silently benchmarking no dropout."""
 
 
 def machine_info() -> dict[str, Any]:
@@ -42,7 +47,9 @@ def bench_secagg(
     """Run one masking round of ``clients`` x ``dim`` and return its measurements.
 
     ``round(dropout * clients)`` clients, chosen with the seed, leave after
-    ``drop_stage`` (default: right after sending their masked input). CPU is
+    ``drop_stage`` (default: right after sending their masked input, so they miss
+    unmasking; ``"consistency"``: right after signing the survivor list, which
+    needs ``identity_keys``). CPU is
     process time per party (one core). ``server_floor_cpu_s`` is the measured
     cost of the unavoidable server work: one PRG expansion per mask the
     unmasking needs plus one vector addition per received input;
@@ -72,6 +79,12 @@ def bench_secagg(
     ss = MaskingSecureSum(
         ring, dim, graph=graph, degree=degree, threshold=threshold, identities=identities, signing_keys=signing_keys
     )
+    needed = DROP_STAGE_NEEDS.get(drop_stage)
+    if needed is not None and needed not in ss.stages:
+        raise ValueError(
+            f"drop_stage {drop_stage!r} needs identity keys: without them the round has no {needed} stage "
+            f"(stages: {', '.join(ss.stages)}); use 'masked-input' to drop clients right before unmasking"
+        )
     params = ss.parameters(clients)
     gen = root.spawn("inputs").numpy_generator()
     inputs = {
@@ -138,6 +151,7 @@ def bench_secagg(
         "failure_probability_bound": params.failure_probability,
         "privacy_failure_probability_bound": params.privacy_failure_probability,
         "identity_keys": identity_keys,
+        "stages": list(ss.stages),
         "total_cpu_s": sum(client_cpu) + outcome.server_cpu_s,
         "server_cpu_s": outcome.server_cpu_s,
         "server_unmask_cpu_s": server.unmask_cpu_s,
@@ -172,7 +186,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         degree: Optional[int] = typer.Option(None, "--degree", help="Force the sparse degree k (even)."),
         threshold: Optional[int] = typer.Option(None, "--threshold", help="Force the Shamir threshold t."),
         drop_stage: str = typer.Option(
-            "masked-input", "--drop-stage", help="When dropped clients leave: " + ", ".join(DROP_STAGES) + "."
+            "masked-input",
+            "--drop-stage",
+            help="When dropped clients leave (after this stage): "
+            + ", ".join(f"{k} (with --identity-keys only)" if k in DROP_STAGE_NEEDS else k for k in DROP_STAGES)
+            + ".",
         ),
         identity_keys: bool = typer.Option(False, "--identity-keys", help="Sign with Ed25519 identity keys."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),

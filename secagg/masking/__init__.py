@@ -1,8 +1,9 @@
 """Pairwise-mask secure aggregation: SecAgg (Bonawitz et al. 2017) and SecAgg+ (Bell et al. 2020).
 
 Public API: :class:`MaskingSecureSum` (the backend), its parameter choice and
-graph, the transition tables, and :func:`generate_identities` for Ed25519
-identity keys.
+graph, the two transition tables (:data:`HONEST_BUT_CURIOUS`, four stages, and
+:data:`ACTIVE`, five stages, chosen by whether identity keys are configured),
+and :func:`generate_identities` for Ed25519 identity keys.
 """
 
 from __future__ import annotations
@@ -13,18 +14,19 @@ from secagg.masking.graph import graph_seed, neighbour_graph
 from secagg.masking.params import GraphKind, MaskingParameters, choose_parameters
 from secagg.masking.server import MaskingServer
 from secagg.masking.states import (
-    CLIENT_TRANSITIONS,
-    SERVER_ACCEPTS,
-    SERVER_NEXT,
+    ACTIVE,
+    HONEST_BUT_CURIOUS,
     ClientState,
     ServerState,
     Stage,
+    TransitionTable,
+    Variant,
+    transitions_for,
 )
 
 __all__ = [
-    "CLIENT_TRANSITIONS",
-    "SERVER_ACCEPTS",
-    "SERVER_NEXT",
+    "ACTIVE",
+    "HONEST_BUT_CURIOUS",
     "ClientState",
     "GraphKind",
     "MaskingClient",
@@ -33,8 +35,11 @@ __all__ = [
     "MaskingServer",
     "ServerState",
     "Stage",
+    "TransitionTable",
+    "Variant",
     "choose_parameters",
     "generate_identities",
     "graph_seed",
     "neighbour_graph",
+    "transitions_for",
 ]

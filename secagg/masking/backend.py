@@ -10,6 +10,7 @@ from secagg.masking.client import MaskingClient
 from secagg.masking.graph import neighbour_graph
 from secagg.masking.params import GraphKind, MaskingParameters, choose_parameters
 from secagg.masking.server import MaskingServer
+from secagg.masking.states import Stage, TransitionTable, transitions_for
 from secagg.primitives.signatures import SigningKey, generate_signing_key
 from secagg.protocol import SERVER, ClientId, RandomSource
 from secagg.ring import RingSpec
@@ -45,21 +46,32 @@ class MaskingSecureSum:
         public_seed: public randomness mixed into the graph derivation (e.g. a
             beacon value agreed out of band); empty by default.
         identities: client -> Ed25519 public key. When given, advertisements and
-            consistency-check lists must be signed by these keys.
+            consistency-check lists must be signed by these keys, and the round
+            runs the five-stage active variant (with the ConsistencyCheck round);
+            without, the four-stage honest-but-curious variant (see
+            :mod:`secagg.masking.states`).
         signing_keys: client -> its Ed25519 signing key, for in-process clients.
 
     Security:
         Honest-but-curious server: learns only the sum over survivors and the
         survivor set, provided fewer than t clients collude with it in any
         neighbourhood (Bonawitz et al. 2017, section 6, honest-but-curious
-        analysis; Bell et al. 2020, section 3). With ``identities`` the server cannot forge keys or
-        survivor lists (active-adversary model, Bonawitz et al. 2017 section 6).
+        analysis; Bell et al. 2020, section 3). That model needs no ConsistencyCheck round: an
+        unsigned survivor list cannot stop a server that lies consistently, so without
+        ``identities`` the round skips it (Bonawitz et al. 2017, figure 4, where round 3 is
+        marked active-only). With ``identities`` the server cannot forge keys or survivor
+        lists (active-adversary model, Bonawitz et al. 2017 section 6).
         See SECURITY.md (pairwise masking section) for the claims and their tests.
     """
 
     name = "masking"
     input_stage = 2
-    """Index of the stage in which clients send their masked input (0: advertise, 1: share keys)."""
+    """Index of the stage in which clients send their masked input (0: advertise, 1: share keys).
+
+    The same in both variants: the consistency round they differ by comes after it."""
+    final_stage: str = Stage.UNMASKING.value
+    """The stage whose server messages are the round's last exchange; a transport may carry
+    the next round's key advertisement alongside it."""
 
     def __init__(
         self,
@@ -102,6 +114,16 @@ class MaskingSecureSum:
             for c, key in self.signing_keys.items():
                 if self.identities.get(c) != key.public:
                     raise ConfigurationError(f"signing key of client {c} does not match its identity public key")
+
+    @property
+    def transitions(self) -> TransitionTable:
+        """The transition table the sessions run: active with identity keys, else honest-but-curious."""
+        return transitions_for(identity_keys=self.identities is not None)
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The ``Message.stage`` values of one round, in order (4 or 5; ends with :attr:`final_stage`)."""
+        return tuple(s.value for s in self.transitions.stages)
 
     @lru_cache(maxsize=64)  # noqa: B019 - bounded, and the object lives as long as its cache
     def parameters(self, n: int) -> MaskingParameters:

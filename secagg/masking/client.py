@@ -1,4 +1,4 @@
-"""The client side of the masking protocol: a sans-I/O state machine driven by CLIENT_TRANSITIONS.
+"""The client side of the masking protocol: a sans-I/O state machine driven by its transition table.
 
 Security:
     The client enforces the checks that make a curious or lying server harmless
@@ -7,9 +7,12 @@ Security:
     round's public data; with identity keys every neighbour's key advertisement
     and the consistency-check signatures must verify; every share ciphertext must
     authenticate under associated data binding version, round, sender and
-    recipient; and an unmasking request may ask, per neighbour, for either the
-    self-mask share (neighbour survived) or the key share (neighbour dropped),
-    never both, consistently with the survivor list it signed.
+    recipient; the survivor list must be a sorted subset of the cohort holding
+    this client and at least max(t, min_survivors) clients, checked where it
+    first arrives (the consistency check with identity keys, the unmasking
+    request without); and an unmasking request may ask, per neighbour, for
+    either the self-mask share (neighbour survived) or the key share (neighbour
+    dropped), never both, consistently with that survivor list.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING
 from secagg.errors import ConfigurationError, LocalProtocolError, RemoteProtocolError
 from secagg.masking import wire
 from secagg.masking._derive import pairwise_seed, self_mask_commitment, self_mask_seed, share_key
-from secagg.masking.states import CLIENT_TRANSITIONS, ClientState, Stage
+from secagg.masking.states import ClientState, Stage
 from secagg.primitives import PrimitiveError, aead, key_agreement, prg, shamir, signatures
 from secagg.protocol import SERVER, ClientId, Message, RandomSource
 from secagg.ring import RingVector
@@ -54,6 +57,7 @@ class MaskingClient:
         self._round = round_id
         self._rng = rng
         self._signing_key = signing_key
+        self._table = spec.transitions
         self._state = ClientState.INIT
         self._x: RingVector | None = None
         self._c: key_agreement.KeyPair | None = None
@@ -123,7 +127,7 @@ class MaskingClient:
             stage = Stage(msg.stage)
         except ValueError:
             raise RemoteProtocolError(f"unknown stage {msg.stage!r}", peer=SERVER) from None
-        nxt = CLIENT_TRANSITIONS.get((self._state, stage))
+        nxt = self._table.client.get((self._state, stage))
         if nxt is None:
             raise RemoteProtocolError(
                 f"unexpected {stage.value} message in client state {self._state.value}", peer=SERVER
@@ -237,10 +241,10 @@ class MaskingClient:
         self._held, self._x, self._open_keys = held, None, {}
         return [self._msg(Stage.MASKED_INPUT, payload_out)]
 
-    # -- ConsistencyCheck: sign the survivor list -----------------------------------------
+    # -- The survivor list (ConsistencyCheck with identity keys, Unmasking without) ----------
 
-    def _on_consistency(self, payload: bytes) -> list[Message]:
-        survivors = wire.decode_id_list(payload)
+    def _check_survivors(self, survivors: tuple[int, ...]) -> None:
+        """Refuse a survivor list this client must not help unmask (raises, never returns a bool)."""
         if not _strictly_increasing(survivors) or not set(survivors) <= set(self._cohort):
             raise RemoteProtocolError("survivor list is not a sorted subset of the cohort", peer=SERVER)
         if self._me not in survivors:
@@ -253,6 +257,12 @@ class MaskingClient:
             raise RemoteProtocolError(
                 f"{len(survivors)} survivors, below the {self._spec.min_survivors} the round requires", peer=SERVER
             )
+
+    # -- ConsistencyCheck (active variant only): sign the survivor list ----------------------
+
+    def _on_consistency(self, payload: bytes) -> list[Message]:
+        survivors = wire.decode_id_list(payload)
+        self._check_survivors(survivors)
         sig = b""
         if self._signing_key is not None:
             sig = self._signing_key.sign(wire.consistency_signed_bytes(self._round, survivors))
@@ -263,12 +273,18 @@ class MaskingClient:
 
     def _on_unmasking(self, payload: bytes) -> list[Message]:
         req = wire.decode_unmask_request(payload)
-        if req.survivors != self._survivors:
-            raise RemoteProtocolError(
-                "unmasking request's survivor list differs from the consistency check", peer=SERVER
-            )
-        if self._spec.identities is not None:
+        if self._state is ClientState.CHECKED:
+            # Active variant: the list was checked and signed in the consistency round.
+            if req.survivors != self._survivors:
+                raise RemoteProtocolError(
+                    "unmasking request's survivor list differs from the consistency check", peer=SERVER
+                )
             self._check_consistency_signatures(req)
+        else:
+            # Honest-but-curious variant (state MASKED): no consistency round, so this request
+            # is where the survivor list first arrives and gets every check.
+            self._check_survivors(req.survivors)
+        survivors = req.survivors
         b_ids, sk_ids = set(req.b_ids), set(req.sk_ids)
         if len(b_ids) != len(req.b_ids) or len(sk_ids) != len(req.sk_ids):
             raise RemoteProtocolError("unmasking request repeats a client", peer=SERVER)
@@ -278,7 +294,7 @@ class MaskingClient:
                 f"server asked for both the self-mask share and the key share of {sorted(both)}",
                 peer=SERVER,
             )
-        alive = set(self._survivors)
+        alive = set(survivors)
         if not b_ids <= alive:
             raise RemoteProtocolError("self-mask share asked for a client that dropped", peer=SERVER)
         if sk_ids & alive:
@@ -290,7 +306,7 @@ class MaskingClient:
             tuple((u, self._held[u].sk_share) for u in req.sk_ids),
         )
         self.revealed_b, self.revealed_sk = frozenset(b_ids), frozenset(sk_ids)
-        self._held = {}
+        self._survivors, self._held = survivors, {}
         return [self._msg(Stage.UNMASKING, wire.encode_unmask_response(resp))]
 
     def _check_consistency_signatures(self, req: wire.UnmaskRequest) -> None:

@@ -21,8 +21,9 @@ Security:
     Binomial tails bound the without-replacement (hypergeometric) tails
     (Hoeffding 1963, section 6). The default threshold is a strict majority of
     the holders (t > k/2): then two disjoint survivor stories cannot both gather
-    t honest answers, which the consistency check of Bonawitz et al. (CCS 2017,
-    section 4, round 4) relies on against a server that lies about dropouts.
+    t honest answers, which the signed consistency check of Bonawitz et al. (CCS
+    2017, section 4, round 3; active variant, with identity keys) relies on
+    against a server that lies about dropouts.
     The complete graph (k = n - 1) is classic SecAgg.
 """
 

@@ -1,4 +1,4 @@
-"""The server side of the masking protocol: a sans-I/O state machine over SERVER_ACCEPTS/NEXT.
+"""The server side of the masking protocol: a sans-I/O state machine over its transition table.
 
 Security:
     The server relays keys and sealed shares it cannot read, accumulates masked
@@ -7,7 +7,11 @@ Security:
     round ends in ``TooFewSurvivorsError`` and no vector is released (Bonawitz et
     al., CCS 2017, section 4, round 4). Reconstructed secrets are checked against
     public commitments (the advertised s_pk, the committed b_u) before use, so a
-    holder sending a wrong share causes an abort, never a wrong sum.
+    holder sending a wrong share causes an abort, never a wrong sum. Without
+    identity keys (honest-but-curious variant) the unmasking request follows the
+    masked-input stage directly; the ``min_survivors`` guard runs when that stage
+    closes in both variants, so too few masked inputs abort before any share is
+    requested.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from secagg.errors import (
 )
 from secagg.masking import wire
 from secagg.masking._derive import pairwise_seed, self_mask_commitment, self_mask_seed
-from secagg.masking.states import SERVER_ACCEPTS, SERVER_NEXT, ServerState, Stage
+from secagg.masking.states import ServerState, Stage
 from secagg.primitives import PrimitiveError, key_agreement, prg, shamir, signatures
 from secagg.protocol import SERVER, ClientId, Message
 from secagg.ring import RingVector
@@ -50,6 +54,7 @@ class MaskingServer:
         self.params = spec.parameters(len(ids))
         self._graph = spec.neighbours(ids, round_id)
         self._t = self.params.threshold
+        self._table = spec.transitions
         self._state = ServerState.ADVERTISE
         self._expected: frozenset[int] = frozenset(ids)
         self._got: dict[int, object] = {}
@@ -68,9 +73,9 @@ class MaskingServer:
         self._holder_sets: list[tuple[int, ...]] = []
         self._error: SecAggError | None = None
         self.unmask_cpu_s = 0.0
-        self.stage_cpu_s: dict[Stage, float] = dict.fromkeys(Stage, 0.0)
-        """Process time per stage: handling its messages and closing it (for benchmarks)."""
         """Process time spent in the final unmasking computation (for benchmarks)."""
+        self.stage_cpu_s: dict[Stage, float] = dict.fromkeys(self._table.stages, 0.0)
+        """Process time per stage of this round's variant: handling its messages and closing it (for benchmarks)."""
         self.unmask_prg_expansions = 0
         """PRG expansions the unmasking needed: survivors' self masks + dropped clients' pairs."""
 
@@ -124,7 +129,7 @@ class MaskingServer:
             )
         if self._state is ServerState.DONE:
             raise RemoteProtocolError("the round is over", peer=msg.sender)
-        expected_stage = SERVER_ACCEPTS[self._state]
+        expected_stage = self._table.server_accepts[self._state]
         if msg.stage != expected_stage.value:
             raise RemoteProtocolError(
                 f"{msg.stage} message while the server is in stage {expected_stage.value}",
@@ -153,7 +158,7 @@ class MaskingServer:
 
     def _close(self) -> list[Message]:
         t0 = time.process_time()
-        stage = SERVER_ACCEPTS[self._state]
+        stage = self._table.server_accepts[self._state]
         try:
             return self._close_stage()
         finally:
@@ -162,13 +167,13 @@ class MaskingServer:
     def _close_stage(self) -> list[Message]:
         answered = frozenset(self._got)
         state = self._state
-        self._state = SERVER_NEXT[state]
+        self._state = self._table.server_next[state]
         self._got = {}
         try:
             if len(answered) < self._t:
                 self._abort(
                     len(answered),
-                    f"only {len(answered)} clients answered stage {SERVER_ACCEPTS[state].value}",
+                    f"only {len(answered)} clients answered stage {self._table.server_accepts[state].value}",
                 )
             return self._CLOSERS[state](self, answered)
         except TooFewSurvivorsError as exc:
@@ -277,10 +282,14 @@ class MaskingServer:
             )
         self._u3 = tuple(sorted(answered))
         self._expected = answered
+        if self._state is ServerState.UNMASK:
+            # Honest-but-curious variant: no consistency round; the survivor list travels in
+            # the unmasking request, which every client checks as the consistency stage would.
+            return self._unmasking_requests()
         payload = wire.encode_id_list(self._u3)
         return [self._to(v, Stage.CONSISTENCY_CHECK, payload) for v in self._u3]
 
-    # -- ConsistencyCheck ---------------------------------------------------------------
+    # -- ConsistencyCheck (active variant only) -------------------------------------------
 
     def _on_consistency(self, sender: int, payload: bytes) -> object:
         sig = wire.decode_signature(payload)
@@ -295,10 +304,14 @@ class MaskingServer:
 
     def _close_consistency(self, answered: frozenset[int]) -> list[Message]:
         self._expected = answered
+        return self._unmasking_requests()
+
+    def _unmasking_requests(self) -> list[Message]:
+        """Ask each participant of the unmasking stage for one share per neighbour that dealt it some."""
         alive = frozenset(self._u3)
         sigs = tuple(sorted(self._sigs.items()))
         out = []
-        for v in sorted(answered):
+        for v in sorted(self._expected):
             dealers = self._graph[v] & self._u2
             req = wire.UnmaskRequest(
                 survivors=self._u3,

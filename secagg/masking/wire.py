@@ -277,7 +277,8 @@ def decode_signature(data: bytes) -> bytes:
 class UnmaskRequest:
     """Server -> holder: whose self-mask shares and whose key shares to reveal.
 
-    ``signatures`` are the consistency-check signatures on the survivor list.
+    ``signatures`` are the consistency-check signatures on the survivor list
+    (active variant); empty without identity keys, where no consistency round runs.
     """
 
     survivors: tuple[int, ...]

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_masking_support import make_inputs, rngs
+from test_masking_support import identity_kw, make_inputs, rngs
 
 from dp.randomness import SeededRandomSource
 from secagg.errors import RemoteProtocolError
@@ -45,25 +45,31 @@ def _honest(spec: MaskingSecureSum) -> tuple[dict[Stage, Message], dict[Stage, d
     return down, up
 
 
-SPEC = _spec()
+SPEC = _spec()  # no identity keys: the honest-but-curious variant, four stages
 DOWN, UP = _honest(SPEC)
-ORDER = [Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASKING]
+SPEC_ID = _spec(**identity_kw(IDS, True))  # identity keys: the active variant, five stages
+DOWN_ID, UP_ID = _honest(SPEC_ID)
 
 
 def _client_before(stage: Stage, spec: MaskingSecureSum = SPEC, down: dict[Stage, Message] = DOWN):  # type: ignore[no-untyped-def]
+    """Client 1, fed the recorded server messages of every stage before ``stage`` in its variant."""
+    order = list(spec.transitions.stages[1:])  # the stages in which the server writes to clients
     c = spec.client(1, ROUND, rngs(0)(1))
     c.start(make_inputs(RING, 4, IDS, 0)[1])
-    for s in ORDER[: ORDER.index(stage)]:
+    for s in order[: order.index(stage)]:
         c.receive(down[s])
     return c
 
 
-def _refused(stage: Stage, payload: bytes, match: str) -> None:
-    client = _client_before(stage)
+def _refused(
+    stage: Stage, payload: bytes, match: str, spec: MaskingSecureSum = SPEC, down: dict[Stage, Message] = DOWN
+) -> None:
+    client = _client_before(stage, spec, down)
     before = client.state
     with pytest.raises(RemoteProtocolError, match=match):
-        client.receive(dataclasses.replace(DOWN[stage], payload=payload))
+        client.receive(dataclasses.replace(down[stage], payload=payload))
     assert client.state is before
+    assert client.revealed_b == client.revealed_sk == frozenset()
 
 
 # -- client, ShareKeys --------------------------------------------------------------------
@@ -148,50 +154,84 @@ def test_client_refuses_share_naming_wrong_parties() -> None:
     assert client.state is ClientState.SHARED
 
 
-# -- client, ConsistencyCheck and Unmasking ----------------------------------------------------
+# -- client, ConsistencyCheck (active variant): the survivor list is checked before signing ------
 
 
 def test_client_refuses_unsorted_or_foreign_survivor_list() -> None:
-    _refused(Stage.CONSISTENCY_CHECK, wire.encode_id_list([1, 2, 9]), "sorted subset")
+    _refused(Stage.CONSISTENCY_CHECK, wire.encode_id_list([1, 2, 9]), "sorted subset", SPEC_ID, DOWN_ID)
 
 
 def test_client_refuses_survivor_list_without_itself() -> None:
-    _refused(Stage.CONSISTENCY_CHECK, wire.encode_id_list([2, 3, 4]), "omits this client")
+    _refused(Stage.CONSISTENCY_CHECK, wire.encode_id_list([2, 3, 4]), "omits this client", SPEC_ID, DOWN_ID)
 
 
 def test_client_refuses_survivor_list_below_threshold() -> None:
-    _refused(Stage.CONSISTENCY_CHECK, wire.encode_id_list([1, 2]), "below the threshold")
+    _refused(Stage.CONSISTENCY_CHECK, wire.encode_id_list([1, 2]), "below the threshold", SPEC_ID, DOWN_ID)
 
 
 def test_client_refuses_consistency_signatures_from_non_survivors() -> None:
-    pub, sec = generate_identities(IDS, SeededRandomSource("ids"))
-    spec = _spec(identities=pub, signing_keys=sec)
-    down, _ = _honest(spec)
-    client = _client_before(Stage.UNMASKING, spec, down)
-    req = wire.decode_unmask_request(down[Stage.UNMASKING].payload)
+    client = _client_before(Stage.UNMASKING, SPEC_ID, DOWN_ID)
+    req = wire.decode_unmask_request(DOWN_ID[Stage.UNMASKING].payload)
     bad = dataclasses.replace(req, signatures=req.signatures[:-1] + ((77, bytes(64)),))
     with pytest.raises(RemoteProtocolError, match="non-survivors"):
-        client.receive(dataclasses.replace(down[Stage.UNMASKING], payload=wire.encode_unmask_request(bad)))
+        client.receive(dataclasses.replace(DOWN_ID[Stage.UNMASKING], payload=wire.encode_unmask_request(bad)))
     assert client.state is ClientState.CHECKED
+
+
+# -- client, Unmasking without a consistency round (honest-but-curious variant) ------------------
+# The unmasking request is where the survivor list first arrives: every check the consistency
+# stage applies runs here, one test per refusal.
+
+
+def _unmask_request(down: dict[Stage, Message] = DOWN, **changes: object) -> bytes:
+    req = wire.decode_unmask_request(down[Stage.UNMASKING].payload)
+    return wire.encode_unmask_request(dataclasses.replace(req, **changes))
+
+
+def test_honest_but_curious_client_is_in_state_masked_when_unmasking_arrives() -> None:
+    """Control for the refusals below: the recorded request itself is accepted in state MASKED."""
+    client = _client_before(Stage.UNMASKING)
+    assert client.state is ClientState.MASKED
+    assert Stage.CONSISTENCY_CHECK not in DOWN and wire.decode_unmask_request(DOWN[Stage.UNMASKING].payload).survivors
+    client.receive(DOWN[Stage.UNMASKING])
+    assert client.state is ClientState.DONE and client.revealed_b == {2, 3, 4, 5}
+
+
+@pytest.mark.parametrize(
+    "survivors", [(2, 1, 3, 4, 5), (1, 2, 3, 3, 4), (1, 2, 3, 4, 9)], ids=["unsorted", "repeat", "foreign"]
+)
+def test_unmasking_request_with_unsorted_or_foreign_survivor_list_is_refused(survivors: tuple[int, ...]) -> None:
+    _refused(Stage.UNMASKING, _unmask_request(survivors=survivors), "not a sorted subset of the cohort")
+
+
+def test_unmasking_request_with_survivor_list_without_this_client_is_refused() -> None:
+    _refused(Stage.UNMASKING, _unmask_request(survivors=(2, 3, 4, 5)), "survivor list omits this client")
+
+
+def test_unmasking_request_with_survivor_list_below_threshold_is_refused() -> None:
+    # b_ids stay within the survivor list, so only the threshold check can refuse it.
+    _refused(Stage.UNMASKING, _unmask_request(survivors=(1, 2), b_ids=(2,), sk_ids=(3, 4, 5)), "below the threshold 3")
+
+
+def test_unmasking_request_with_survivor_list_below_min_survivors_is_refused() -> None:
+    """The DP guard: 4 survivors pass the threshold (3) but not min_survivors (5)."""
+    spec = _spec(min_survivors=5)
+    down, _ = _honest(spec)
+    payload = _unmask_request(down, survivors=(1, 2, 3, 4), b_ids=(2, 3, 4), sk_ids=(5,))
+    _refused(Stage.UNMASKING, payload, "4 survivors, below the 5 the round requires", spec, down)
 
 
 # -- server ---------------------------------------------------------------------------------
 
 
 def _server_at(state: ServerState, spec: MaskingSecureSum = SPEC, up: dict[Stage, dict[int, Message]] = UP):  # type: ignore[no-untyped-def]
+    """A server fed every recorded client message of the stages before ``state`` in its variant."""
     server = spec.server(IDS, ROUND)
-    stages = [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK]
-    for s in stages[
-        : [
-            ServerState.ADVERTISE,
-            ServerState.SHARE,
-            ServerState.MASKED,
-            ServerState.CONSISTENCY,
-            ServerState.UNMASK,
-        ].index(state)
-    ]:
-        for m in up[s].values():
+    table, s = spec.transitions, ServerState.ADVERTISE
+    while s is not state:
+        for m in up[table.server_accepts[s]].values():
             server.receive(m)
+        s = table.server_next[s]
     assert server.state is state
     return server
 

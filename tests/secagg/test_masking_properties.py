@@ -1,5 +1,6 @@
-"""Property test: for random cohorts, graphs, thresholds, vectors and dropout schedules at every
-stage, the round returns the exact sum of the survivors whenever enough survive, else a typed abort.
+"""Property test: for random cohorts, graphs, thresholds, both variants (with and without identity
+keys), min_survivors guards, vectors and dropout schedules at every stage of the variant, the round
+returns the exact sum of the survivors whenever enough survive, else a typed abort.
 
 The survival oracle (tests/secagg/test_masking_support.py) is an independent model of
 who survives each stage; the sum oracle adds Python ints.
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_masking_support import make_inputs, rngs, slow_sum, survival_oracle
+from test_masking_support import identity_kw, make_inputs, rngs, slow_sum, survival_oracle
 
 from secagg.errors import TooFewSurvivorsError
 from secagg.masking import MaskingSecureSum
@@ -33,15 +34,26 @@ def scenarios(draw: st.DrawFn, max_n: int = 40) -> tuple[MaskingSecureSum, list[
     threshold = draw(st.one_of(st.none(), st.integers(1, k)))
     bits = draw(st.sampled_from([1, 8, 16, 20, 32, 64]))
     dim = draw(st.integers(1, 6))
-    spec = MaskingSecureSum(
-        RingSpec(bits), dim, graph=graph, degree=degree, threshold=threshold, security_bits=20, correctness_bits=10
-    )
     ids = sorted(draw(st.sets(st.integers(1, 10_000), min_size=n, max_size=n)))
+    with_identities = draw(st.booleans())
+    min_survivors = draw(st.one_of(st.just(1), st.integers(1, n)))
+    spec = MaskingSecureSum(
+        RingSpec(bits),
+        dim,
+        graph=graph,
+        degree=degree,
+        threshold=threshold,
+        security_bits=20,
+        correctness_bits=10,
+        min_survivors=min_survivors,
+        **identity_kw(ids, with_identities),  # type: ignore[arg-type]
+    )
+    last = 4 if with_identities else 3  # the index of the unmasking stage: vanish just before it
     rate = draw(st.sampled_from([0.0, 0.1, 0.3, 0.6]))
     drops = {}
     for c in ids:
         if draw(st.floats(0, 1, exclude_max=True)) < rate:
-            drops[c] = draw(st.integers(0, 4))
+            drops[c] = draw(st.integers(0, last))
     return spec, ids, drops, draw(st.integers(0, 2**16)), draw(st.integers(0, 2**32))
 
 
@@ -52,6 +64,7 @@ def _check(scenario: tuple[MaskingSecureSum, list[int], dict[int, int], int, int
     out = run_round(spec, inputs, round_id=round_id, rng_for=rngs(seed), stages_completed=drops)
     if ok:
         assert out.error is None, out.error
+        assert out.stages == (5 if spec.identities is not None else 4)
         assert out.survivors == survivors
         assert np.array_equal(out.total, slow_sum(spec.ring, inputs, sorted(survivors)))
     else:

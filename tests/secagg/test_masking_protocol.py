@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 import test_prg
-from test_masking_support import make_inputs, rngs, slow_sum, survival_oracle
+from test_masking_support import Recorder, identity_kw, make_inputs, rngs, slow_sum, survival_oracle
 
 from dp.randomness import SeededRandomSource
 from secagg.errors import ConfigurationError, LocalProtocolError, TooFewSurvivorsError
@@ -34,6 +34,52 @@ def test_exact_sum_without_dropouts(graph: str, n: int, with_identities: bool) -
     assert out.error is None
     assert out.survivors == frozenset(ids)
     assert np.array_equal(out.total, slow_sum(RING, inputs, ids))
+    assert out.stages == (5 if with_identities else 4)
+
+
+@pytest.mark.parametrize("graph", ["complete", "sparse"])
+def test_without_identity_keys_a_round_is_four_stages_with_no_consistency_check(graph: str) -> None:
+    """Honest-but-curious variant: the unmasking request follows the masked inputs directly."""
+    ids = list(range(1, 21))
+    spec = MaskingSecureSum(RING, 5, graph=graph, degree=8 if graph == "sparse" else None)
+    inputs = make_inputs(RING, 5, ids, 7)
+    rec = Recorder()
+    out = run_round(spec, inputs, round_id=2, rng_for=rngs(7), stages_completed={4: 2, 9: 3}, tamper=rec)
+    assert out.error is None and out.stages == 4
+    assert list(dict.fromkeys(m.stage for m in rec.messages)) == [
+        "advertise-keys",
+        "share-keys",
+        "masked-input",
+        "unmasking",
+    ]
+    # Client 4 vanished before its masked input, client 9 right after it (the simulator does not
+    # deliver to it, so the recorder sees no request for 9). The survivor list in every request is
+    # exactly the clients whose masked input arrived.
+    requests = {m.recipient: m for m in rec.messages if m.stage == "unmasking" and m.sender == SERVER}
+    assert sorted(requests) == [c for c in ids if c not in (4, 9)]
+    survivors = [c for c in ids if c != 4]
+    assert {wire.decode_unmask_request(m.payload).survivors for m in requests.values()} == {tuple(survivors)}
+    assert out.survivors == frozenset(survivors)
+    assert np.array_equal(out.total, slow_sum(RING, inputs, survivors))
+
+
+def test_with_identity_keys_a_round_still_has_the_consistency_check() -> None:
+    ids = list(range(1, 9))
+    spec = MaskingSecureSum(RING, 5, graph="complete", **identity_kw(ids, True))  # type: ignore[arg-type]
+    inputs = make_inputs(RING, 5, ids, 8)
+    rec = Recorder()
+    out = run_round(spec, inputs, round_id=2, rng_for=rngs(8), tamper=rec)
+    assert out.error is None and out.stages == 5
+    assert list(dict.fromkeys(m.stage for m in rec.messages)) == [
+        "advertise-keys",
+        "share-keys",
+        "masked-input",
+        "consistency-check",
+        "unmasking",
+    ]
+    for m in rec.messages:
+        if m.stage == "unmasking" and m.sender == SERVER:  # every request carries all 8 signatures
+            assert len(wire.decode_unmask_request(m.payload).signatures) == 8
 
 
 def test_sparse_graph_is_really_sparse_at_n30() -> None:
@@ -44,47 +90,72 @@ def test_sparse_graph_is_really_sparse_at_n30() -> None:
     assert all(len(nb) == p.degree for nb in graph.values())
 
 
-STAGE_NAMES = ["before advertising", "after advertising", "after sharing", "after masked input", "during unmasking"]
+STAGE_NAMES = {
+    False: ["before advertising", "after advertising", "after sharing", "after masked input"],
+    True: ["before advertising", "after advertising", "after sharing", "after masked input", "after consistency"],
+}
+"""Dropout schedule points per variant (False: no identity keys, four stages; True: five)."""
+STAGE_CASES = [(v, s) for v in (False, True) for s in range(len(STAGE_NAMES[v]))]
+STAGE_IDS = [("active-" if v else "honest-but-curious-") + STAGE_NAMES[v][s].replace(" ", "-") for v, s in STAGE_CASES]
 
 
-@pytest.mark.parametrize("stage", range(5), ids=STAGE_NAMES)
+@pytest.mark.parametrize("with_identities,stage", STAGE_CASES, ids=STAGE_IDS)
 @pytest.mark.parametrize("graph", ["complete", "sparse"])
-def test_one_dropout_at_each_stage(stage: int, graph: str) -> None:
+def test_one_dropout_at_each_stage(with_identities: bool, stage: int, graph: str) -> None:
     n = 12
     ids = list(range(1, n + 1))
-    spec = MaskingSecureSum(RING, 9, graph=graph, degree=8 if graph == "sparse" else None)
+    spec = MaskingSecureSum(
+        RING,
+        9,
+        graph=graph,
+        degree=8 if graph == "sparse" else None,
+        **identity_kw(ids, with_identities),  # type: ignore[arg-type]
+    )
     inputs = make_inputs(RING, 9, ids, stage)
     drops = {5: stage}
-    out = run_round(spec, inputs, round_id=1, rng_for=rngs(stage), stages_completed=drops)
+    rec = Recorder()
+    out = run_round(spec, inputs, round_id=1, rng_for=rngs(stage), stages_completed=drops, tamper=rec)
     assert out.error is None
     expected = [c for c in ids if c != 5 or stage >= 3]  # in the sum once its masked input arrived
     assert out.survivors == frozenset(expected)
     assert np.array_equal(out.total, slow_sum(RING, inputs, expected))
+    # Client 5 sent exactly the first ``stage`` messages of its variant, then vanished.
+    assert [m.stage for m in rec.messages if m.sender == 5] == [st.value for st in spec.transitions.stages[:stage]]
 
 
-@pytest.mark.parametrize("stage", range(5), ids=STAGE_NAMES)
-def test_too_many_dropouts_at_each_stage_abort_typed(stage: int) -> None:
+@pytest.mark.parametrize("with_identities,stage", STAGE_CASES, ids=STAGE_IDS)
+def test_too_many_dropouts_at_each_stage_abort_typed(with_identities: bool, stage: int) -> None:
     ids = list(range(1, 8))
-    spec = MaskingSecureSum(RING, 5, graph="complete")  # t = 4 of 6 holders
-    inputs = make_inputs(RING, 5, ids, 0)
+    spec = MaskingSecureSum(RING, 5, graph="complete", **identity_kw(ids, with_identities))  # type: ignore[arg-type]
+    inputs = make_inputs(RING, 5, ids, 0)  # t = 4 of 6 holders
     drops = {c: stage for c in (1, 2, 3, 4)}
-    out = run_round(spec, inputs, round_id=1, rng_for=rngs(0), stages_completed=drops)
+    rec = Recorder()
+    out = run_round(spec, inputs, round_id=1, rng_for=rngs(0), stages_completed=drops, tamper=rec)
     assert out.total is None
     assert isinstance(out.error, TooFewSurvivorsError)
     assert out.error.required == 4 and out.error.survivors < 4
     assert out.survivors == frozenset()
+    if stage < 3:  # aborted before the masked-input stage closed: nobody was asked for a share
+        assert not [m for m in rec.messages if m.stage == "unmasking"]
 
 
-def test_never_partial_sum_when_exactly_below_threshold() -> None:
-    """With t-1 holders left for one dropped client's key, the round aborts instead of unmasking."""
-    ids = list(range(1, 6))  # complete, k = 4, t = 3
-    spec = MaskingSecureSum(RING, 3, graph="complete")
+@pytest.mark.parametrize("with_identities", [False, True])
+def test_never_partial_sum_when_exactly_below_threshold(with_identities: bool) -> None:
+    """With t-1 holders left for one survivor's self mask, the round aborts instead of unmasking.
+
+    Complete graph on 5, t = 3. Client 1 vanishes before its masked input, client 2 right
+    after it: U3 = {2, 3, 4, 5}, but only 3, 4, 5 answer the unmasking stage (enough for the
+    stage count), so survivor 3's self mask has exactly two holders left.
+    """
+    ids = list(range(1, 6))
+    spec = MaskingSecureSum(RING, 3, graph="complete", **identity_kw(ids, with_identities))  # type: ignore[arg-type]
     inputs = make_inputs(RING, 3, ids, 1)
-    drops = {1: 3, 2: 4, 3: 4}  # 1 leaves after masked input; 2, 3 leave before unmasking
+    drops = {1: 2, 2: 3}
     ok, _ = survival_oracle(spec, ids, 1, drops)
     out = run_round(spec, inputs, round_id=1, rng_for=rngs(1), stages_completed=drops)
     assert not ok
     assert isinstance(out.error, TooFewSurvivorsError) and out.total is None
+    assert (out.error.survivors, out.error.required) == (2, 3) and "self mask has too few shares" in str(out.error)
 
 
 def test_masked_input_matches_slow_reference() -> None:

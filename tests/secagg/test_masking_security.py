@@ -25,6 +25,14 @@ def _identity_spec(**kw: object) -> MaskingSecureSum:
     return MaskingSecureSum(RING, 8, graph="complete", identities=pub, signing_keys=sec, **kw)
 
 
+def _variant_spec(with_identities: bool) -> MaskingSecureSum:
+    """Complete graph on IDS: the active variant with identity keys, else the honest-but-curious one."""
+    return _identity_spec() if with_identities else MaskingSecureSum(RING, 8, graph="complete")
+
+
+BOTH_VARIANTS = pytest.mark.parametrize("with_identities", [False, True], ids=["honest-but-curious", "active"])
+
+
 def _replace(msg: Message, payload: bytes, **kw: object) -> Message:
     return dataclasses.replace(msg, payload=payload, **kw)
 
@@ -61,24 +69,27 @@ def _rewrite_unmask(edit):  # type: ignore[no-untyped-def]
     return rewrite
 
 
-def test_request_for_both_shares_of_one_client_is_refused() -> None:
-    spec = MaskingSecureSum(RING, 8, graph="complete")
+@BOTH_VARIANTS
+def test_request_for_both_shares_of_one_client_is_refused(with_identities: bool) -> None:
+    spec = _variant_spec(with_identities)
     both = _rewrite_unmask(lambda r: dataclasses.replace(r, sk_ids=r.sk_ids + (r.b_ids[0],)))
     with pytest.raises(RemoteProtocolError, match="both the self-mask share and the key share") as exc:
         run_round(spec, make_inputs(RING, 8, IDS, 0), round_id=1, rng_for=rngs(0), tamper=Recorder(both))
     assert exc.value.peer == SERVER
 
 
-def test_key_share_of_a_survivor_is_refused() -> None:
+@BOTH_VARIANTS
+def test_key_share_of_a_survivor_is_refused(with_identities: bool) -> None:
     """Asking for s_sk of a survivor (moving it from b_ids to sk_ids) is refused too."""
-    spec = MaskingSecureSum(RING, 8, graph="complete")
+    spec = _variant_spec(with_identities)
     move = _rewrite_unmask(lambda r: dataclasses.replace(r, b_ids=r.b_ids[1:], sk_ids=(r.b_ids[0],)))
     with pytest.raises(RemoteProtocolError, match="key share asked for a client that survived"):
         run_round(spec, make_inputs(RING, 8, IDS, 0), round_id=1, rng_for=rngs(0), tamper=Recorder(move))
 
 
-def test_self_mask_share_of_a_dropped_client_is_refused() -> None:
-    spec = MaskingSecureSum(RING, 8, graph="complete")
+@BOTH_VARIANTS
+def test_self_mask_share_of_a_dropped_client_is_refused(with_identities: bool) -> None:
+    spec = _variant_spec(with_identities)
     move = _rewrite_unmask(lambda r: dataclasses.replace(r, b_ids=r.b_ids + r.sk_ids, sk_ids=()))
     with pytest.raises(RemoteProtocolError, match="self-mask share asked for a client that dropped"):
         run_round(
@@ -88,28 +99,35 @@ def test_self_mask_share_of_a_dropped_client_is_refused() -> None:
 
 
 def test_changed_survivor_list_between_check_and_unmasking_is_refused() -> None:
-    spec = MaskingSecureSum(RING, 8, graph="complete")
-    change = _rewrite_unmask(lambda r: dataclasses.replace(r, survivors=r.survivors[1:]))
+    """Active variant: the list in the unmasking request must be the one the client signed.
+    (Without identity keys there is no earlier list; the request's own list gets the checks,
+    see tests/secagg/test_masking_errors.py.)"""
+    spec = _identity_spec()
+    # Drop client 1 from the list and its signature with it, so the request still parses.
+    change = _rewrite_unmask(lambda r: dataclasses.replace(r, survivors=r.survivors[1:], signatures=r.signatures[1:]))
     with pytest.raises(RemoteProtocolError, match="differs from the consistency check"):
         run_round(spec, make_inputs(RING, 8, IDS, 0), round_id=1, rng_for=rngs(0), tamper=Recorder(change))
 
 
-def test_shares_of_unknown_dealer_are_refused() -> None:
-    spec = MaskingSecureSum(RING, 8, graph="complete")
+@BOTH_VARIANTS
+def test_shares_of_unknown_dealer_are_refused(with_identities: bool) -> None:
+    spec = _variant_spec(with_identities)
     extra = _rewrite_unmask(lambda r: dataclasses.replace(r, b_ids=r.b_ids + (2,)))  # its own id: holds none
     with pytest.raises(RemoteProtocolError):
         run_round(spec, make_inputs(RING, 8, IDS, 0), round_id=1, rng_for=rngs(0), tamper=Recorder(extra))
 
 
-def test_repeated_id_in_request_is_refused() -> None:
-    spec = MaskingSecureSum(RING, 8, graph="complete")
+@BOTH_VARIANTS
+def test_repeated_id_in_request_is_refused(with_identities: bool) -> None:
+    spec = _variant_spec(with_identities)
     dup = _rewrite_unmask(lambda r: dataclasses.replace(r, b_ids=r.b_ids + (r.b_ids[0],)))
     with pytest.raises(RemoteProtocolError, match="repeats"):
         run_round(spec, make_inputs(RING, 8, IDS, 0), round_id=1, rng_for=rngs(0), tamper=Recorder(dup))
 
 
-def test_honest_clients_reveal_one_kind_per_peer_in_normal_runs() -> None:
-    spec = MaskingSecureSum(RING, 8, graph="complete")
+@BOTH_VARIANTS
+def test_honest_clients_reveal_one_kind_per_peer_in_normal_runs(with_identities: bool) -> None:
+    spec = _variant_spec(with_identities)
     sessions = {}
     real_client = spec.client
 
@@ -165,9 +183,22 @@ def _messages_of_round(spec: MaskingSecureSum, round_id: int) -> list[Message]:
     return rec.messages
 
 
-@pytest.mark.parametrize("stage", ["share-keys", "masked-input", "consistency-check", "unmasking"])
-def test_replayed_server_message_from_previous_round_is_rejected(stage: str) -> None:
-    spec = MaskingSecureSum(RING, 8, graph="complete")
+SERVER_STAGES = [(False, st) for st in ("share-keys", "masked-input", "unmasking")] + [
+    (True, st) for st in ("share-keys", "masked-input", "consistency-check", "unmasking")
+]
+CLIENT_STAGES = [(False, st) for st in ("advertise-keys", "share-keys", "masked-input", "unmasking")] + [
+    (True, st) for st in ("advertise-keys", "share-keys", "masked-input", "consistency-check", "unmasking")
+]
+
+
+def _case_id(case: tuple[bool, str]) -> str:
+    return ("active-" if case[0] else "honest-but-curious-") + case[1]
+
+
+@pytest.mark.parametrize("case", SERVER_STAGES, ids=_case_id)
+def test_replayed_server_message_from_previous_round_is_rejected(case: tuple[bool, str]) -> None:
+    with_identities, stage = case
+    spec = _variant_spec(with_identities)
     old = {(m.stage, m.recipient): m for m in _messages_of_round(spec, 4) if m.sender == SERVER}
 
     def replay(msg: Message) -> list[Message] | None:
@@ -179,9 +210,10 @@ def test_replayed_server_message_from_previous_round_is_rejected(stage: str) -> 
         run_round(spec, make_inputs(RING, 8, IDS, 0), round_id=5, rng_for=rngs(5), tamper=Recorder(replay))
 
 
-@pytest.mark.parametrize("stage", ["advertise-keys", "share-keys", "masked-input"])
-def test_replayed_client_message_from_previous_round_is_rejected(stage: str) -> None:
-    spec = MaskingSecureSum(RING, 8, graph="complete")
+@pytest.mark.parametrize("case", CLIENT_STAGES, ids=_case_id)
+def test_replayed_client_message_from_previous_round_is_rejected(case: tuple[bool, str]) -> None:
+    with_identities, stage = case
+    spec = _variant_spec(with_identities)
     old = {(m.stage, m.sender): m for m in _messages_of_round(spec, 4) if m.recipient == SERVER}
 
     def replay(msg: Message) -> list[Message] | None:
@@ -357,9 +389,10 @@ def test_server_claiming_a_different_cohort_is_caught() -> None:
 # -- wrong shares never give a wrong sum --------------------------------------------------------
 
 
+@BOTH_VARIANTS
 @pytest.mark.parametrize("kind", ["b", "sk"])
-def test_bad_share_in_unmasking_aborts_instead_of_a_wrong_sum(kind: str) -> None:
-    spec = MaskingSecureSum(RING, 8, graph="complete")
+def test_bad_share_in_unmasking_aborts_instead_of_a_wrong_sum(kind: str, with_identities: bool) -> None:
+    spec = _variant_spec(with_identities)
 
     def corrupt(msg: Message) -> list[Message] | None:
         if msg.stage == "unmasking" and msg.recipient == SERVER:
@@ -381,8 +414,9 @@ def test_bad_share_in_unmasking_aborts_instead_of_a_wrong_sum(kind: str) -> None
     assert "do not match" in str(out.error) or "invalid" in str(out.error)
 
 
-def test_dropping_every_unmasking_reply_aborts() -> None:
-    spec = MaskingSecureSum(RING, 8, graph="complete")
+@BOTH_VARIANTS
+def test_dropping_every_unmasking_reply_aborts(with_identities: bool) -> None:
+    spec = _variant_spec(with_identities)
 
     def drop(msg: Message) -> list[Message] | None:
         return [] if msg.stage == "unmasking" and msg.recipient == SERVER else None

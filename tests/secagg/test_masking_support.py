@@ -7,9 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from dp.randomness import SeededRandomSource
-from secagg.masking import MaskingSecureSum
+from secagg.masking import MaskingSecureSum, generate_identities
 from secagg.protocol import Message, RandomSource
 from secagg.ring import RingSpec
+from secagg.simulation import run_round
 
 
 def make_inputs(ring: RingSpec, dim: int, ids: Sequence[int], seed: int) -> dict[int, np.ndarray]:
@@ -38,13 +39,15 @@ def survival_oracle(
 ) -> tuple[bool, frozenset[int]]:
     """Independent model of who survives and whether unmasking is possible.
 
-    A client with ``drops[c] = s`` takes part in stages 0..s-1 (0: advertise,
-    1: share keys, 2: masked input, 3: consistency check, 4: unmasking).
+    A client with ``drops[c] = s`` takes part in stages 0..s-1. Without identity
+    keys a round has four stages (0: advertise, 1: share keys, 2: masked input,
+    3: unmasking); with identity keys five (3: consistency check, 4: unmasking).
     Returns (round succeeds, survivor set U3).
     """
     params = spec.parameters(len(cohort))
     t = params.threshold
     graph = spec.neighbours(cohort, round_id)
+    unmasking = 3 if spec.identities is None else 4
 
     def reaches(c: int, stage: int) -> bool:
         return drops.get(c, 99) > stage
@@ -63,9 +66,9 @@ def survival_oracle(
     if len(u2) < t:
         return False, frozenset()
     u3 = {c for c in u2 if reaches(c, 2)}
-    u4 = {c for c in u3 if reaches(c, 3)}
-    u5 = {c for c in u4 if reaches(c, 4)}
-    if min(len(u3), len(u4), len(u5)) < t:
+    u4 = {c for c in u3 if reaches(c, 3)} if unmasking == 4 else u3  # signed the survivor list
+    u5 = {c for c in u4 if reaches(c, unmasking)}
+    if min(len(u3), len(u4), len(u5)) < t or len(u3) < spec.min_survivors:
         return False, frozenset()
     for u in u3:
         if len(graph[u] & u2 & u5) < t:
@@ -74,6 +77,14 @@ def survival_oracle(
         if graph[u] & u3 and len(graph[u] & u2 & u5) < t:
             return False, frozenset()
     return True, frozenset(u3)
+
+
+def identity_kw(ids: Sequence[int], with_identities: bool) -> dict[str, object]:
+    """MaskingSecureSum keyword arguments that switch on the active variant (identity keys) or not."""
+    if not with_identities:
+        return {}
+    pub, sec = generate_identities(ids, SeededRandomSource("identities"))
+    return {"identities": pub, "signing_keys": sec}
 
 
 class Recorder:
@@ -96,3 +107,19 @@ def test_survival_oracle_agrees_on_trivial_cases() -> None:
     spec = MaskingSecureSum(RingSpec(16), 2, graph="complete")
     assert survival_oracle(spec, [1, 2, 3], 0, {}) == (True, frozenset({1, 2, 3}))
     assert survival_oracle(spec, [1, 2, 3], 0, {1: 0, 2: 0}) == (False, frozenset())
+
+
+def test_survival_oracle_counts_the_consistency_stage_only_with_identity_keys() -> None:
+    """Complete graph on 6 (t = 3). Clients 1, 2 leave after their masked input; client 3 after
+    stage index 3. Without identity keys index 3 is the unmasking stage, so 3 answers it and four
+    holders unmask; with identity keys it is the consistency check, so 3 misses unmasking and each
+    survivor keeps only two other holders: abort. The oracle and the real round agree."""
+    ids = [1, 2, 3, 4, 5, 6]
+    drops = {1: 3, 2: 3, 3: 4}
+    ring = RingSpec(16)
+    inputs = make_inputs(ring, 2, ids, 0)
+    for with_identities, expected in [(False, (True, frozenset(ids))), (True, (False, frozenset()))]:
+        spec = MaskingSecureSum(ring, 2, graph="complete", **identity_kw(ids, with_identities))  # type: ignore[arg-type]
+        assert survival_oracle(spec, ids, 0, drops) == expected
+        out = run_round(spec, inputs, round_id=0, rng_for=rngs(0), stages_completed=drops)
+        assert (out.error is None, out.survivors) == expected
