@@ -2,7 +2,8 @@
 
 The end-to-end test starts ``flower-superlink --insecure`` and five ``flower-supernode``
 processes on 127.0.0.1, runs two rounds of masking SecAgg with distributed DP, kills
-one SuperNode right after the masked-input stage of round 2, and checks the round
+one SuperNode right after the masked-input stage of round 2 (with key setup ahead, round 2's
+masked inputs travel in its opening exchange, ``train``), and checks the round
 still completes with the exact sum of the survivors, that the final weights equal
 the in-process simulation with the same seeds and the same dropout, and that the
 ledger written on the server audits. Every process it starts is stopped.
@@ -480,7 +481,7 @@ def test_two_rounds_masking_distributed_dp_with_a_killed_supernode(tmp_path: Pat
         "stage-timeout": 30.0,
         "train-timeout": 120.0,
         "connect-timeout": 60.0,
-        "pause-after": "2:masked-input",
+        "pause-after": "2:train",  # round 2's masked inputs arrive in its opening exchange
         "resume-file": str(tmp_path / "resume"),
     }
     progress = tmp_path / "out" / "progress.jsonl"
@@ -522,9 +523,10 @@ def test_two_rounds_masking_distributed_dp_with_a_killed_supernode(tmp_path: Pat
     summary = json.loads((out / "summary.json").read_text())
     r2 = summary["rounds"][1]
     stages = {s["stage"]: s["answered"] for s in r2["stages"]}
-    assert stages["masked-input"] == [1, 2, 3, 4, 5]
+    assert stages["train"] == [1, 2, 3, 4, 5] and "masked-input" not in stages  # masked inputs came with training
+    assert stages["share-keys (ahead)"] == [1, 2, 3, 4, 5]
     assert VICTIM not in stages.get("consistency-check", []) and VICTIM not in stages["unmasking"]
-    assert summary["rounds"][1]["stages"][0]["stage"] == "advertise-keys (ahead)"  # keys sent in round 1
+    assert r2["stages"][0]["stage"] == "advertise-keys (ahead)"  # round 2's key setup ran during round 1
     assert r2["survivors"] == [1, 2, 3, 4, 5]  # the victim's masked input is in the sum (Bonawitz: U3)
 
     # In-process simulation, same seeds, same dropout: the victim leaves after 3 stages of round 2.
