@@ -81,7 +81,7 @@ def _exchanges(trace: Any) -> int:
 
 
 @pytest.mark.parametrize("dp", ["distributed", "central"])
-def test_ahead_rounds_equal_the_in_process_rounds_with_one_exchange_less(dp: str, tmp_path: Path) -> None:
+def test_ahead_rounds_equal_the_in_process_rounds_with_two_exchanges_fewer(dp: str, tmp_path: Path) -> None:
     cfg = _small_cfg(dp=dp, noise_multiplier=1.0, clip=1.0, rounds=3)
     ref = _reference(cfg, tmp_path, 3)
     fed, traces, sent = _run_driver(cfg, tmp_path, 3)
@@ -102,7 +102,7 @@ def test_ahead_rounds_equal_the_in_process_rounds_with_one_exchange_less(dp: str
     assert all(not st.startswith("ahead") for _, st in sent)
 
 
-def test_new_cohort_members_get_a_standalone_advertise_request(tmp_path: Path) -> None:
+def test_new_cohort_members_get_standalone_ahead_requests(tmp_path: Path) -> None:
     """Poisson cohorts differ from round to round: members not in the current round are asked on their own."""
     cfg = _small_cfg(clients=6, per_round=None, sampling_rate=0.6, dp="none", rounds=3, seed=3)
     ref = _reference(cfg, tmp_path, 3)
