@@ -427,15 +427,6 @@ def test_discover_nodes_errors() -> None:
     ) == {2: 7, 1: 8}
 
 
-def test_paillier_on_flower_is_refused_with_a_reason() -> None:
-    from fl_core.errors import ConfigError
-    from fl_core.transport.flower.options import FlowerOptions
-    from fl_core.transport.flower.server import run_privagg
-
-    with pytest.raises(ConfigError, match="paillier backend is not supported on Flower"):
-        run_privagg(None, _small_cfg(secure_sum="paillier"), FlowerOptions())
-
-
 # -- end to end: real SuperLink and SuperNodes ------------------------------------------------------------------
 
 VICTIM = 3  # client 3 = partition-id 2: its SuperNode is killed after the masked-input stage of round 2

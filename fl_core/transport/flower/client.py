@@ -30,8 +30,10 @@ Security:
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,7 @@ from fl_core.config import RunConfig
 from fl_core.errors import ConfigError, FLError
 from fl_core.transport.flower.ahead import (
     AHEAD_STAGE,
+    AheadError,
     AheadParams,
     AheadSession,
     advance,
@@ -55,6 +58,7 @@ from fl_core.transport.flower.codec import (
     vector_to_bytes,
 )
 from fl_core.transport.flower.options import config_from_json
+from fl_core.transport.flower.record import RecordState
 from secagg import Message, RingSpec
 
 __all__ = [
@@ -189,6 +193,13 @@ def _secure_sum(cfg: RunConfig, ring_bits: int, dim: int, max_clients: int, min_
     # Rebuilt exactly as Federation builds it (same request, same setup randomness).
     from fl_core.backends import BackendRequest, build_secure_sum
 
+    if cfg.secure_sum == "paillier":
+        # Its key arrives with the opening message, and it has no stage before or after it:
+        # never generate a key here (the in-process builder would, from setup randomness).
+        raise AheadError(
+            "the paillier backend runs only in a round's opening message (which carries the key): "
+            "no stage of it runs ahead or later on a node"
+        )
     return build_secure_sum(
         cfg.secure_sum,
         BackendRequest(
@@ -206,10 +217,21 @@ def _client_federation(cfg: RunConfig) -> Any:
 
     Nodes never write the epsilon ledger (the server does), so none is opened.
     """
+    return _client_build(cfg)[0]
+
+
+def _client_build(cfg: RunConfig, paillier: Callable[[Any], Any] | None = None) -> tuple[Any, Any]:
+    """The node's Federation and its record-DP wrapper (None without record-level DP).
+
+    ``paillier``: the backend factory of a Paillier round (the key the server sent); the
+    node then generates no key of its own.
+    """
+    from fl_core.backend_paillier import keys_from
     from fl_core.runner import build_federation
 
-    fed, _data, _extra = build_federation(cfg, open_ledger=False)
-    return fed
+    with keys_from(paillier) if paillier is not None else contextlib.nullcontext():
+        fed, _data, extra = build_federation(cfg, open_ledger=False)
+    return fed, extra.get("_record_dp")
 
 
 class NodePolicyError(FLError):
@@ -223,11 +245,18 @@ def check_node_policy(cfg: RunConfig, node_config: Any) -> None:
     keep the promised protection pins a floor in the node config:
     ``require-dp`` (e.g. ``"distributed"``), ``require-secure-sum`` (e.g. ``"masking"``)
     and ``min-noise-multiplier``. A node with no such keys accepts what the server sends.
+    A node that pins the Paillier key (``paillier-public-key-sha256``) refuses any other
+    key in the opening message (:class:`fl_core.transport.flower.paillier.KeyPinError`);
+    the pin's format is checked here, whatever the backend.
 
     Raises:
         NodePolicyError: the configuration is below the floor (the node does not train
             or reveal anything; it is a dropout for the round).
+        ConfigError: the node config's pin is not a SHA-256 hex digest.
     """
+    from fl_core.transport.flower.paillier import check_key_pin_format
+
+    check_key_pin_format(node_config)
     nc = node_config or {}
     want_dp = nc.get("require-dp")
     if want_dp is not None and cfg.dp != want_dp:
@@ -253,9 +282,26 @@ def handle_hello(node_config: Any) -> StagePacket:
 
 
 def handle_round(
-    packet: StagePacket, node_config: Any, ahead: AheadSession | None = None
-) -> tuple[StagePacket, NodeSession]:
+    packet: StagePacket,
+    node_config: Any,
+    ahead: AheadSession | None = None,
+    record: RecordState | None = None,
+    *,
+    on_record: Callable[[RecordState], None] | None = None,
+) -> tuple[StagePacket, NodeSession | None]:
     """The opening message of a round: train, clip, noise, encode, start the session.
+
+    Returns the reply and the session to keep for the round's later stages (None for
+    Paillier, whose client sends its ciphertexts in this reply and nothing after).
+
+    Paillier: the packet carries the public key; it is checked against the node's pin and
+    key-size floor before any training (:func:`fl_core.transport.flower.paillier.client_public_key`),
+    and the node encrypts under it (it never generates a key).
+
+    Record-level DP: ``record`` is this node's accountant kept from its earlier rounds; it
+    is restored before training, and ``on_record`` receives the updated one right after
+    training (before anything else can fail), so a node never forgets privacy it spent.
+    The reply reports the node's record-level epsilon (:mod:`fl_core.transport.flower.record`).
 
     When the node ran this round's input-free stages ahead (``ahead``,
     :mod:`fl_core.transport.flower.ahead`), the packet carries the server's messages of
@@ -269,9 +315,23 @@ def handle_round(
         AheadError: the session kept from the stages run ahead does not fit this round
             (see ``resume_session``).
         NodePolicyError: the run is weaker than the node operator's floor.
-        FlowerCodecError: the packet lacks the model or the configuration.
+        KeyPinError: a Paillier key other than the one the node pins.
+        FlowerCodecError: the packet lacks the model, the configuration or (Paillier) the key.
         ConfigError, FLError: invalid configuration or a failing ``train_fn``.
     """
+    reply, session, _record = _open_round(packet, node_config, ahead, record, on_record)
+    return reply, session
+
+
+def _open_round(
+    packet: StagePacket,
+    node_config: Any,
+    ahead: AheadSession | None,
+    record: RecordState | None,
+    on_record: Callable[[RecordState], None] | None,
+) -> tuple[StagePacket, NodeSession | None, RecordState | None]:
+    from fl_core.transport.flower import record as record_state
+
     client = client_id_of(node_config)
     f = packet.fields
     for key in ("config", "client", "global", "dim"):
@@ -285,7 +345,14 @@ def handle_round(
     cfg = config_from_json(str(f["config"]))
     check_node_policy(cfg, node_config)
     r = packet.round_id
-    fed = _client_federation(cfg)
+    paillier = None
+    if cfg.secure_sum == "paillier":
+        from fl_core.transport.flower.paillier import client_factory, client_public_key
+
+        paillier = client_factory(client_public_key(f, node_config), node_config)
+        if packet.messages:
+            raise ClientStateError(f"the opening message of paillier round {r} carries protocol messages: refused")
+    fed, record_dp = _client_build(cfg, paillier)
     if fed.dim != f["dim"]:
         raise ConfigError(
             f"the server's model has {f['dim']} values, this node's has {fed.dim}: different model or privagg version",
@@ -297,7 +364,20 @@ def handle_round(
             "(it restarted, or missed the ahead requests): it is a dropout for this round"
         )
     global_vec = vector_from_bytes(bytes(f["global"]), np.float32, fed.dim)
+    if record_dp is not None:
+        record_state.restore(record_dp, client, record)
     vec, clip = fed.client_contribution(client, r, global_vec, fed.client_data[client - 1])
+    fields: dict[str, Any] = {"clipped": bool(clip.clipped), "saturated": int(clip.saturated)}
+    if record_dp is not None:
+        record, eps_fields = record_state.capture(record_dp, client)
+        fields.update(eps_fields)
+        if on_record is not None:
+            on_record(record)
+    if paillier is not None:  # one message, nothing after it: no session to keep
+        seeded = cfg.seed is not None
+        seed = b"" if seeded else os.urandom(32)
+        out = fed.secure_sum.client(client, r, _session_rng(cfg, client, r, seed, seeded)).start(vec)
+        return StagePacket(r, TRAIN_STAGE, tuple(out), fields), None, record
     ring_bits = fed.plan.ring.bits
     max_clients = fed.sampler.max_cohort()
     min_survivors = int(fed.privacy.min_survivors)
@@ -328,8 +408,8 @@ def handle_round(
         x=vector_to_bytes(vec),
         history=(ahead.history if packet.messages and ahead is not None else ()) + tuple(packet.messages),
     )
-    reply = StagePacket(r, TRAIN_STAGE, tuple(out), {"clipped": bool(clip.clipped), "saturated": int(clip.saturated)})
-    return reply, state
+    reply = StagePacket(r, TRAIN_STAGE, tuple(out), fields)
+    return reply, state, record
 
 
 def handle_stage(packet: StagePacket, state: NodeSession | None) -> tuple[StagePacket, NodeSession]:
@@ -382,31 +462,44 @@ def handle_stage(packet: StagePacket, state: NodeSession | None) -> tuple[StageP
 
 @dataclass(frozen=True, slots=True)
 class NodeState:
-    """Everything a node keeps between messages: the open round's session and an advertised next one."""
+    """Everything a node keeps between messages.
+
+    The open round's session, the next round's session run ahead, and (record-level DP)
+    the node's Opacus accountant, which outlives rounds.
+    """
 
     session: NodeSession | None = None
     ahead: AheadSession | None = None
+    record: RecordState | None = None
 
 
-def handle_packet(packet: StagePacket, node_config: Any, state: NodeState) -> tuple[StagePacket, NodeState]:
+def handle_packet(
+    packet: StagePacket,
+    node_config: Any,
+    state: NodeState,
+    *,
+    on_record: Callable[[RecordState], None] | None = None,
+) -> tuple[StagePacket, NodeState]:
     """Answer one privagg packet (a round's opening, a stage, or a standalone advertise request).
 
     A packet may also ask the node to run the next round's next input-free stage
     (:mod:`fl_core.transport.flower.ahead`); its messages ride on the reply.
 
+    ``on_record`` (record-level DP): see :func:`handle_round`.
+
     Raises:
         The errors of :func:`handle_round`, :func:`handle_stage` and
-        :func:`fl_core.transport.flower.ahead.advertise`.
+        :func:`fl_core.transport.flower.ahead.advance`.
     """
     if packet.stage == TRAIN_STAGE:
         ahead = state.ahead if state.ahead is not None and state.ahead.params.round_id == packet.round_id else None
-        reply, session = handle_round(packet, node_config, ahead)
-        new = NodeState(session, None)
+        reply, session, record = _open_round(packet, node_config, ahead, state.record, on_record)
+        new = NodeState(session, None, record)
     elif packet.stage == AHEAD_STAGE:
         reply, new = StagePacket(packet.round_id, AHEAD_STAGE), state
     else:
         reply, stage_session = handle_stage(packet, state.session)
-        new = NodeState(stage_session, state.ahead)
+        new = NodeState(stage_session, state.ahead, state.record)
     client = client_id_of(node_config)
     req = request_from_fields(packet.fields, client)
     if req is not None:
@@ -414,7 +507,7 @@ def handle_packet(packet: StagePacket, node_config: Any, state: NodeState) -> tu
         kept = new.ahead if new.ahead is not None and new.ahead.params.round_id == params.round_id else None
         fields, kept = advance(params, msgs, client, node_config, kept)
         reply = StagePacket(reply.round_id, reply.stage, reply.messages, {**reply.fields, **fields})
-        new = NodeState(new.session, kept)
+        new = replace(new, ahead=kept)
     return reply, new
 
 
@@ -424,20 +517,40 @@ _AHEAD = "privagg.ahead"
 
 
 def _load_state(context: Any) -> NodeState:
+    from fl_core.transport.flower import record
+
     rec = context.state.config_records.get(_STATE)
     arec = context.state.config_records.get(_AHEAD)
     return NodeState(
         NodeSession.from_record(rec) if rec is not None else None,
         AheadSession.from_record(arec) if arec is not None else None,
+        record.load_state(context),
     )
 
 
 def _save_state(context: Any, state: NodeState) -> None:
+    from fl_core.transport.flower import record
+
     for key, value in ((_STATE, state.session), (_AHEAD, state.ahead)):
         if value is None:
             context.state.config_records.pop(key, None)
         else:
             context.state.config_records[key] = value.to_record()
+    if state.record is not None:  # the accountant outlives rounds: never dropped
+        record.save_state(context, state.record)
+
+
+def _is_key_holder(context: Any) -> bool:
+    from fl_core.transport.flower.paillier import HOLDER_ROLE, node_role
+
+    return node_role(context.node_config) == HOLDER_ROLE
+
+
+def _not_a_client(what: str) -> ClientStateError:
+    return ClientStateError(
+        f'this SuperNode is a Paillier key holder (privagg-role="key-holder"): it takes no {what}; '
+        "the server counted it as a client by mistake"
+    )
 
 
 def _make_app() -> Any:
@@ -449,19 +562,49 @@ def _make_app() -> Any:
     @app.query("privagg_hello")
     def _hello(msg: FlowerMessage, context: Any) -> FlowerMessage:
         decode_packet(msg.content, stage="hello")
+        if _is_key_holder(context):
+            from fl_core.transport.flower.paillier import handle_holder_hello
+
+            return FlowerMessage(encode_packet(handle_holder_hello(context.node_config)), reply_to=msg)
         return FlowerMessage(encode_packet(handle_hello(context.node_config)), reply_to=msg)
+
+    @app.query("privagg_decrypt")
+    def _decrypt(msg: FlowerMessage, context: Any) -> FlowerMessage:
+        from fl_core.transport.flower.paillier import (
+            DECRYPT_STAGE,
+            handle_decrypt,
+            load_holder_state,
+            save_holder_state,
+        )
+
+        if not _is_key_holder(context):
+            raise ClientStateError("this SuperNode is a client, not a Paillier key holder: it decrypts nothing")
+        packet = decode_packet(msg.content, stage=DECRYPT_STAGE)
+        reply, new = handle_decrypt(packet, context.node_config, load_holder_state(context))
+        save_holder_state(context, new)
+        return FlowerMessage(encode_packet(reply), reply_to=msg)
 
     @app.train("privagg_round")
     def _round(msg: FlowerMessage, context: Any) -> FlowerMessage:
+        if _is_key_holder(context):
+            raise _not_a_client("training round")
         state = _load_state(context)
-        _save_state(context, NodeState())  # a new round discards whatever the node held, even if it fails
+        # A new round discards whatever the node held, even if it fails; the record-DP
+        # accountant is kept, and saved as soon as training has charged it.
+        _save_state(context, NodeState(record=state.record))
         packet = decode_packet(msg.content, stage=TRAIN_STAGE)
-        reply, new = handle_packet(packet, context.node_config, state)
+
+        def keep(record: RecordState) -> None:
+            _save_state(context, NodeState(record=record))
+
+        reply, new = handle_packet(packet, context.node_config, state, on_record=keep)
         _save_state(context, new)
         return FlowerMessage(encode_packet(reply), reply_to=msg)
 
     @app.train("privagg_stage")
     def _stage(msg: FlowerMessage, context: Any) -> FlowerMessage:
+        if _is_key_holder(context):
+            raise _not_a_client("protocol stage")
         packet = decode_packet(msg.content)
         reply, new = handle_packet(packet, context.node_config, _load_state(context))
         _save_state(context, new)

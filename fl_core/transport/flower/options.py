@@ -44,6 +44,10 @@ class FlowerOptions:
         advertise_ahead: the next round's cohort advertises its keys during the current
             round's final exchange, saving one Flower exchange per round
             (:mod:`fl_core.transport.flower.ahead`); off: every round starts from scratch.
+        insecure_small_key_for_tests: accept a Paillier key below 2048 bits from the key
+            holders. Tests only, never real data.
+        verify_decryption: a single Paillier key holder must prove each plaintext it
+            returns (the server checks; threshold shares are always proven).
     """
 
     train_timeout: float = 600.0
@@ -55,6 +59,8 @@ class FlowerOptions:
     resume_file: str = ""
     mode: str = "privagg"
     advertise_ahead: bool = True
+    insecure_small_key_for_tests: bool = False
+    verify_decryption: bool = True
 
     def __post_init__(self) -> None:
         for name in ("train_timeout", "stage_timeout", "connect_timeout", "poll_interval"):

@@ -20,7 +20,10 @@ Security:
     (the sender becomes a dropout) - tests/integration/test_flower.py::test_driver_refuses_spoofed_sender.
     The ledger is charged by ``finish_round`` with the survivors' noise only, before
     the model is published. Transport security (TLS, SuperNode authentication) is
-    Flower's; see docs/flower.md.
+    Flower's; see docs/flower.md. Paillier: the server builds its secure sum from the
+    public key the key-holder SuperNodes publish and asks them for the round's one
+    decryption (:mod:`fl_core.transport.flower.paillier`); it never holds or loads a
+    private key or a key share.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from fl_core.config import RunConfig
-from fl_core.errors import ConfigError, FLError
+from fl_core.errors import FLError
 from fl_core.transport.flower.ahead import AHEAD_STAGE, AheadPipeline
 from fl_core.transport.flower.client import HELLO, ROUND, STAGE, TRAIN_STAGE
 from fl_core.transport.flower.codec import (
@@ -47,9 +50,20 @@ from fl_core.transport.flower.codec import (
     vector_to_bytes,
 )
 from fl_core.transport.flower.options import FlowerOptions, config_to_json, parse_run_config
+from fl_core.transport.flower.paillier import HOLDER_ROLE, PUBLIC_KEY_FIELD, HolderRouter, KeyHolders, key_holders_from
+from fl_core.transport.flower.record import RECORD_EPSILON, RECORD_STEPS
 from secagg import Message, RoundOutcome, SecAggError
 
-__all__ = ["FlowerRoundDriver", "GridLink", "NodeUnavailableError", "RunReport", "app", "run_privagg"]
+__all__ = [
+    "FlowerRoundDriver",
+    "GridLink",
+    "NodeUnavailableError",
+    "RunReport",
+    "app",
+    "discover_nodes",
+    "discover_roster",
+    "run_privagg",
+]
 
 log = logging.getLogger("privagg.flower")
 
@@ -106,28 +120,67 @@ def discover_nodes(link: GridLink, clients: int, *, timeout: float) -> dict[int,
         NodeUnavailableError: too few nodes connected, or the partition ids do not
             cover clients 1..``clients`` exactly once.
     """
+    return discover_roster(link, clients, timeout=timeout, key_holders=False)[0]
+
+
+def discover_roster(
+    link: GridLink, clients: int, *, timeout: float, key_holders: bool
+) -> tuple[dict[int, int], KeyHolders | None]:
+    """Learn the client nodes (client -> node id) and, with ``key_holders``, the Paillier key holders.
+
+    Client nodes answer the hello with their client id, key-holder nodes with their role
+    and public key material. With ``key_holders`` the server waits (until ``timeout``)
+    for every holder of the key (1, or m of a t-of-m key) and starts with at least t.
+    Key-holder nodes are never clients; in a run without them they are ignored.
+
+    Raises:
+        NodeUnavailableError: too few nodes connected, the partition ids do not cover
+            clients 1..``clients`` exactly once, or (``key_holders``) fewer holders than
+            a decryption needs answered.
+        fl_core.transport.flower.paillier.KeyHolderSetupError: the holders do not form one key.
+    """
     deadline = time.monotonic() + timeout
+    want = clients + (1 if key_holders else 0)
     nodes: list[int] = []
     while time.monotonic() < deadline:
         nodes = sorted(int(n) for n in link.grid.get_node_ids())
-        if len(nodes) >= clients:
+        if len(nodes) >= want:
             break
         time.sleep(0.5)
-    if len(nodes) < clients:
+    if len(nodes) < want:
         raise NodeUnavailableError(
-            f"{len(nodes)} SuperNodes connected within {timeout:.0f} s, the run needs {clients} "
-            "(start one flower-supernode per client, or lower clients)"
+            f"{len(nodes)} SuperNodes connected within {timeout:.0f} s, the run needs {clients}"
+            + (" clients and the Paillier key holders" if key_holders else "")
+            + " (start one flower-supernode per client, or lower clients)"
         )
-    hello = encode_packet(StagePacket(0, "hello"))
-    left = max(1.0, deadline - time.monotonic())
-    replies = link.exchange(HELLO, {n: hello for n in nodes}, group="hello", timeout=left)
+    hellos: dict[int, Mapping[str, Any]] = {}
+    asked: set[int] = set()
+
+    def ask(new: list[int]) -> None:
+        hello = encode_packet(StagePacket(0, "hello"))
+        left = max(1.0, deadline - time.monotonic())
+        asked.update(new)
+        for node, rep in link.exchange(HELLO, {n: hello for n in new}, group="hello", timeout=left).items():
+            try:
+                hellos[node] = decode_packet(rep.content, stage="hello").fields
+            except FlowerCodecError as exc:
+                log.warning("node %s sent an unusable hello: %s", node, exc)
+
+    ask(nodes)
+    holders = key_holders_from(hellos) if key_holders else None
+    while key_holders and (holders is None or len(holders.nodes) < holders.expected):
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+        new = sorted(int(n) for n in link.grid.get_node_ids() if int(n) not in asked)
+        if new:
+            ask(new)
+            holders = key_holders_from(hellos)
     by_client: dict[int, int] = {}
-    for node, rep in sorted(replies.items()):
-        try:
-            c = decode_packet(rep.content, stage="hello").fields.get("client")
-        except FlowerCodecError as exc:
-            log.warning("node %s sent an unusable hello: %s", node, exc)
+    for node, fields in sorted(hellos.items()):
+        if fields.get("role") == HOLDER_ROLE:
             continue
+        c = fields.get("client")
         if not isinstance(c, int) or not 1 <= c <= clients:
             raise NodeUnavailableError(f"node {node} claims client {c!r}; partition-id must be in 0..{clients - 1}")
         if c in by_client:
@@ -140,7 +193,29 @@ def discover_nodes(link: GridLink, clients: int, *, timeout: float) -> dict[int,
         raise NodeUnavailableError(
             f"no SuperNode answered for clients {missing} (partition-ids {[m - 1 for m in missing]})"
         )
-    return by_client
+    if key_holders:
+        start_holder = (
+            'start them with --node-config \'privagg-role="key-holder" paillier-key-file="/path/key"\' '
+            "(key files from `privagg keygen paillier`)"
+        )
+        if holders is None:
+            raise NodeUnavailableError(
+                f"no Paillier key-holder SuperNode answered within {timeout:.0f} s: {start_holder}"
+            )
+        if len(holders.nodes) < holders.needed:
+            raise NodeUnavailableError(
+                f"{len(holders.nodes)} of the key's {holders.expected} key holders answered, a decryption needs "
+                f"{holders.needed}: {start_holder}"
+            )
+        if len(holders.nodes) < holders.expected:
+            log.warning(
+                "%d of %d key holders answered (holders %s); the run tolerates %d more missing",
+                len(holders.nodes),
+                holders.expected,
+                sorted(holders.nodes),
+                len(holders.nodes) - holders.needed,
+            )
+    return by_client, holders
 
 
 StageHook = Callable[[int, str, frozenset[int]], None]
@@ -165,16 +240,32 @@ class FlowerRoundDriver:
         nodes: client id -> Flower node id.
         options: the transport options (timeouts).
         on_stage: optional hook after each stage (progress reports, the test pause).
+        holders: the route to the Paillier key holders (its decryption exchanges are
+            recorded in the round's trace as stage ``decrypt``, answered by holder ids).
+        opening_fields: extra fields of every opening message (Paillier: the public key).
+
+    After each round, ``record_reports`` holds each client's latest record-level DP report
+    (epsilon, steps), when the run has record-level DP.
     """
 
     def __init__(
-        self, link: GridLink, nodes: Mapping[int, int], options: FlowerOptions, *, on_stage: StageHook | None = None
+        self,
+        link: GridLink,
+        nodes: Mapping[int, int],
+        options: FlowerOptions,
+        *,
+        on_stage: StageHook | None = None,
+        holders: HolderRouter | None = None,
+        opening_fields: Mapping[str, Any] | None = None,
     ) -> None:
         self.link = link
         self.nodes = dict(nodes)
         self.clients = {n: c for c, n in self.nodes.items()}
         self.options = options
         self.on_stage = on_stage
+        self.holders = holders
+        self.opening_fields = dict(opening_fields or {})
+        self.record_reports: dict[int, dict[str, Any]] = {}
         self._pipeline = AheadPipeline(enabled=options.advertise_ahead)
 
     def _accept(
@@ -258,6 +349,9 @@ class FlowerRoundDriver:
         def clip_fields(c: int, f: Mapping[str, Any]) -> None:
             counts["clipped"] += int(bool(f.get("clipped", False)))
             counts["saturated"] += int(f.get("saturated", 0))
+            eps = f.get(RECORD_EPSILON)
+            if isinstance(eps, float) and not isinstance(eps, bool):
+                self.record_reports[c] = {RECORD_EPSILON: eps, RECORD_STEPS: int(f.get(RECORD_STEPS, 0))}
 
         gbytes = vector_to_bytes(np.asarray(global_vec, dtype=np.float32))
         firsts: dict[int, list[Message]] = {}
@@ -273,19 +367,21 @@ class FlowerRoundDriver:
                 r,
                 TRAIN_STAGE,
                 tuple(firsts.get(c, ())),
-                {"config": config_json, "client": c, "global": gbytes, "dim": fed.dim},
+                {"config": config_json, "client": c, "global": gbytes, "dim": fed.dim, **self.opening_fields},
             )
             for c in openers
         }
         to_clients = self._round_trip(
             ROUND, fed, server, r, TRAIN_STAGE, opening, config_json, next_members, outcome, trace, clip_fields
         )
+        self._holder_stages(trace, r)
         step, idle = 0, 0
         while not server.done:
             if not to_clients:
                 t = time.process_time()
                 to_clients.extend(server.close_stage())
                 outcome.server_cpu_s += time.process_time() - t
+                self._holder_stages(trace, r)
                 if server.done:
                     break
                 if not to_clients:
@@ -308,6 +404,7 @@ class FlowerRoundDriver:
             to_clients = self._round_trip(
                 STAGE, fed, server, r, stage, packets, config_json, next_members, outcome, trace, None
             )
+            self._holder_stages(trace, r)
         outcome.stages = step + 1
         t = time.process_time()
         try:
@@ -368,6 +465,15 @@ class FlowerRoundDriver:
             self._pipeline.collect(ahead_replies, trace.rejected)
         return out
 
+    def _holder_stages(self, trace: RoundTrace, r: int) -> None:
+        """Record the key holders' decryption exchanges of this round (answered: holder ids)."""
+        if self.holders is None:
+            return
+        stages, rejected = self.holders.take()
+        trace.rejected.extend(rejected)
+        for st in stages:
+            self._stage_done(trace, r, st["stage"], frozenset(st["answered"]), st["wall_s"])
+
     def _stage_done(self, trace: RoundTrace, r: int, stage: str, answered: frozenset[int], wall: float) -> None:
         trace.stages.append({"stage": stage, "answered": sorted(answered), "wall_s": round(wall, 3)})
         if self.on_stage is not None:
@@ -389,6 +495,7 @@ class RunReport:
     totals: dict[int, np.ndarray]
     stopped: str | None = None
     ledger: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         rounds = []
@@ -413,6 +520,7 @@ class RunReport:
             "stopped": self.stopped,
             "ledger": self.ledger,
             "dim": int(self.final.size),
+            **self.extra,
         }
 
 
@@ -443,31 +551,63 @@ def _append(path: Path, record: Mapping[str, Any]) -> None:
 def run_privagg(grid: Any, cfg: RunConfig, options: FlowerOptions) -> RunReport:
     """Run ``cfg.rounds`` privagg rounds with the clients on the grid's SuperNodes.
 
+    With ``secure-sum = "paillier"`` the key holders are SuperNodes of their own (see
+    :mod:`fl_core.transport.flower.paillier`): the server learns their public key at
+    start-up, builds its secure sum from it, and sends it to the clients each round.
+
     Raises:
-        NodeUnavailableError: not every client's SuperNode is connected.
+        NodeUnavailableError: not every client's SuperNode is connected (or, Paillier,
+            fewer key holders than a decryption needs).
+        fl_core.transport.flower.paillier.KeyHolderSetupError: the key holders do not form one key.
+        ConfigError: the holders' key cannot serve the run (e.g. a test-size key without
+            ``insecure-small-key-for-tests``).
         fl_core.errors.RoundFailedError: a round aborted (e.g. too few survivors);
             the model and the ledger keep the last committed round.
     """
     from dp.errors import BudgetExceededError
     from fl_core.runner import build_federation
 
-    if cfg.secure_sum == "paillier":
-        raise ConfigError(
-            "the paillier backend is not supported on Flower yet: its key must be distributed to the nodes "
-            "(use secure-sum masking)",
-            option="secure_sum",
-        )
     out_dir = Path(options.output_dir) if options.output_dir else None
     progress = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         progress = out_dir / "progress.jsonl"
-    fed, _data, extra = build_federation(cfg)
     link = GridLink(grid, poll_interval=options.poll_interval)
-    nodes = discover_nodes(link, cfg.clients, timeout=options.connect_timeout)
+    router: HolderRouter | None = None
+    opening: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    if cfg.secure_sum == "paillier":
+        from fl_core.backend_paillier import keys_from
+        from fl_core.transport.flower.paillier import server_factory
+        from secagg.paillier import public_key_sha256
+
+        nodes, holders = discover_roster(link, cfg.clients, timeout=options.connect_timeout, key_holders=True)
+        if holders is None:  # pragma: no cover - discover_roster raises first
+            raise NodeUnavailableError("no Paillier key holders")
+        router = HolderRouter(link, holders, options.stage_timeout)
+        factory = server_factory(
+            holders,
+            router,
+            verify_decryption=options.verify_decryption,
+            insecure_small_key_for_tests=options.insecure_small_key_for_tests,
+        )
+        with keys_from(factory):  # the server builds its secure sum from the holders' public key only
+            fed, _data, extra = build_federation(cfg)
+        opening[PUBLIC_KEY_FIELD] = holders.public_key_bytes
+        summary["key_holders"] = {
+            "public_key_sha256": public_key_sha256(holders.public_key),
+            "key_bits": holders.public_key.bits,
+            "threshold": None if holders.params is None else f"{holders.needed}/{holders.expected}",
+            "holders": sorted(holders.nodes),
+        }
+    else:
+        fed, _data, extra = build_federation(cfg)
+        nodes = discover_nodes(link, cfg.clients, timeout=options.connect_timeout)
     if progress is not None:
         _append(progress, {"event": "nodes", "nodes": {str(c): n for c, n in nodes.items()}})
-    driver = FlowerRoundDriver(link, nodes, options, on_stage=_pause_hook(options, progress))
+    driver = FlowerRoundDriver(
+        link, nodes, options, on_stage=_pause_hook(options, progress), holders=router, opening_fields=opening
+    )
     config_json = config_to_json(cfg)
     results: list[Any] = []
     traces: list[RoundTrace] = []
@@ -496,8 +636,20 @@ def run_privagg(grid: Any, cfg: RunConfig, options: FlowerOptions) -> RunReport:
         traces.append(trace)
         if progress is not None:
             _append(progress, {"event": "round", "round": res.round, "survivors": list(res.survivors)})
+    record_dp = extra.get("_record_dp")
+    if record_dp is not None:
+        from fl_core.transport.flower.record import summarize
+
+        summary["record_level"] = summarize(record_dp, driver.record_reports)
     report = RunReport(
-        cfg, results, traces, fed.codec.flatten(fed.model), totals, stopped=stopped, ledger=extra.get("ledger")
+        cfg,
+        results,
+        traces,
+        fed.codec.flatten(fed.model),
+        totals,
+        stopped=stopped,
+        ledger=extra.get("ledger"),
+        extra=summary,
     )
     if out_dir is not None:
         write_report(report, out_dir)
