@@ -491,3 +491,103 @@ def test_client_app_dispatches_by_role(single_key: Path) -> None:
         call(holder, "train.privagg_round", StagePacket(1, "train"))
     with pytest.raises(ClientStateError, match="is a client, not a Paillier key holder"):
         call(client, "query.privagg_decrypt", StagePacket(1, "decrypt"))
+
+
+# -- across real processes: SuperLink, client SuperNodes and a key-holder SuperNode -------------------------
+
+
+def _flower_cli_available() -> bool:
+    import shutil
+
+    return all(shutil.which(x) for x in ("flower-superlink", "flower-supernode", "flwr"))
+
+
+@pytest.mark.skipif(not _flower_cli_available(), reason="the Flower CLI (flower-superlink, flwr) is not on PATH")
+def test_two_rounds_paillier_with_a_key_holder_supernode(single_key: Path, tmp_path: Path) -> None:
+    """Three client SuperNodes pinning the key and one key-holder SuperNode: two rounds equal the in-process run."""
+    import json
+
+    from test_flower import APP, _group_alive
+
+    from fl_core.commands.keygen import PRIVATE_KEY
+    from fl_core.transport.flower.local import LocalDeployment
+
+    run = {
+        "clients": 3,
+        "per-round": 3,
+        "rounds": 2,
+        "model": "logreg",
+        "local-epochs": 1,
+        "secure-sum": "paillier",
+        "dp": "distributed",
+        "noise-multiplier": 1.0,
+        "clip": 1.0,
+        "server-momentum": 0.0,
+        "graph": "complete",
+        "seed": 11,
+        "threads": 1,
+    }
+    transport = {
+        "ledger": str(tmp_path / "flower-ledger.jsonl"),
+        "output-dir": str(tmp_path / "out"),
+        "stage-timeout": 30.0,
+        "train-timeout": 120.0,
+        "connect-timeout": 60.0,
+        "insecure-small-key-for-tests": True,
+    }
+    pin = {"paillier-public-key-sha256": _fingerprint(single_key), "insecure-small-key-for-tests": True}
+    with LocalDeployment(
+        3, workdir=tmp_path / "deploy", key_holders=[single_key / PRIVATE_KEY], node_config=pin
+    ) as dep:
+        pgids = [p.popen.pid for p in dep.procs]
+        try:
+            dep.run(APP, {**run, **transport}, timeout=240)
+        finally:
+            logs = "\n".join(f"--- {n}\n{t[-2000:]}" for n, t in dep.logs() if "error" in t.lower())
+        assert (tmp_path / "out" / "summary.json").exists(), f"the ServerApp did not finish\n{logs}"
+    for pgid in pgids:  # every process group started here is gone
+        assert _wait_until(lambda pgid=pgid: not _group_alive(pgid)), f"process group {pgid} still alive"
+
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["key_holders"]["holders"] == [-1] and summary["key_holders"]["key_bits"] == KEY_BITS
+    for r in summary["rounds"]:
+        stages = {s["stage"]: s["answered"] for s in r["stages"]}
+        assert stages == {"train": [1, 2, 3], "decrypt": [-1]} and r["survivors"] == [1, 2, 3] and not r["rejected"]
+    cfg = _small_cfg(**{k.replace("-", "_"): v for k, v in run.items()})
+    ref, ref_sums = _reference(cfg, single_key, tmp_path, 2)
+    for r in (1, 2):
+        assert np.array_equal(np.load(tmp_path / "out" / f"sum-round-{r}.npy"), ref_sums[r])
+    assert np.array_equal(np.load(tmp_path / "out" / "final.npy"), ref.codec.flatten(ref.model))
+    assert [r["epsilon"] for r in summary["rounds"]] == [r.epsilon for r in ref.history]
+
+
+def _wait_until(cond: Any, timeout: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return bool(cond())
+
+
+def test_example_app_declares_every_run_config_key() -> None:
+    """Flower refuses a --run-config key its app does not declare: the example must declare them all."""
+    import sys
+    from dataclasses import fields
+
+    from test_flower import APP
+
+    from fl_core.config import RunConfig
+    from fl_core.transport.flower.options import FlowerOptions, parse_run_config
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    declared = tomllib.loads((APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    known = {f.name.replace("_", "-") for f in (*fields(RunConfig), *fields(FlowerOptions))}
+    assert set(declared) == known
+    parse_run_config(declared)

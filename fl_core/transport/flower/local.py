@@ -19,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -74,15 +74,21 @@ class LocalDeployment:
         workdir: where logs and ``FLWR_HOME`` go (a fresh temporary directory by default).
         env: extra environment variables for every process.
         task_poll_interval: seconds between a SuperNode executor's checks for a message to run.
+        key_holders: Paillier key files (``privagg keygen paillier``); one key-holder SuperNode
+            is started per file (``privagg-role="key-holder"``), after the client nodes.
+        node_config: extra ``--node-config`` entries of every client SuperNode (e.g. a key pin).
     """
 
     nodes: int
     workdir: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     task_poll_interval: float = 0.1
+    key_holders: Sequence[str | Path] = ()
+    node_config: Mapping[str, Any] = field(default_factory=dict)
     port: int = 0
     procs: list[_Proc] = field(default_factory=list)
     supernodes: dict[int, _Proc] = field(default_factory=dict)
+    holder_nodes: dict[int, _Proc] = field(default_factory=dict)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def __enter__(self) -> LocalDeployment:
@@ -154,27 +160,41 @@ class LocalDeployment:
         self._wait_port(self.port, timeout=60.0)
         for i in range(self.nodes):
             self.start_supernode(i)
+        for i, key_file in enumerate(self.key_holders, start=1):
+            self.start_key_holder(i, key_file)
+
+    def _supernode_argv(self, node_config: Mapping[str, Any]) -> list[str]:
+        return [
+            "flower-supernode",
+            "--insecure",
+            "--superlink",
+            f"127.0.0.1:{self.port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--node-config",
+            format_run_config(node_config),
+            "--max-retries",
+            "10",
+        ]
 
     def start_supernode(self, partition_id: int) -> None:
         """Start the SuperNode of ``partition_id`` (client ``partition_id + 1``)."""
-        p = self._spawn(
-            f"supernode-{partition_id}",
-            [
-                "flower-supernode",
-                "--insecure",
-                "--superlink",
-                f"127.0.0.1:{self.port}",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(free_port()),
-                "--node-config",
-                f"partition-id={partition_id}",
-                "--max-retries",
-                "10",
-            ],
-        )
-        self.supernodes[partition_id] = p
+        argv = self._supernode_argv({"partition-id": partition_id, **self.node_config})
+        self.supernodes[partition_id] = self._spawn(f"supernode-{partition_id}", argv)
+
+    def start_key_holder(self, index: int, key_file: str | Path) -> None:
+        """Start a Paillier key-holder SuperNode (not a client) that holds ``key_file``.
+
+        Raises:
+            DeploymentError: the key file does not exist.
+        """
+        path = Path(key_file).resolve()
+        if not path.is_file():
+            raise DeploymentError(f"key file {path} does not exist (write it with `privagg keygen paillier`)")
+        argv = self._supernode_argv({"privagg-role": "key-holder", "paillier-key-file": str(path)})
+        self.holder_nodes[index] = self._spawn(f"key-holder-{index}", argv)
 
     def kill_supernode(self, partition_id: int) -> None:
         """SIGKILL the SuperNode of ``partition_id`` and everything it started (a crashed machine)."""
