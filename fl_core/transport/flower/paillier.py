@@ -19,8 +19,8 @@ Security:
     Clients must know that they encrypt under the holders' key and not one the server
     made (with which it could decrypt each update): a node operator pins the key's
     SHA-256 (``paillier-public-key-sha256`` in the node config, printed by ``privagg
-    keygen``) and the node refuses any other key before training (:class:`KeyPinError`;
-    tests/integration/test_flower_paillier.py::test_a_pinned_node_refuses_another_key).
+    keygen``) and the node refuses any other key before training (:class:`KeyPinError`; test:
+    tests/integration/test_flower_paillier.py::test_a_pinned_node_refuses_another_key_before_training).
     A node without a pin trusts the server's choice of key. Each holder answers one
     decryption per round id per run (its served rounds persist in the SuperNode's
     ``context.state``; a restarted SuperNode forgets them); a holder trusts the server to

@@ -14,7 +14,8 @@ Security:
     Opacus on the node; the server reports what the nodes claim and cannot check it (the
     client-level epsilon in the server's ledger does not depend on these reports).
     The history lives in the SuperNode's memory: a SuperNode that restarts starts a new
-    accountant (under-reporting from then on), like any Flower node state.
+    accountant (under-reporting from then on), like any Flower node state. Tests:
+    tests/integration/test_flower_record.py.
 """
 
 from __future__ import annotations
