@@ -272,7 +272,7 @@ def test_a_pinned_node_refuses_another_key_before_training(
     import fl_core.transport.flower.client as client_mod
     from fl_core.backend_paillier import keys_from
     from fl_core.commands.keygen import PRIVATE_KEY, PUBLIC_KEY
-    from fl_core.transport.flower.client import NodePolicyError, handle_round
+    from fl_core.transport.flower.client import ClientStateError, NodePolicyError, handle_round
     from fl_core.transport.flower.codec import FlowerCodecError, StagePacket
     from fl_core.transport.flower.paillier import KeyPinError
 
@@ -298,6 +298,11 @@ def test_a_pinned_node_refuses_another_key_before_training(
             handle_round(garbled, {"partition-id": 0})
         with pytest.raises(FlowerCodecError, match="lacks 'paillier_public_key'"):
             handle_round(base, {"partition-id": 0})
+        from secagg import Message
+
+        carrying = StagePacket(1, "train", (Message(0, 1, 1, "x", b""),), opening.fields)
+        with pytest.raises(ClientStateError, match="carries protocol messages"):
+            handle_round(carrying, {"partition-id": 0, "insecure-small-key-for-tests": True})
 
     # In a run, the pinned node whose pin does not match drops out; the others' sum goes through.
     nodes = _Nodes(
@@ -418,6 +423,8 @@ def test_holders_must_publish_one_key(single_key: Path, threshold_key: Path) -> 
         key_holders_from({7: {**shares[0], "holder": -4}})
     with pytest.raises(KeyHolderSetupError, match="unusable key material"):
         key_holders_from({7: {**single, "paillier_public_key": b"junk"}})
+    with pytest.raises(KeyHolderSetupError, match="threshold parameters belong to another public key"):
+        key_holders_from({7: {**shares[0], "paillier_public_key": single["paillier_public_key"]}})
 
 
 def test_discovery_needs_the_key_holders(single_key: Path, threshold_key: Path) -> None:
@@ -591,3 +598,13 @@ def test_example_app_declares_every_run_config_key() -> None:
     known = {f.name.replace("_", "-") for f in (*fields(RunConfig), *fields(FlowerOptions))}
     assert set(declared) == known
     parse_run_config(declared)
+
+
+def test_local_deployment_refuses_a_missing_key_file(tmp_path: Path) -> None:
+    from fl_core.transport.flower.local import DeploymentError, LocalDeployment
+
+    dep = LocalDeployment(0, workdir=tmp_path)
+    with pytest.raises(
+        DeploymentError, match=r"nothing.key does not exist \(write it with `privagg keygen paillier`\)"
+    ):
+        dep.start_key_holder(1, tmp_path / "nothing.key")
