@@ -272,6 +272,32 @@ class RecordDP:
         """The accountants' histories (noise multiplier, sample rate, steps) per client key."""
         return {str(k): [list(h) for h in acc.history] for k, acc in self._accountants.items()}
 
+    def client_state(self, client: Hashable) -> tuple[int, tuple[tuple[float, float, int], ...]]:
+        """``client``'s training count and accountant history, to carry it to another process.
+
+        Unlike :meth:`state_dict`, this keeps the client's own key and the count of its
+        trainings, which seeds the labels of its Opacus generators, so a process that
+        :meth:`restore_client` s it continues exactly as one long-lived process would.
+        """
+        acc = self._accountants.get(client)
+        history = tuple((float(z), float(q), int(n)) for z, q, n in (acc.history if acc is not None else ()))
+        return int(self._calls.get(client, 0)), history
+
+    def restore_client(self, client: Hashable, calls: int, history: Any) -> None:
+        """Put back what :meth:`client_state` returned (replaces what this object holds for ``client``).
+
+        Raises:
+            ConfigError: ``calls`` is negative.
+        """
+        from opacus.accountants import create_accountant
+
+        if calls < 0:
+            raise ConfigError(f"a client's training count cannot be negative, got {calls}", option="record_dp")
+        acc = create_accountant(mechanism=self.config.accountant)
+        acc.history = [tuple(h) for h in history]
+        self._accountants[client] = acc
+        self._calls[client] = int(calls)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore histories saved by :meth:`state_dict` (keys become strings)."""
         from opacus.accountants import create_accountant

@@ -124,6 +124,33 @@ def test_state_dict_round_trip_keeps_epsilon() -> None:
     assert other.epsilon("c") == pytest.approx(rdp.epsilon("c"))
 
 
+def test_client_state_moves_a_client_to_another_process_exactly() -> None:
+    """Two trainings in one object == one training, a move through client_state, a second training."""
+    cfg = RecordDPConfig(noise_multiplier=1.0, max_grad_norm=1.0)
+
+    def train(rdp: RecordDP, m: nn.Module) -> None:
+        with rdp.client(7):
+            rdp.wrap(user_train_fn)(m, tiny_data(32, 8))
+
+    torch.manual_seed(0)
+    one, m1 = RecordDP(cfg, rng=SeededRandomSource(9)), nn.Linear(4, 2)
+    train(one, m1)
+    train(one, m1)
+    torch.manual_seed(0)
+    first, m2 = RecordDP(cfg, rng=SeededRandomSource(9)), nn.Linear(4, 2)
+    train(first, m2)
+    second = RecordDP(cfg, rng=SeededRandomSource(9))
+    calls, history = first.client_state(7)
+    assert calls == 1 and history and second.client_state(7) == (0, ())
+    second.restore_client(7, calls, history)
+    train(second, m2)
+    assert second.client_state(7) == one.client_state(7)
+    assert second.epsilon(7) == one.epsilon(7)
+    assert torch.equal(m1.weight, m2.weight)  # the generators continue where the first process stopped
+    with pytest.raises(ConfigError, match="cannot be negative"):
+        second.restore_client(7, -1, history)
+
+
 def test_same_seed_same_training() -> None:
     cfg = RecordDPConfig(noise_multiplier=1.0, max_grad_norm=1.0)
     outs = []

@@ -68,22 +68,13 @@ def restore(record_dp: Any, client: int, state: RecordState | None) -> None:
     """
     if state is None or state.client != client:
         return
-    from opacus.accountants import create_accountant
-
-    acc = create_accountant(mechanism=record_dp.config.accountant)
-    acc.history = [tuple(h) for h in state.history]
-    # RecordDP's public state_dict()/load_state_dict() keep the histories but key them by
-    # str and drop the per-client training count its generator labels use; a node restores
-    # both under the runner's int key.
-    record_dp._accountants[client] = acc
-    record_dp._calls[client] = state.calls
+    record_dp.restore_client(client, state.calls, state.history)
 
 
 def capture(record_dp: Any, client: int) -> tuple[RecordState, dict[str, Any]]:
     """``client``'s accountant after training, and the reply fields reporting its record-level epsilon."""
-    acc = record_dp._accountants.get(client)
-    history = tuple((float(z), float(q), int(n)) for z, q, n in (acc.history if acc is not None else ()))
-    state = RecordState(client, int(record_dp._calls.get(client, 0)), history)
+    calls, history = record_dp.client_state(client)
+    state = RecordState(client, calls, history)
     fields = {RECORD_EPSILON: float(record_dp.epsilon(client)), RECORD_STEPS: int(record_dp.steps(client))}
     return state, fields
 
