@@ -17,7 +17,8 @@ Usage::
     python benchmarks/utility_sweep.py [digits|fashion|fashion-record|all] [--out DIR] [--workers 2]
         [--seeds 1] [--figures docs/figures]
 
-``--figures`` copies the Fashion-MNIST plots to the folder the README shows.
+``--figures`` copies the plots the README shows (the Fashion-MNIST ones and the
+digits accuracy plot) to that folder.
 Finished cells are resumed from ``--out``, so an interrupted sweep continues.
 """
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench-utility"))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--figures", type=Path, default=None, help="copy the Fashion-MNIST PNGs here")
+    p.add_argument("--figures", type=Path, default=None, help="copy the PNGs the README shows here")
     args = p.parse_args(argv)
     names = list(SWEEPS) if args.which == "all" else [args.which]
     for name in names:
@@ -94,10 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         result["sweep"] = name
         result["elapsed_s"] = round(time.perf_counter() - t0, 1)
         sys.stdout.write(json.dumps(result) + "\n")
-        if name == "fashion" and args.figures is not None:
+        if args.figures is not None and name in ("digits", "fashion"):
             args.figures.mkdir(parents=True, exist_ok=True)
-            for png in ("accuracy_vs_epsilon.png", "rounds.png", "cost.png"):
-                shutil.copyfile(out / png, args.figures / f"fashion-{png}")
+            pngs = (
+                ("accuracy_vs_epsilon.png", "rounds.png", "cost.png")
+                if name == "fashion"
+                else ("accuracy_vs_epsilon.png",)
+            )
+            for png in pngs:
+                shutil.copyfile(out / png, args.figures / f"{name}-{png}")
     return 0
 
 
