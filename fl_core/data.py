@@ -63,7 +63,7 @@ class FederatedData:
 def _split(
     x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], test_fraction: float, seed: int
 ) -> tuple[TensorDataset, TensorDataset]:
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # data split: reproducible and public, not a secret, so not the CSPRNG
     order = rng.permutation(len(y))
     n_test = int(round(len(y) * test_fraction))
     te, tr = order[:n_test], order[n_test:]
@@ -168,7 +168,7 @@ def partition_labels(
         raise ConfigError(f"clients must be >= 1, got {num_clients}", option="clients")
     if num_clients > n:
         raise DataError(f"{num_clients} clients but only {n} examples: some clients would have no data")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # partitioning: reproducible and public, not a secret, so not the CSPRNG
     if scheme == "iid":
         parts = np.array_split(rng.permutation(n), num_clients)
     elif scheme == "dirichlet":

@@ -202,6 +202,7 @@ def split_heldout(n: int) -> tuple[list[int], list[int]]:
     """Indices of the validation and test halves of a held-out set of ``n`` examples (fixed permutation)."""
     import numpy as np
 
+    # A public, fixed split (nothing secret depends on it): a seeded non-cryptographic generator is right here.
     order = np.random.default_rng(HELDOUT_SPLIT_SEED).permutation(n)
     half = n // 2
     return sorted(int(i) for i in order[:half]), sorted(int(i) for i in order[half:])

@@ -381,8 +381,7 @@ def _open_round(
     ring_bits = fed.plan.ring.bits
     max_clients = fed.sampler.max_cohort()
     min_survivors = int(fed.privacy.min_survivors)
-    if packet.messages:
-        assert ahead is not None
+    if packet.messages and ahead is not None:  # (messages without an ahead session were refused above)
         seed, seeded = ahead.session_seed, ahead.seeded
         own = AheadParams(r, str(f["config"]), ring_bits, fed.dim, max_clients, min_survivors)
         rng = _session_rng(cfg, client, r, seed, seeded)
