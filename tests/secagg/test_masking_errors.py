@@ -6,13 +6,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_masking_support import identity_kw, make_inputs, rngs
+from test_masking_support import identity_kw, make_inputs, record_honest_round, rngs
 
 from dp.randomness import SeededRandomSource
 from secagg.errors import RemoteProtocolError
 from secagg.masking import ClientState, MaskingSecureSum, ServerState, Stage, generate_identities, wire
 from secagg.primitives import aead
-from secagg.protocol import SERVER, Message
+from secagg.protocol import Message
 from secagg.ring import RingSpec
 
 RING = RingSpec(16)
@@ -25,23 +25,7 @@ def _spec(**kw: object) -> MaskingSecureSum:
 
 
 def _honest(spec: MaskingSecureSum) -> tuple[dict[Stage, Message], dict[Stage, dict[int, Message]]]:
-    inputs = make_inputs(spec.ring, spec.dim, IDS, 0)
-    server = spec.server(IDS, ROUND)
-    clients = {c: spec.client(c, ROUND, rngs(0)(c)) for c in IDS}
-    down: dict[Stage, Message] = {}
-    up: dict[Stage, dict[int, Message]] = {s: {} for s in Stage}
-    pending = [m for c in IDS for m in clients[c].start(inputs[c])]
-    while pending:
-        nxt = []
-        for m in pending:
-            if m.recipient == SERVER:
-                up[Stage(m.stage)][m.sender] = m
-                nxt += server.receive(m)
-            else:
-                if m.recipient == 1:
-                    down[Stage(m.stage)] = m
-                nxt += clients[m.recipient].receive(m)
-        pending = nxt
+    down, up, _ = record_honest_round(spec, IDS, ROUND)
     return down, up
 
 

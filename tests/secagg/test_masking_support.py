@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from dp.randomness import SeededRandomSource
-from secagg.masking import MaskingSecureSum, generate_identities
-from secagg.protocol import Message, RandomSource
+from secagg.masking import MaskingSecureSum, Stage, generate_identities
+from secagg.protocol import SERVER, Message, RandomSource
 from secagg.ring import RingSpec
 from secagg.simulation import run_round
 
@@ -25,6 +25,31 @@ def make_inputs(ring: RingSpec, dim: int, ids: Sequence[int], seed: int) -> dict
 def rngs(seed: int) -> Callable[[int], RandomSource]:
     root = SeededRandomSource(f"clients-{seed}")
     return lambda c: root.spawn(f"client-{c}")
+
+
+def record_honest_round(
+    spec: MaskingSecureSum, ids: Sequence[int], round_id: int, *, watch: int = 1
+) -> tuple[dict[Stage, Message], dict[Stage, dict[int, Message]], object]:
+    """One honest round driven by hand: (server -> ``watch`` messages by stage, client -> server messages
+    by stage and sender, the server session)."""
+    inputs = make_inputs(spec.ring, spec.dim, ids, 0)
+    server = spec.server(ids, round_id)
+    clients = {c: spec.client(c, round_id, rngs(0)(c)) for c in ids}
+    down: dict[Stage, Message] = {}
+    up: dict[Stage, dict[int, Message]] = {s: {} for s in Stage}
+    pending = [m for c in ids for m in clients[c].start(inputs[c])]
+    while pending:
+        nxt = []
+        for m in pending:
+            if m.recipient == SERVER:
+                up[Stage(m.stage)][m.sender] = m
+                nxt += server.receive(m)
+            else:
+                if m.recipient == watch:
+                    down[Stage(m.stage)] = m
+                nxt += clients[m.recipient].receive(m)
+        pending = nxt
+    return down, up, server
 
 
 def slow_sum(ring: RingSpec, inputs: Mapping[int, np.ndarray], survivors: Sequence[int]) -> np.ndarray:

@@ -8,7 +8,7 @@ against an independently written expected path and an honest round recorded in i
 from __future__ import annotations
 
 import pytest
-from test_masking_support import identity_kw, make_inputs, rngs
+from test_masking_support import identity_kw, make_inputs, record_honest_round, rngs
 
 from secagg.errors import LocalProtocolError, RemoteProtocolError
 from secagg.masking import (
@@ -38,38 +38,33 @@ def _spec(with_identities: bool) -> MaskingSecureSum:
 
 def _record(with_identities: bool) -> tuple[dict[Stage, Message], dict[Stage, dict[int, Message]]]:
     """One honest round, driven by hand: server->client-1 messages and all client->server messages by stage."""
-    spec = _spec(with_identities)
-    inputs = make_inputs(RING, 5, IDS, 0)
-    server = spec.server(IDS, ROUND)
-    clients = {c: spec.client(c, ROUND, rngs(0)(c)) for c in IDS}
-    to_one: dict[Stage, Message] = {}
-    up: dict[Stage, dict[int, Message]] = {s: {} for s in Stage}
-    pending = [m for c in IDS for m in clients[c].start(inputs[c])]
-    while pending:
-        nxt = []
-        for m in pending:
-            if m.recipient == SERVER:
-                up[Stage(m.stage)][m.sender] = m
-                nxt += server.receive(m)
-            else:
-                if m.recipient == 1:
-                    to_one[Stage(m.stage)] = m
-                nxt += clients[m.recipient].receive(m)
-        pending = nxt
-    assert server.done
+    to_one, up, server = record_honest_round(_spec(with_identities), IDS, ROUND)
+    assert server.done  # type: ignore[attr-defined]
     return to_one, up
 
 
 RECORDED = {v: _record(v) for v in VARIANTS}
 CLIENT_PATH = {
     False: [ClientState.INIT, ClientState.ADVERTISED, ClientState.SHARED, ClientState.MASKED, ClientState.DONE],
-    True: [ClientState.INIT, ClientState.ADVERTISED, ClientState.SHARED, ClientState.MASKED,
-           ClientState.CHECKED, ClientState.DONE],
+    True: [
+        ClientState.INIT,
+        ClientState.ADVERTISED,
+        ClientState.SHARED,
+        ClientState.MASKED,
+        ClientState.CHECKED,
+        ClientState.DONE,
+    ],
 }
 SERVER_PATH = {
     False: [ServerState.ADVERTISE, ServerState.SHARE, ServerState.MASKED, ServerState.UNMASK, ServerState.DONE],
-    True: [ServerState.ADVERTISE, ServerState.SHARE, ServerState.MASKED, ServerState.CONSISTENCY,
-           ServerState.UNMASK, ServerState.DONE],
+    True: [
+        ServerState.ADVERTISE,
+        ServerState.SHARE,
+        ServerState.MASKED,
+        ServerState.CONSISTENCY,
+        ServerState.UNMASK,
+        ServerState.DONE,
+    ],
 }
 STAGES = {
     False: [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASKING],
@@ -86,8 +81,10 @@ def _table(with_identities: bool) -> TransitionTable:
 
 
 def test_each_spec_runs_the_table_of_its_threat_model() -> None:
-    for with_identities, table, variant in [(False, HONEST_BUT_CURIOUS, Variant.HONEST_BUT_CURIOUS),
-                                            (True, ACTIVE, Variant.ACTIVE)]:
+    for with_identities, table, variant in [
+        (False, HONEST_BUT_CURIOUS, Variant.HONEST_BUT_CURIOUS),
+        (True, ACTIVE, Variant.ACTIVE),
+    ]:
         spec = _spec(with_identities)
         assert spec.transitions is table and table.variant is variant
         assert list(table.stages) == STAGES[with_identities]
@@ -146,9 +143,7 @@ def test_client_table_is_a_path_through_every_state(with_identities: bool) -> No
     assert [st for (_, st) in table.client] == STAGES[with_identities][1:]
 
 
-CLIENT_CASES = [
-    (v, state, stage) for v in VARIANTS for state in CLIENT_PATH[v] for stage in Stage
-]
+CLIENT_CASES = [(v, state, stage) for v in VARIANTS for state in CLIENT_PATH[v] for stage in Stage]
 
 
 @pytest.mark.parametrize(
@@ -212,9 +207,7 @@ def test_server_table_is_a_path_through_every_state(with_identities: bool) -> No
     assert [table.server_accepts[s] for s in seen] == STAGES[with_identities] == list(table.stages)
 
 
-SERVER_CASES = [
-    (v, state, stage) for v in VARIANTS for state in SERVER_PATH[v] for stage in Stage
-]
+SERVER_CASES = [(v, state, stage) for v in VARIANTS for state in SERVER_PATH[v] for stage in Stage]
 
 
 @pytest.mark.parametrize(
