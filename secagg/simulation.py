@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from secagg.errors import LocalProtocolError, SecAggError
 from secagg.protocol import SERVER, ClientId, ClientSession, Message, RandomSource, SecureSum
+from secagg.pump import pump_stages
 from secagg.ring import RingVector
 
 __all__ = ["RoundOutcome", "run_round"]
@@ -108,25 +109,7 @@ def run_round(
         outcome.client_cpu_s[c] += time.process_time() - t
         to_server(out, c)
 
-    step = 0
-    idle = 0
-    while not server.done:
-        if not to_clients:
-            t = time.process_time()
-            to_clients.extend(server.close_stage())
-            outcome.server_cpu_s += time.process_time() - t
-            if server.done:
-                break
-            if not to_clients:
-                idle += 1
-                if idle > 2:
-                    raise LocalProtocolError("server session stalled: closed a stage and sent nothing")
-                continue
-        idle = 0
-        step += 1
-        if step > max_steps:
-            raise LocalProtocolError(f"round did not finish within {max_steps} stages")
-        batch, to_clients[:] = list(to_clients), []
+    def deliver(batch: list[Message], step: int) -> list[Message]:
         for m in batch:
             rcpt = m.recipient
             if rcpt not in clients or not alive(rcpt, step):
@@ -137,7 +120,13 @@ def run_round(
                 replies = clients[rcpt].receive(d)
                 outcome.client_cpu_s[rcpt] += time.process_time() - t
                 to_server(replies, rcpt)
-    outcome.stages = step + 1
+        out, to_clients[:] = list(to_clients), []
+        return out
+
+    first, to_clients[:] = list(to_clients), []
+    pumped = pump_stages(server, first, deliver, max_steps=max_steps)
+    outcome.server_cpu_s += pumped.close_cpu_s
+    outcome.stages = pumped.steps + 1
     t = time.process_time()
     try:
         outcome.total = server.result()

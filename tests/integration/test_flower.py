@@ -652,13 +652,14 @@ def test_unseeded_node_draws_a_fresh_session_seed_and_keeps_it_local() -> None:
 @pytest.mark.parametrize("secure_sum", ["masking", "plain"])
 def test_stage_side_secure_sum_is_configured_like_the_nodes_federation(secure_sum: str) -> None:
     """A stage process rebuilds the backend with the same parameters (e.g. the DP min-survivors guard)."""
-    from fl_core.transport.flower.client import _client_federation, _secure_sum, handle_round
+    from fl_core.transport.flower.client import _client_federation, handle_round
+    from fl_core.transport.flower.sessions import secure_sum_for
 
     cfg = _small_cfg(secure_sum=secure_sum, dp="distributed", noise_multiplier=1.0, clip=1.0)
     _, packet = _opening(cfg, 1)
     _, state = handle_round(packet, {"partition-id": 0})
     fed = _client_federation(cfg)
-    rebuilt = _secure_sum(cfg, state.ring_bits, state.dim, state.max_clients, state.min_survivors)
+    rebuilt = secure_sum_for(cfg, state.ring_bits, state.dim, state.max_clients, state.min_survivors)
     assert fed.privacy.min_survivors == 3  # fixed-size cohort of 3: the guard is the whole cohort
     assert rebuilt.min_survivors == fed.secure_sum.min_survivors == 3
     assert (rebuilt.ring, rebuilt.dim) == (fed.secure_sum.ring, fed.secure_sum.dim)

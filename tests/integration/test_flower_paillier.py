@@ -461,7 +461,7 @@ def test_server_refuses_a_test_size_key_unless_the_run_allows_it(single_key: Pat
 
 def test_no_paillier_stage_runs_ahead_or_after_the_opening_on_a_node() -> None:
     from fl_core.transport.flower.ahead import AheadError, AheadParams, advance
-    from fl_core.transport.flower.client import _secure_sum
+    from fl_core.transport.flower.sessions import secure_sum_for
     from fl_core.transport.flower.options import config_to_json
     from secagg.paillier import PaillierSecureSum
 
@@ -469,7 +469,7 @@ def test_no_paillier_stage_runs_ahead_or_after_the_opening_on_a_node() -> None:
     with pytest.raises(AheadError, match="runs only in a round's opening message"):
         advance(AheadParams(2, config_to_json(cfg), 32, 650, 3, 3), (), 1, {"partition-id": 0}, None)
     with pytest.raises(AheadError, match="runs only in a round's opening message"):
-        _secure_sum(cfg, 32, 650, 3, 3)
+        secure_sum_for(cfg, 32, 650, 3, 3)
     from fl_core.transport.flower.ahead import supports_ahead
 
     assert not supports_ahead(PaillierSecureSum.__new__(PaillierSecureSum))  # input_stage 0: the server never asks

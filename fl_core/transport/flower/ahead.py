@@ -43,7 +43,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fl_core.errors import FLError
+from fl_core.transport.flower.options import config_from_json
+from fl_core.transport.flower.policy import check_node_policy
+from fl_core.transport.flower.sessions import AheadError, secure_sum_for, session_rng
 from secagg import SERVER, Message, RingSpec, SecAggError
 
 __all__ = [
@@ -71,10 +73,6 @@ _SRV_PAYLOAD = "ahead_srv_payload"
 _OUT_ROUND = "ahead_round"
 _OUT_STAGE = "ahead_msg_stage"
 _OUT_PAYLOAD = "ahead_msg_payload"
-
-
-class AheadError(FLError):
-    """A request to run stages ahead, or a session kept from it, cannot be used."""
 
 
 def supports_ahead(secure_sum: Any) -> bool:
@@ -230,12 +228,9 @@ def advance(
             the input stage or later (never answered without the input); the request
             does not continue the session kept for that round.
     """
-    from fl_core.transport.flower.client import _secure_sum, _session_rng, check_node_policy
-    from fl_core.transport.flower.options import config_from_json
-
     cfg = config_from_json(params.config_json)
     check_node_policy(cfg, node_config)
-    ss = _secure_sum(cfg, params.ring_bits, params.dim, params.max_clients, params.min_survivors)
+    ss = secure_sum_for(cfg, params.ring_bits, params.dim, params.max_clients, params.min_survivors)
     if not supports_ahead(ss):
         raise AheadError(f"the {cfg.secure_sum} backend's first messages depend on the input: cannot run them ahead")
     allowed = input_free_stages(ss)
@@ -248,13 +243,13 @@ def advance(
             raise AheadError(f"server messages for round {params.round_id} but no session was opened ahead for it")
         seeded = cfg.seed is not None
         seed = b"" if seeded else os.urandom(32)
-        session = ss.client(client, params.round_id, _session_rng(cfg, client, params.round_id, seed, seeded))
+        session = ss.client(client, params.round_id, session_rng(cfg, client, params.round_id, seed, seeded))
         out = list(session.start(placeholder))
         kept = AheadSession(params, client, seed, seeded)
     else:
         if kept.params != params or kept.client != client:
             raise AheadError(f"the ahead request for round {params.round_id} differs from the one that opened it")
-        rng = _session_rng(cfg, client, params.round_id, kept.session_seed, kept.seeded)
+        rng = session_rng(cfg, client, params.round_id, kept.session_seed, kept.seeded)
         session = ss.client(client, params.round_id, rng)
         session.start(placeholder)
         for m in kept.history:

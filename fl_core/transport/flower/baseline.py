@@ -15,6 +15,7 @@ import numpy as np
 
 from fl_core.config import RunConfig
 from fl_core.transport.flower.options import config_from_json, config_to_json
+from fl_core.transport.flower.policy import client_id_of
 
 __all__ = ["register_fedavg_client", "run_fedavg"]
 
@@ -29,7 +30,6 @@ def register_fedavg_client(app: Any) -> None:
     def _train(msg: Message, context: Any) -> Message:
         from fl_core.client import compute_update
         from fl_core.runner import build_federation
-        from fl_core.transport.flower.client import client_id_of
 
         client = client_id_of(context.node_config)
         cfg = config_from_json(str(msg.content.config_records["config"][_CONFIG_KEY]))

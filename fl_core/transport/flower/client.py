@@ -42,7 +42,6 @@ from fl_core.config import RunConfig
 from fl_core.errors import ConfigError, FLError
 from fl_core.transport.flower.ahead import (
     AHEAD_STAGE,
-    AheadError,
     AheadParams,
     AheadSession,
     advance,
@@ -50,6 +49,10 @@ from fl_core.transport.flower.ahead import (
     resume_session,
 )
 from fl_core.transport.flower.codec import (
+    HELLO,
+    ROUND,
+    STAGE,
+    TRAIN_STAGE,
     FlowerCodecError,
     StagePacket,
     decode_packet,
@@ -58,7 +61,9 @@ from fl_core.transport.flower.codec import (
     vector_to_bytes,
 )
 from fl_core.transport.flower.options import config_from_json
+from fl_core.transport.flower.policy import NodePolicyError, check_node_policy, client_id_of
 from fl_core.transport.flower.record import RecordState
+from fl_core.transport.flower.sessions import secure_sum_for, session_rng
 from secagg import Message, RingSpec
 
 __all__ = [
@@ -79,33 +84,12 @@ __all__ = [
     "handle_stage",
 ]
 
-HELLO = "query.privagg_hello"
-ROUND = "train.privagg_round"
-STAGE = "train.privagg_stage"
-TRAIN_STAGE = "train"
-"""Stage name of the opening message of a round (model down, first protocol message up)."""
 
 _STATE = "privagg.session"
 
 
 class ClientStateError(FLError):
     """A stage message does not continue the round this node is in (no state, or another round)."""
-
-
-def client_id_of(node_config: Any) -> int:
-    """The privagg client id of a SuperNode: ``partition-id`` (0-based) + 1.
-
-    Raises:
-        ConfigError: the node was started without an integer ``partition-id``.
-    """
-    pid = node_config.get("partition-id") if node_config is not None else None
-    if isinstance(pid, bool) or not isinstance(pid, int) or pid < 0:
-        raise ConfigError(
-            "this SuperNode has no integer partition-id >= 0; start it with "
-            "--node-config 'partition-id=K' (client K+1 of the run)",
-            option="partition-id",
-        )
-    return pid + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,45 +157,6 @@ class NodeSession:
 # -- the pieces, independent of Flower's process model (tested directly) ------------
 
 
-def _run_rng(cfg: RunConfig) -> Any:
-    # fl_core.runner.make_rng without importing the runner (and torch) in a stage process.
-    from dp.randomness import SeededRandomSource, SystemRandomSource
-
-    return SystemRandomSource() if cfg.seed is None else SeededRandomSource(cfg.seed)
-
-
-def _session_rng(cfg: RunConfig, client: int, round_id: int, seed: bytes, seeded: bool) -> Any:
-    from dp.randomness import SeededRandomSource
-
-    if seeded:
-        # Same stream as Federation.secagg_rng in the in-process simulation.
-        return _run_rng(cfg).spawn(f"secagg/{client}/round/{round_id}")
-    return SeededRandomSource(seed)
-
-
-def _secure_sum(cfg: RunConfig, ring_bits: int, dim: int, max_clients: int, min_survivors: int) -> Any:
-    # Rebuilt exactly as Federation builds it (same request, same setup randomness).
-    from fl_core.backends import BackendRequest, build_secure_sum
-
-    if cfg.secure_sum == "paillier":
-        # Its key arrives with the opening message, and it has no stage before or after it:
-        # never generate a key here (the in-process builder would, from setup randomness).
-        raise AheadError(
-            "the paillier backend runs only in a round's opening message (which carries the key): "
-            "no stage of it runs ahead or later on a node"
-        )
-    return build_secure_sum(
-        cfg.secure_sum,
-        BackendRequest(
-            ring=RingSpec(ring_bits),
-            dim=dim,
-            max_clients=max_clients,
-            rng=_run_rng(cfg).spawn("secure-sum-setup"),
-            options={"min_survivors": min_survivors, "graph": cfg.graph},
-        ),
-    )
-
-
 def _client_federation(cfg: RunConfig) -> Any:
     """The node's Federation: same model, data split, pipeline and secure sum as the server's.
 
@@ -232,48 +177,6 @@ def _client_build(cfg: RunConfig, paillier: Callable[[Any], Any] | None = None) 
     with keys_from(paillier) if paillier is not None else contextlib.nullcontext():
         fed, _data, extra = build_federation(cfg, open_ledger=False)
     return fed, extra.get("_record_dp")
-
-
-class NodePolicyError(FLError):
-    """The server asked this node to take part in a round weaker than the node operator allows."""
-
-
-def check_node_policy(cfg: RunConfig, node_config: Any) -> None:
-    """Refuse a run configuration below the node operator's floor.
-
-    The server sends the run configuration; a node operator who does not trust it to
-    keep the promised protection pins a floor in the node config:
-    ``require-dp`` (e.g. ``"distributed"``), ``require-secure-sum`` (e.g. ``"masking"``)
-    and ``min-noise-multiplier``. A node with no such keys accepts what the server sends.
-    A node that pins the Paillier key (``paillier-public-key-sha256``) refuses any other
-    key in the opening message (:class:`fl_core.transport.flower.paillier.KeyPinError`);
-    the pin's format is checked here, whatever the backend.
-
-    Raises:
-        NodePolicyError: the configuration is below the floor (the node does not train
-            or reveal anything; it is a dropout for the round).
-        ConfigError: the node config's pin is not a SHA-256 hex digest.
-    """
-    from fl_core.transport.flower.paillier import check_key_pin_format
-
-    check_key_pin_format(node_config)
-    nc = node_config or {}
-    want_dp = nc.get("require-dp")
-    if want_dp is not None and cfg.dp != want_dp:
-        raise NodePolicyError(f"this node requires dp={want_dp!r}; the server asked for dp={cfg.dp!r}: refused")
-    want_ss = nc.get("require-secure-sum")
-    if want_ss is not None and cfg.secure_sum != want_ss:
-        raise NodePolicyError(
-            f"this node requires secure-sum={want_ss!r}; the server asked for {cfg.secure_sum!r}: refused"
-        )
-    floor = nc.get("min-noise-multiplier")
-    if floor is not None:
-        z = cfg.noise_multiplier if cfg.noise_multiplier is not None else 1.0
-        if cfg.dp == "none" or z < float(floor):
-            raise NodePolicyError(
-                f"this node requires a noise multiplier >= {float(floor)}; the server asked for "
-                f"dp={cfg.dp!r} with {z}: refused"
-            )
 
 
 def handle_hello(node_config: Any) -> StagePacket:
@@ -376,7 +279,7 @@ def _open_round(
     if paillier is not None:  # one message, nothing after it: no session to keep
         seeded = cfg.seed is not None
         seed = b"" if seeded else os.urandom(32)
-        out = fed.secure_sum.client(client, r, _session_rng(cfg, client, r, seed, seeded)).start(vec)
+        out = fed.secure_sum.client(client, r, session_rng(cfg, client, r, seed, seeded)).start(vec)
         return StagePacket(r, TRAIN_STAGE, tuple(out), fields), None, record
     ring_bits = fed.plan.ring.bits
     max_clients = fed.sampler.max_cohort()
@@ -384,7 +287,7 @@ def _open_round(
     if packet.messages and ahead is not None:  # (messages without an ahead session were refused above)
         seed, seeded = ahead.session_seed, ahead.seeded
         own = AheadParams(r, str(f["config"]), ring_bits, fed.dim, max_clients, min_survivors)
-        rng = _session_rng(cfg, client, r, seed, seeded)
+        rng = session_rng(cfg, client, r, seed, seeded)
         session = resume_session(
             ahead, round_id=r, client=client, config_json=str(f["config"]), own=own, x=vec, rng=rng, ss=fed.secure_sum
         )
@@ -392,7 +295,7 @@ def _open_round(
     else:
         seeded = cfg.seed is not None
         seed = b"" if seeded else os.urandom(32)
-        session = fed.secure_sum.client(client, r, _session_rng(cfg, client, r, seed, seeded))
+        session = fed.secure_sum.client(client, r, session_rng(cfg, client, r, seed, seeded))
         out = session.start(vec)
     state = NodeSession(
         round_id=r,
@@ -429,13 +332,13 @@ def handle_stage(packet: StagePacket, state: NodeSession | None) -> tuple[StageP
             f"{state.round_id}: refused (late or replayed)"
         )
     cfg = config_from_json(state.config_json)
-    ss = _secure_sum(cfg, state.ring_bits, state.dim, state.max_clients, state.min_survivors)
+    ss = secure_sum_for(cfg, state.ring_bits, state.dim, state.max_clients, state.min_survivors)
     ring = RingSpec(state.ring_bits)
     x = vector_from_bytes(state.x, ring.dtype, state.dim)
     session = ss.client(
         state.client,
         state.round_id,
-        _session_rng(cfg, state.client, state.round_id, state.session_seed, state.seeded),
+        session_rng(cfg, state.client, state.round_id, state.session_seed, state.seeded),
     )
     session.start(x)
     for m in state.history:  # replay: re-derives the same keys and re-checks every message

@@ -30,7 +30,11 @@ from fl_core.errors import FLError
 from secagg import Message
 
 __all__ = [
+    "HELLO",
     "RECORD",
+    "ROUND",
+    "STAGE",
+    "TRAIN_STAGE",
     "WIRE_VERSION",
     "FlowerCodecError",
     "StagePacket",
@@ -42,6 +46,15 @@ __all__ = [
 
 WIRE_VERSION = 1
 """Version of the record layout below; bumped on any change."""
+
+HELLO = "query.privagg_hello"
+"""Flower message type of the server's start-up query (the node answers with its client id)."""
+ROUND = "train.privagg_round"
+"""Flower message type of a round's opening message (model down, first protocol message up)."""
+STAGE = "train.privagg_stage"
+"""Flower message type of each later protocol stage."""
+TRAIN_STAGE = "train"
+"""Stage name of the opening message of a round."""
 
 RECORD = "privagg"
 """Name of the ConfigRecord that holds a stage packet inside the Flower RecordDict."""

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from fl_core.errors import ConfigError, FLError
-from fl_core.transport.flower.client import NodePolicyError
 from fl_core.transport.flower.codec import FlowerCodecError, StagePacket, decode_packet, encode_packet
+from fl_core.transport.flower.policy import NodePolicyError, check_key_pin_format
 from secagg import SERVER, Message, SecAggError
 
 __all__ = [
@@ -67,7 +67,6 @@ ROLE_KEY = "privagg-role"
 CLIENT_ROLE = "client"
 HOLDER_ROLE = "key-holder"
 KEY_FILE_KEY = "paillier-key-file"
-PIN_KEY = "paillier-public-key-sha256"
 SMALL_KEY_KEY = "insecure-small-key-for-tests"
 
 DECRYPT = "query.privagg_decrypt"
@@ -110,24 +109,6 @@ def _small_keys_allowed(node_config: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{SMALL_KEY_KEY} must be true or false, got {value!r}", option=SMALL_KEY_KEY)
     return value
-
-
-def check_key_pin_format(node_config: Any) -> str | None:
-    """The pinned key fingerprint (64 lowercase hex digits), or None when the node pins none.
-
-    Raises:
-        ConfigError: the pin is not a SHA-256 hex digest.
-    """
-    pin = (node_config or {}).get(PIN_KEY)
-    if pin is None:
-        return None
-    text = str(pin).strip().lower()
-    if len(text) != 64 or any(ch not in "0123456789abcdef" for ch in text):
-        raise ConfigError(
-            f"{PIN_KEY} must be the 64-hex-digit SHA-256 printed by `privagg keygen paillier`, got {pin!r}",
-            option=PIN_KEY,
-        )
-    return text
 
 
 # -- client nodes: the key to encrypt under -----------------------------------------------

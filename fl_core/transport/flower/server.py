@@ -41,8 +41,11 @@ import numpy as np
 from fl_core.config import RunConfig
 from fl_core.errors import FLError
 from fl_core.transport.flower.ahead import AHEAD_STAGE, AheadPipeline
-from fl_core.transport.flower.client import HELLO, ROUND, STAGE, TRAIN_STAGE
 from fl_core.transport.flower.codec import (
+    HELLO,
+    ROUND,
+    STAGE,
+    TRAIN_STAGE,
     FlowerCodecError,
     StagePacket,
     decode_packet,
@@ -53,6 +56,7 @@ from fl_core.transport.flower.options import FlowerOptions, config_to_json, pars
 from fl_core.transport.flower.paillier import HOLDER_ROLE, PUBLIC_KEY_FIELD, HolderRouter, KeyHolders, key_holders_from
 from fl_core.transport.flower.record import RECORD_EPSILON, RECORD_STEPS
 from secagg import Message, RoundOutcome, SecAggError
+from secagg.pump import pump_stages
 
 __all__ = [
     "FlowerRoundDriver",
@@ -375,25 +379,8 @@ class FlowerRoundDriver:
             ROUND, fed, server, r, TRAIN_STAGE, opening, config_json, next_members, outcome, trace, clip_fields
         )
         self._holder_stages(trace, r)
-        step, idle = 0, 0
-        while not server.done:
-            if not to_clients:
-                t = time.process_time()
-                to_clients.extend(server.close_stage())
-                outcome.server_cpu_s += time.process_time() - t
-                self._holder_stages(trace, r)
-                if server.done:
-                    break
-                if not to_clients:
-                    idle += 1
-                    if idle > 2:
-                        raise RoundStalledError(f"round {r}: the server session closed a stage and sent nothing")
-                    continue
-            idle = 0
-            step += 1
-            if step > 64:
-                raise RoundStalledError(f"round {r} did not finish within 64 stages")
-            batch, to_clients = to_clients, []
+
+        def deliver(batch: list[Message], step: int) -> list[Message]:
             stage = batch[0].stage
             by_client: dict[int, list[Message]] = {}
             for m in batch:
@@ -401,10 +388,21 @@ class FlowerRoundDriver:
                     by_client.setdefault(m.recipient, []).append(m)
                     outcome.bytes_down[m.recipient] += m.size
             packets = {c: StagePacket(r, stage, tuple(ms)) for c, ms in by_client.items()}
-            to_clients = self._round_trip(
+            out = self._round_trip(
                 STAGE, fed, server, r, stage, packets, config_json, next_members, outcome, trace, None
             )
             self._holder_stages(trace, r)
+            return out
+
+        pumped = pump_stages(
+            server,
+            to_clients,
+            deliver,
+            on_close=lambda: self._holder_stages(trace, r),
+            stalled=lambda why: RoundStalledError(f"round {r}: {why}"),
+        )
+        outcome.server_cpu_s += pumped.close_cpu_s
+        step = pumped.steps
         outcome.stages = step + 1
         t = time.process_time()
         try:
