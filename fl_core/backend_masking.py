@@ -12,6 +12,11 @@ Options (``BackendRequest.options``; options of other backends are ignored):
 * ``public_seed``: hex string mixed into the graph derivation (e.g. a beacon).
 * ``min_survivors``: honest clients refuse to help unmask, and the server aborts, when fewer
   masked inputs arrived (the DP layer sets it to the survivors its noise was sized for).
+* ``min_cohort``, ``min_threshold``: the client's own floors on the cohort size and on the
+  Shamir threshold derived from it; a client refuses the share-keys request below either,
+  before any share leaves it (defaults: ``max(2, min_survivors)`` and the threshold of a
+  cohort of that size). They protect a client only when set from its own configuration
+  (a Flower node passes its node config's floors), never from the server's.
 * ``identity_keys``: when true, Ed25519 identity keys are generated for clients
   1..max_clients from the request's random source (in-process simulation of a PKI);
   advertisements and survivor lists are then signed and checked.
@@ -39,6 +44,8 @@ _OPTIONS = (
     "public_seed",
     "identity_keys",
     "min_survivors",
+    "min_cohort",
+    "min_threshold",
 )
 
 
@@ -86,6 +93,8 @@ def build_masking(req: BackendRequest) -> SecureSum:
             identities=identities,
             signing_keys=signing_keys,
             min_survivors=_opt_int(opts, "min_survivors") or 1,
+            min_cohort=_opt_int(opts, "min_cohort"),
+            min_threshold=_opt_int(opts, "min_threshold"),
         )
         ss.parameters(max(req.max_clients, 2))  # refuse an unusable (k, t) before the first round
     except SecAggError as exc:

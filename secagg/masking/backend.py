@@ -51,6 +51,26 @@ class MaskingSecureSum:
             without, the four-stage honest-but-curious variant (see
             :mod:`secagg.masking.states`).
         signing_keys: client -> its Ed25519 signing key, for in-process clients.
+        min_survivors: honest clients refuse to help unmask a survivor list shorter than
+            this, and the server aborts below it (the DP layer sets it to the survivors
+            its noise was sized for).
+        min_cohort: the client's own floor on the cohort size: a client refuses the
+            share-keys request, before any share leaves it, when the cohort list the
+            server sends is smaller. Default ``max(2, min_survivors)`` (a smaller cohort
+            can never reach an unmasking this client would take part in).
+        min_threshold: the client's own floor on the Shamir threshold t it deals its
+            secrets with; checked at the same point. Default: the threshold this
+            object's own parameter choice gives for a cohort of ``min_cohort`` (t grows
+            with n for fixed options, so an honest larger cohort always passes).
+
+    The two floors protect a client only if they come from the client's own
+    configuration, never from a message or run configuration the server chose: a
+    networked node (e.g. a Flower SuperNode) passes its node config's floors here,
+    and the server's settings are then checked against them. Why they are needed: t
+    is derived from the cohort list the server sends, so a server claiming the
+    cohort is {u, colluder} gets t = 1, and the colluder's single share of u's
+    self-mask seed and mask key rebuilds u's masked input without any unmasking
+    stage (the ``min_survivors`` check at unmasking comes too late).
 
     Security:
         Honest-but-curious server: learns only the sum over survivors and the
@@ -89,10 +109,18 @@ class MaskingSecureSum:
         identities: Mapping[ClientId, bytes] | None = None,
         signing_keys: Mapping[ClientId, SigningKey] | None = None,
         min_survivors: int = 1,
+        min_cohort: int | None = None,
+        min_threshold: int | None = None,
     ) -> None:
         if not isinstance(min_survivors, int) or min_survivors < 1:
             raise ConfigurationError(f"min_survivors must be a positive int, got {min_survivors!r}")
         self.min_survivors = min_survivors
+        for name, floor in (("min_cohort", min_cohort), ("min_threshold", min_threshold)):
+            if floor is not None and (not isinstance(floor, int) or isinstance(floor, bool) or floor < 1):
+                raise ConfigurationError(f"{name} must be a positive int, got {floor!r}")
+        self.min_cohort = max(2, min_survivors, min_cohort or 0)
+        """The smallest cohort a client of this object deals shares to (its own floor)."""
+        self._min_threshold = min_threshold
         if not isinstance(dim, int) or dim < 1:
             raise ConfigurationError(f"dim must be a positive int, got {dim!r}")
         try:
@@ -114,6 +142,18 @@ class MaskingSecureSum:
             for c, key in self.signing_keys.items():
                 if self.identities.get(c) != key.public:
                     raise ConfigurationError(f"signing key of client {c} does not match its identity public key")
+
+    @property
+    def min_threshold(self) -> int:
+        """The smallest Shamir threshold a client of this object deals its secrets with."""
+        if self._min_threshold is not None:
+            return self._min_threshold
+        try:
+            return self.parameters(self.min_cohort).threshold
+        except ConfigurationError:
+            # The own options admit no (k, t) at the floor cohort (e.g. a forced threshold
+            # above k there): those options fix t for every usable cohort anyway.
+            return 1
 
     @property
     def transitions(self) -> TransitionTable:

@@ -7,7 +7,9 @@ Security:
     round's public data; with identity keys every neighbour's key advertisement
     and the consistency-check signatures must verify; every share ciphertext must
     authenticate under associated data binding version, round, sender and
-    recipient; the survivor list must be a sorted subset of the cohort holding
+    recipient; the cohort size and the Shamir threshold derived from it must
+    reach this client's own floors (``min_cohort``, ``min_threshold``) before
+    any share is dealt; the survivor list must be a sorted subset of the cohort holding
     this client and at least max(t, min_survivors) clients, checked where it
     first arrives (the consistency check with identity keys, the unmasking
     request without); and an unmasking request may ask, per neighbour, for
@@ -146,10 +148,22 @@ class MaskingClient:
         cohort = req.cohort
         if not _strictly_increasing(cohort) or self._me not in cohort or SERVER in cohort:
             raise RemoteProtocolError("cohort list is not sorted, or misses this client", peer=SERVER)
+        if len(cohort) < self._spec.min_cohort:
+            # The threshold is derived from the cohort the server claims: a tiny claimed
+            # cohort means a tiny t, and t colluding holders rebuild this client's secrets.
+            raise RemoteProtocolError(
+                f"cohort of {len(cohort)} clients, below this client's floor of {self._spec.min_cohort}", peer=SERVER
+            )
         try:
             params = self._spec.parameters(len(cohort))
         except ConfigurationError as exc:
             raise RemoteProtocolError(f"unusable cohort: {exc}", peer=SERVER) from exc
+        if params.threshold < self._spec.min_threshold:
+            raise RemoteProtocolError(
+                f"threshold {params.threshold} for a cohort of {len(cohort)}, below this client's floor of "
+                f"{self._spec.min_threshold}",
+                peer=SERVER,
+            )
         mine = self._spec.neighbours(cohort, self._round)[self._me]
         ids = tuple(v for v, _ in req.peers)
         if len(set(ids)) != len(ids) or not set(ids) <= mine:

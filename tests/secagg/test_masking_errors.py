@@ -72,9 +72,9 @@ def test_client_refuses_cohort_without_itself() -> None:
     _refused(Stage.SHARE_KEYS, _share_keys(cohort=(2, 3, 4, 5, 6)), "misses this client")
 
 
-def test_client_refuses_unusable_cohort() -> None:
+def test_client_refuses_a_cohort_below_its_floor() -> None:
     req = wire.decode_share_keys_request(DOWN[Stage.SHARE_KEYS].payload)
-    _refused(Stage.SHARE_KEYS, _share_keys(cohort=(1,), peers=req.peers[:0]), "unusable cohort")
+    _refused(Stage.SHARE_KEYS, _share_keys(cohort=(1,), peers=req.peers[:0]), "cohort of 1 clients, below")
 
 
 def test_client_refuses_too_few_neighbours() -> None:
