@@ -11,13 +11,22 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dp.accountants import ACCOUNTANT_VERSIONS, compute_epsilon, epsilon_curve
+    from dp.adversary import Adversary, epsilon_vs_public, epsilon_vs_server, epsilon_vs_server_per_client
     from dp.audit import AuditReport, audit_from_scores, audit_ledger, epsilon_lower_bound
     from dp.budget import Budget
     from dp.calibration import AdaptiveClipConfig, DPConfig, make_round_event
+    from dp.client_record import (
+        DEFAULT_CLIENT_MAX_EPSILON,
+        ClientRecord,
+        ClientRecordReport,
+        client_round_event,
+        verify_client_record,
+    )
     from dp.clipping import AdaptiveClip, ClipResult, FixedClip, clip_l2
     from dp.errors import (
         AccountingError,
         BudgetExceededError,
+        ClientBudgetExceededError,
         ConfigurationError,
         LedgerError,
         PrivacyError,
@@ -39,6 +48,16 @@ _EXPORTS: dict[str, str] = {
     "ACCOUNTANT_VERSIONS": "dp.accountants",
     "compute_epsilon": "dp.accountants",
     "epsilon_curve": "dp.accountants",
+    "Adversary": "dp.adversary",
+    "epsilon_vs_public": "dp.adversary",
+    "epsilon_vs_server": "dp.adversary",
+    "epsilon_vs_server_per_client": "dp.adversary",
+    "DEFAULT_CLIENT_MAX_EPSILON": "dp.client_record",
+    "ClientRecord": "dp.client_record",
+    "ClientRecordReport": "dp.client_record",
+    "client_round_event": "dp.client_record",
+    "verify_client_record": "dp.client_record",
+    "ClientBudgetExceededError": "dp.errors",
     "Budget": "dp.budget",
     "AdaptiveClipConfig": "dp.calibration",
     "DPConfig": "dp.calibration",
@@ -76,6 +95,16 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "Adversary",
+    "epsilon_vs_public",
+    "epsilon_vs_server",
+    "epsilon_vs_server_per_client",
+    "DEFAULT_CLIENT_MAX_EPSILON",
+    "ClientRecord",
+    "ClientRecordReport",
+    "client_round_event",
+    "verify_client_record",
+    "ClientBudgetExceededError",
     "GENESIS_HASH",
     "Ledger",
     "LedgerRecord",

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["PrivacyError", "BudgetExceededError", "LedgerError", "AccountingError", "ConfigurationError"]
+__all__ = [
+    "PrivacyError",
+    "BudgetExceededError",
+    "ClientBudgetExceededError",
+    "LedgerError",
+    "AccountingError",
+    "ConfigurationError",
+]
 
 
 class PrivacyError(Exception):
@@ -32,3 +39,15 @@ class LedgerError(PrivacyError):
     def __init__(self, message: str, *, round: int | None = None) -> None:  # noqa: A002
         super().__init__(message)
         self.round = round
+
+
+class ClientBudgetExceededError(BudgetExceededError):
+    """A client refuses a round: taking part would take its own epsilon against the server past its limit.
+
+    Raised by :meth:`dp.client_record.ClientRecord.check` before anything derived from
+    the client's input has left it; ``client`` names the client.
+    """
+
+    def __init__(self, message: str, *, epsilon_if_run: float, target_epsilon: float, client: str) -> None:
+        super().__init__(message, epsilon_if_run=epsilon_if_run, target_epsilon=target_epsilon)
+        self.client = client

@@ -71,6 +71,12 @@ class RoundEvent:
         survivors: how many completed the round (their updates are in the sum).
         colluders: clients assumed to collude with the server (their noise is not counted).
         dim: model dimension.
+        cohort_ids: the ids of the clients the round asked for an update (sorted; empty
+            when not known, e.g. a planned event or an older ledger).
+        survivor_ids: the ids of the clients whose update is in the released sum (sorted;
+            empty when not known). Accounting against the server charges each round to
+            these clients only; a round without them is charged to its cohort, or to
+            every client when that is not known either (see :mod:`dp.adversary`).
     """
 
     round: int
@@ -88,6 +94,8 @@ class RoundEvent:
     clip_query_noise_multiplier: float = 0.0
     colluders: int = 0
     dim: int = 0
+    cohort_ids: tuple[int, ...] = ()
+    survivor_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.round < 1:
@@ -107,6 +115,23 @@ class RoundEvent:
             raise ConfigurationError("need survivors <= cohort <= population")
         if self.mechanism is not Mechanism.NONE and self.l2_sensitivity <= 0:
             raise ConfigurationError("a noisy mechanism needs l2_sensitivity > 0")
+        for name in ("cohort_ids", "survivor_ids"):
+            ids = getattr(self, name)
+            if isinstance(ids, list):  # e.g. RoundEvent(**event.to_dict())
+                ids = tuple(ids)
+                object.__setattr__(self, name, ids)
+            if not isinstance(ids, tuple) or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+                raise ConfigurationError(f"{name} must be a tuple of integer client ids, got {ids!r}")
+            if any(b <= a for a, b in zip(ids, ids[1:], strict=False)):
+                raise ConfigurationError(f"{name} must be sorted and without repeats")
+        if self.cohort_ids and len(self.cohort_ids) != self.cohort:
+            raise ConfigurationError(f"cohort_ids has {len(self.cohort_ids)} ids for a cohort of {self.cohort}")
+        if self.survivor_ids and len(self.survivor_ids) != self.survivors:
+            raise ConfigurationError(
+                f"survivor_ids has {len(self.survivor_ids)} ids for {self.survivors} survivors"
+            )
+        if self.cohort_ids and self.survivor_ids and not set(self.survivor_ids) <= set(self.cohort_ids):
+            raise ConfigurationError("survivor_ids must be a subset of cohort_ids")
 
     @property
     def noise_multiplier(self) -> float:
@@ -120,6 +145,8 @@ class RoundEvent:
         d["mode"] = self.mode.value
         d["mechanism"] = self.mechanism.value
         d["sampling"] = self.sampling.value
+        d["cohort_ids"] = list(self.cohort_ids)
+        d["survivor_ids"] = list(self.survivor_ids)
         return d
 
     @classmethod
@@ -141,6 +168,8 @@ class RoundEvent:
                 clip_query_noise_multiplier=float(d.get("clip_query_noise_multiplier", 0.0)),
                 colluders=int(d.get("colluders", 0)),
                 dim=int(d.get("dim", 0)),
+                cohort_ids=tuple(int(i) for i in d.get("cohort_ids", ())),
+                survivor_ids=tuple(int(i) for i in d.get("survivor_ids", ())),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ConfigurationError(f"malformed event record: {exc}") from exc
