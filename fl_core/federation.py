@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from dp.errors import ClientBudgetExceededError
 from fl_core.backends import BackendRequest, build_secure_sum
 from fl_core.client import TrainFn, compute_update
 from fl_core.errors import ConfigError, RoundFailedError
@@ -50,6 +51,8 @@ class RoundResult:
     ledger_head: str | None = None
     """The ledger's head hash once this round was charged: store it with the published model
     and check it later with ``privagg audit LEDGER --head HASH`` (it detects a truncated ledger)."""
+    refused: tuple[int, ...] = ()
+    """Cohort members whose own privacy limit refused the round (they sent nothing: dropouts)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class _Accounting:
     ledger: Any = None  # has .append(event, epsilon=, delta=)
     budget: Any = None  # has .check(events, next_event) -> float, raises BudgetExceededError
     events: list[Any] = field(default_factory=list)
+    admit: Callable[[int, Cohort], Cohort] | None = None  # server: leaves out clients at their limit
 
 
 class Federation:
@@ -90,6 +94,12 @@ class Federation:
             before sending its masked input: their updates and noise are not in the sum.
         buffers: ``"local"`` or ``"aggregate"`` (see :mod:`fl_core.params`).
         epsilon_fn, ledger, budget: DP accounting hooks (see :mod:`fl_core.privacy`).
+        admit: server hook ``admit(round, cohort) -> cohort`` applied to every drawn cohort
+            (leaves out clients that reached their participation limit; see :mod:`fl_core.privacy`).
+        client_guard: the clients' own privacy limit (see :mod:`fl_core.client_guard`): its
+            ``check(client, round)`` raises :class:`dp.errors.ClientBudgetExceededError` to refuse
+            before the client touches its data, and ``charge(client, round)`` records the round once
+            the client's input is ready, before it leaves. A refusing client is a dropout.
         transport: carries each secure-sum round (default: in-process simulation).
     """
 
@@ -113,6 +123,8 @@ class Federation:
         epsilon_fn: Callable[[Sequence[Any]], float] | None = None,
         ledger: Any = None,
         budget: Any = None,
+        admit: Callable[[int, Cohort], Cohort] | None = None,
+        client_guard: Any = None,
         transport: Transport | None = None,
     ) -> None:
         if len(client_data) == 0:
@@ -154,7 +166,8 @@ class Federation:
         self.eval_fn = eval_fn
         self.dropout = dropout
         self.transport: Transport = transport or InProcessTransport()
-        self.accounting = _Accounting(epsilon_fn=epsilon_fn, ledger=ledger, budget=budget)
+        self.accounting = _Accounting(epsilon_fn=epsilon_fn, ledger=ledger, budget=budget, admit=admit)
+        self.client_guard = client_guard
         self.round = 0
         self.history: list[RoundResult] = []
         self._cohorts: dict[int, Any] = {}
@@ -206,8 +219,13 @@ class Federation:
         global_vec = self.codec.flatten(self.model)
         inputs: dict[int, RingVector] = {}
         clipped = saturated = 0
+        refused: list[int] = []
         for c in start.cohort.members:
-            vec, clip = self.client_contribution(c, start.round, global_vec, self.client_data[c - 1])
+            try:
+                vec, clip = self.client_contribution(c, start.round, global_vec, self.client_data[c - 1])
+            except ClientBudgetExceededError:
+                refused.append(c)  # its own limit: it sends nothing, the round goes on without it
+                continue
             inputs[c] = vec
             clipped += int(clip.clipped)
             saturated += clip.saturated
@@ -221,7 +239,9 @@ class Federation:
             )
         except SecAggError as exc:
             raise RoundFailedError(f"round {start.round}: secure sum failed: {exc}", round=start.round) from exc
-        return self.finish_round(start, outcome, global_vec, clipped=clipped, saturated=saturated, t0=t0)
+        return self.finish_round(
+            start, outcome, global_vec, clipped=clipped, saturated=saturated, t0=t0, refused=tuple(refused)
+        )
 
     # -- the round in pieces (a networked transport runs them on different machines) --
 
@@ -234,7 +254,10 @@ class Federation:
         """
         if r not in self._cohorts:
             self._cohorts = {k: v for k, v in self._cohorts.items() if k > self.round}
-            self._cohorts[r] = self.sampler.sample(self.rng.spawn(f"sample/{r}"))
+            cohort = self.sampler.sample(self.rng.spawn(f"sample/{r}"))
+            if self.accounting.admit is not None:
+                cohort = self.accounting.admit(r, cohort)
+            self._cohorts[r] = cohort
         return self._cohorts[r]
 
     def begin_round(self) -> RoundStart:
@@ -260,13 +283,23 @@ class Federation:
     def client_contribution(
         self, client: int, round_id: int, global_vec: Any, client_data: Any
     ) -> tuple[RingVector, ClipOutcome]:
-        """Client: train on ``client_data`` from ``global_vec``; clip, noise and encode the update."""
+        """Client: train on ``client_data`` from ``global_vec``; clip, noise and encode the update.
+
+        Raises:
+            ClientBudgetExceededError: the client's own limit refuses the round (before training).
+        """
+        guard = self.client_guard
+        if guard is not None:
+            guard.check(client, round_id)
         model = self.model
         if not np.array_equal(self.codec.flatten(model), global_vec):
             model = copy.deepcopy(self.model)
             self.codec.unflatten_into(model, global_vec)
         delta = compute_update(model, global_vec, self.codec, self.train_fn, client_data, client_id=client)
-        return self.client_pipeline.run(delta, self.rng.spawn(f"client/{client}/round/{round_id}"))
+        out = self.client_pipeline.run(delta, self.rng.spawn(f"client/{client}/round/{round_id}"))
+        if guard is not None:
+            guard.charge(client, round_id)  # the input is ready: charged before anything leaves
+        return out
 
     def secagg_rng(self, client: int, round_id: int) -> Any:
         """The random source of ``client``'s secure-sum session in round ``round_id``."""
@@ -281,6 +314,7 @@ class Federation:
         clipped: int | None = None,
         saturated: int = 0,
         t0: float | None = None,
+        refused: tuple[int, ...] = (),
     ) -> RoundResult:
         """Server: decode the sum, add central noise, step the optimizer, charge the ledger, publish."""
         t0 = time.perf_counter() if t0 is None else t0
@@ -297,7 +331,13 @@ class Federation:
         avg = self.server_pipeline.run(outcome.total, len(survivors), self.rng.spawn(f"server-noise/{r}"))
         new_vec, velocity = self.optimizer.step(global_vec, avg)
         event = self.privacy.round_event(
-            round=r, cohort=cohort, survivors=len(survivors), scale=self.plan.scale, dim=self.dim, planned=False
+            round=r,
+            cohort=cohort,
+            survivors=len(survivors),
+            scale=self.plan.scale,
+            dim=self.dim,
+            planned=False,
+            survivor_ids=survivors,
         )
         events_after = acc.events + ([event] if event is not None else [])
         epsilon = (
@@ -333,6 +373,7 @@ class Federation:
             event=event,
             saturated_coordinates=saturated,
             ledger_head=ledger_head,
+            refused=refused,
         )
         self.history.append(res)
         return res

@@ -82,8 +82,21 @@ class PrivacyPolicy(Protocol):
         """Central mode: the decoded sum with the server's noise; otherwise ``total`` unchanged."""
         ...
 
-    def round_event(self, *, round: int, cohort: Cohort, survivors: int, scale: float, dim: int, planned: bool) -> Any:  # noqa: A002
-        """The dp.events.RoundEvent for this round (``planned``: before it runs, worst case), or None."""
+    def round_event(
+        self,
+        *,
+        round: int,  # noqa: A002
+        cohort: Cohort,
+        survivors: int,
+        scale: float,
+        dim: int,
+        planned: bool,
+        survivor_ids: tuple[int, ...] | None = None,
+    ) -> Any:
+        """The dp.events.RoundEvent for this round (``planned``: before it runs, worst case), or None.
+
+        ``survivor_ids``: the clients whose update is in the sum (the event records them so that
+        epsilon against the server can be composed per client)."""
         ...
 
     @property

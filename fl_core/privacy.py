@@ -19,6 +19,7 @@ Security:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, cast
@@ -195,14 +196,21 @@ class DPPolicy:
         scale: float,
         dim: int,
         planned: bool,  # noqa: A002
+        survivor_ids: tuple[int, ...] | None = None,
     ) -> Any:
+        """The round's event, with the cohort's ids and (when known) the survivors' ids.
+
+        A planned event (before the round runs) charges the worst case that can still release
+        (``min_survivors`` honest shares) and names no survivors: against the server it is
+        charged to every cohort member.
+        """
         if planned:
             survivors = (
                 min(len(cohort.members), self.config.survivors_planned)
                 if self.config.mode is DPMode.DISTRIBUTED
                 else len(cohort.members)
             )
-        return make_round_event(
+        event = make_round_event(
             self.config,
             round=round,
             sampling=_SAMPLING[cohort.scheme],
@@ -214,6 +222,8 @@ class DPPolicy:
             scale=scale if self.config.mode is DPMode.DISTRIBUTED else None,
             clip_norm=self.clip_norm,
         )
+        ids = () if planned or survivor_ids is None else tuple(sorted(survivor_ids))
+        return dataclasses.replace(event, cohort_ids=tuple(sorted(cohort.members)), survivor_ids=ids)
 
     # -- adaptive clipping (Andrew et al. 2021) -------------------------------
 
