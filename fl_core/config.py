@@ -65,6 +65,9 @@ class RunConfig:
     count_noise_std: float | None = None
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
+    budget_against: str | None = None
+    client_max_epsilon: float | None = None
+    max_participation: int | None = None
     delta: float = 1e-5
     colluders: int = 0
     record_noise_multiplier: float | None = None
@@ -122,6 +125,17 @@ class RunConfig:
             raise ConfigError("--colluders must be an integer >= 0", option="colluders")
         if self.target_epsilon is not None and not self.target_epsilon > 0:
             raise ConfigError("--target-epsilon must be > 0", option="target_epsilon")
+        if self.budget_against is not None and self.budget_against not in ("server", "public"):
+            raise ConfigError(
+                f"--budget-against {self.budget_against!r} is not valid; choose server or public",
+                option="budget_against",
+            )
+        if self.client_max_epsilon is not None and not self.client_max_epsilon > 0:
+            raise ConfigError("--client-max-epsilon must be > 0 (inf: no client limit)", option="client_max_epsilon")
+        if self.max_participation is not None and not (
+            isinstance(self.max_participation, int) and self.max_participation >= 1
+        ):
+            raise ConfigError("--max-participation must be a positive integer", option="max_participation")
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)

@@ -60,7 +60,26 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         noise_multiplier: Optional[float] = typer.Option(
             None, "--noise-multiplier", help="Noise std / sensitivity [1.0]."
         ),
-        target_epsilon: Optional[float] = typer.Option(None, "--target-epsilon", help="Privacy budget epsilon."),
+        target_epsilon: Optional[float] = typer.Option(
+            None,
+            "--target-epsilon",
+            help="Privacy budget epsilon; without --noise-multiplier it also sets the noise.",
+        ),
+        budget_against: Optional[str] = typer.Option(
+            None,
+            "--budget-against",
+            help="Adversary the budget holds against: server or public [server; public in central mode].",
+        ),
+        client_max_epsilon: Optional[float] = typer.Option(
+            None,
+            "--client-max-epsilon",
+            help="Each client's own limit on its epsilon against the server [10; inf: none].",
+        ),
+        max_participation: Optional[int] = typer.Option(
+            None,
+            "--max-participation",
+            help="Most rounds a client may join [set by the calibration with --target-epsilon].",
+        ),
         delta: Optional[float] = typer.Option(None, help="Privacy parameter delta [1e-5]."),
         colluders: Optional[int] = typer.Option(None, help="Clients assumed to collude with the server [0]."),
         record_noise_multiplier: Optional[float] = typer.Option(
@@ -114,6 +133,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 count_noise_std=count_noise_std,
                 noise_multiplier=noise_multiplier,
                 target_epsilon=target_epsilon,
+                budget_against=budget_against,
+                client_max_epsilon=client_max_epsilon,
+                max_participation=max_participation,
                 delta=delta,
                 colluders=colluders,
                 min_survivors=min_survivors,
