@@ -5,11 +5,15 @@ server:  ring sum -> decode -> (+ central noise) -> divide by the denominator ->
 
 Each DP-dependent step is delegated to a :class:`PrivacyPolicy`; :class:`NoPrivacy`
 is the non-private policy (it still clips, because the encoding needs a bound).
+Both pipelines charge their process CPU to a :class:`CpuTimer`, per phase.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,7 +23,44 @@ from fl_core.errors import ConfigError
 from fl_core.sampling import Cohort, Sampler, SamplingScheme
 from secagg import EncodingPlan, FixedPointEncoder, RandomSource, RingVector, plan_encoding
 
-__all__ = ["ClipOutcome", "PrivacyPolicy", "NoPrivacy", "ClientPipeline", "ServerPipeline", "l2_clip"]
+__all__ = [
+    "PHASES",
+    "ClipOutcome",
+    "CpuTimer",
+    "PrivacyPolicy",
+    "NoPrivacy",
+    "ClientPipeline",
+    "ServerPipeline",
+    "l2_clip",
+]
+
+PHASES = ("train", "clip", "noise", "encode", "mask", "unmask", "decode", "account", "eval")
+"""The phases a round's CPU is charged to: ``mask`` is the clients' secure-sum sessions (key
+agreement, shares, mask expansion), ``unmask`` the server's; ``noise`` is every DP noise draw
+(client shares, local and central noise)."""
+
+
+class CpuTimer:
+    """Process CPU seconds per phase of one round (see :data:`PHASES`); a measurement, not a limit."""
+
+    def __init__(self) -> None:
+        self._s: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.process_time()
+        try:
+            yield
+        finally:
+            self.add(name, time.process_time() - t0)
+
+    def add(self, name: str, seconds: float) -> None:
+        self._s[name] = self._s.get(name, 0.0) + seconds
+
+    def take(self) -> dict[str, float]:
+        """The seconds charged since the last call, per phase (and start afresh)."""
+        out, self._s = self._s, {}
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +225,14 @@ class ClientPipeline:
     policy: PrivacyPolicy
     encoder: FixedPointEncoder
     sampler: Sampler
+    timer: CpuTimer = field(default_factory=CpuTimer)
 
     def run(self, delta: npt.NDArray[np.float32], rng: RandomSource) -> tuple[RingVector, ClipOutcome]:
-        clip = self.policy.clip(delta)
-        v = self.policy.local_noise(clip.vector, rng.spawn("local-noise"))
+        timer = self.timer
+        with timer.phase("clip"):
+            clip = self.policy.clip(delta)
+        with timer.phase("noise"):
+            v = self.policy.local_noise(clip.vector, rng.spawn("local-noise"))
         bound = self.encoder.plan.bound
         saturated = int(np.count_nonzero(np.abs(v) > bound))
         if saturated:
@@ -195,14 +240,17 @@ class ClientPipeline:
             # a 2^-40 tail for it); the clamp is post-processing and it is counted.
             v = np.clip(v, -bound, bound)
             clip = ClipOutcome(clip.vector, clip.norm, clip.clipped, saturated)
-        if self.policy.extra_coordinates:
-            v = np.concatenate([v, self.policy.client_extra(clip)])
-        ring_vec = self.encoder.encode(v, rng.spawn("rounding"))
-        noise = self.policy.client_integer_noise(
-            v.shape[0], self.encoder.plan.scale, self.sampler, rng.spawn("integer-noise")
-        )
+        with timer.phase("encode"):
+            if self.policy.extra_coordinates:
+                v = np.concatenate([v, self.policy.client_extra(clip)])
+            ring_vec = self.encoder.encode(v, rng.spawn("rounding"))
+        with timer.phase("noise"):
+            noise = self.policy.client_integer_noise(
+                v.shape[0], self.encoder.plan.scale, self.sampler, rng.spawn("integer-noise")
+            )
         if noise is not None:
-            self.encoder.ring.add_into(ring_vec, self.encoder.encode_integers(noise))
+            with timer.phase("encode"):
+                self.encoder.ring.add_into(ring_vec, self.encoder.encode_integers(noise))
         return ring_vec, clip
 
 
@@ -213,6 +261,7 @@ class ServerPipeline:
     policy: PrivacyPolicy
     encoder: FixedPointEncoder
     sampler: Sampler
+    timer: CpuTimer = field(default_factory=CpuTimer)
 
     def denominator(self, survivors: int) -> float:
         """Without DP: the number of survivors (plain FedAvg mean). With DP: the
@@ -225,12 +274,16 @@ class ServerPipeline:
         return float(self.sampler.size)
 
     def run(self, total: RingVector, survivors: int, rng: RandomSource) -> npt.NDArray[np.float64]:
-        s = self.policy.server_release(self.encoder.decode(total), self.sampler, rng)
-        extra = self.policy.extra_coordinates
-        if extra:
-            self.policy.observe_extra(s[-extra:])
-            s = s[:-extra]
-        return s / self.denominator(survivors)
+        with self.timer.phase("decode"):
+            decoded = self.encoder.decode(total)
+        with self.timer.phase("noise"):
+            s = self.policy.server_release(decoded, self.sampler, rng)
+        with self.timer.phase("decode"):
+            extra = self.policy.extra_coordinates
+            if extra:
+                self.policy.observe_extra(s[-extra:])
+                s = s[:-extra]
+            return s / self.denominator(survivors)
 
 
 def plan_for(policy: PrivacyPolicy, sampler: Sampler, dim: int, bits: int) -> EncodingPlan:
