@@ -22,7 +22,15 @@ from fl_core.client import TrainFn, compute_update
 from fl_core.errors import ConfigError, RoundFailedError
 from fl_core.evaluation import EvalFn
 from fl_core.params import BufferPolicy, ParamCodec
-from fl_core.pipeline import ClientPipeline, ClipOutcome, NoPrivacy, PrivacyPolicy, ServerPipeline, plan_for
+from fl_core.pipeline import (
+    ClientPipeline,
+    ClipOutcome,
+    CpuTimer,
+    NoPrivacy,
+    PrivacyPolicy,
+    ServerPipeline,
+    plan_for,
+)
 from fl_core.sampling import Cohort, Sampler
 from fl_core.server import ServerOptimizer
 from fl_core.transport import InProcessTransport, Transport
@@ -53,6 +61,8 @@ class RoundResult:
     and check it later with ``privagg audit LEDGER --head HASH`` (it detects a truncated ledger)."""
     refused: tuple[int, ...] = ()
     """Cohort members whose own privacy limit refused the round (they sent nothing: dropouts)."""
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """Process CPU seconds of this round per phase (:data:`fl_core.pipeline.PHASES`)."""
 
 
 @dataclass(frozen=True)
@@ -161,8 +171,9 @@ class Federation:
             )
         else:
             self.secure_sum = secure_sum
-        self.client_pipeline = ClientPipeline(self.privacy, self.encoder, self.sampler)
-        self.server_pipeline = ServerPipeline(self.privacy, self.encoder, self.sampler)
+        self.timer = CpuTimer()
+        self.client_pipeline = ClientPipeline(self.privacy, self.encoder, self.sampler, self.timer)
+        self.server_pipeline = ServerPipeline(self.privacy, self.encoder, self.sampler, self.timer)
         self.eval_fn = eval_fn
         self.dropout = dropout
         self.transport: Transport = transport or InProcessTransport()
@@ -263,6 +274,7 @@ class Federation:
     def begin_round(self) -> RoundStart:
         """Server: sample the cohort and check the budget before anything runs."""
         r = self.round + 1
+        self.timer.take()  # a round's CPU record starts here
         cohort = self.cohort_of(r)
         if not cohort.members:
             return RoundStart(r, cohort, skipped=True)
@@ -295,7 +307,8 @@ class Federation:
         if not np.array_equal(self.codec.flatten(model), global_vec):
             model = copy.deepcopy(self.model)
             self.codec.unflatten_into(model, global_vec)
-        delta = compute_update(model, global_vec, self.codec, self.train_fn, client_data, client_id=client)
+        with self.timer.phase("train"):
+            delta = compute_update(model, global_vec, self.codec, self.train_fn, client_data, client_id=client)
         out = self.client_pipeline.run(delta, self.rng.spawn(f"client/{client}/round/{round_id}"))
         if guard is not None:
             guard.charge(client, round_id)  # the input is ready: charged before anything leaves
@@ -322,6 +335,8 @@ class Federation:
         if outcome.error is not None or outcome.total is None:
             raise RoundFailedError(f"round {r} aborted, model unchanged: {outcome.error}", round=r) from outcome.error
         survivors = tuple(sorted(outcome.survivors))
+        self.timer.add("mask", sum(outcome.client_cpu_s.values()))
+        self.timer.add("unmask", outcome.server_cpu_s)
         if len(survivors) < self.privacy.min_survivors:
             raise RoundFailedError(
                 f"round {r} aborted, model unchanged: {len(survivors)} survivors < the {self.privacy.min_survivors} "
@@ -340,15 +355,16 @@ class Federation:
             survivor_ids=survivors,
         )
         events_after = acc.events + ([event] if event is not None else [])
-        epsilon = (
-            acc.epsilon_fn(events_after)
-            if (acc.epsilon_fn is not None and event is not None)
-            else self._current_epsilon()
-        )
-        ledger_head = None
-        if acc.ledger is not None and event is not None:
-            acc.ledger.append(event, epsilon=epsilon, delta=self.privacy.delta)  # commit point (fsync)
-            ledger_head = getattr(acc.ledger, "head_hash", None)
+        with self.timer.phase("account"):
+            epsilon = (
+                acc.epsilon_fn(events_after)
+                if (acc.epsilon_fn is not None and event is not None)
+                else self._current_epsilon()
+            )
+            ledger_head = None
+            if acc.ledger is not None and event is not None:
+                acc.ledger.append(event, epsilon=epsilon, delta=self.privacy.delta)  # commit point (fsync)
+                ledger_head = getattr(acc.ledger, "head_hash", None)
         # Commit: nothing below can fail on valid state.
         self.codec.unflatten_into(self.model, new_vec)
         self.optimizer.commit(velocity)
@@ -359,11 +375,13 @@ class Federation:
         n = len(cohort.members)
         fraction = (clipped / n) if clipped is not None else float("nan")
         self.privacy.after_round(fraction)
+        with self.timer.phase("eval"):
+            metrics = self._evaluate()
         res = RoundResult(
             round=r,
             cohort=cohort.members,
             survivors=survivors,
-            metrics=self._evaluate(),
+            metrics=metrics,
             epsilon=epsilon,
             delta=self.privacy.delta,
             bytes_up_per_client=sum(outcome.bytes_up.values()) / n,
@@ -374,6 +392,7 @@ class Federation:
             saturated_coordinates=saturated,
             ledger_head=ledger_head,
             refused=refused,
+            cpu_s=self.timer.take(),
         )
         self.history.append(res)
         return res

@@ -101,6 +101,10 @@ class RunSummary:
             "seed": cfg.seed,
             "partition": cfg.partition,
             "ledger_head": next((r.ledger_head for r in reversed(self.results) if r.ledger_head), None),
+            "cpu_s_by_phase": {
+                k: round(sum(r.cpu_s.get(k, 0.0) for r in rounds), 3)
+                for k in sorted({k for r in rounds for k in r.cpu_s})
+            },
             "sampling": self.sampling,
             "client_sizes": self.extra_sizes(),
             "machine": {
