@@ -1,0 +1,141 @@
+"""Build and execute an asynchronous run from a :class:`~fl_core.config.RunConfig` and :class:`AsyncOptions`."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fl_core.asynchronous.accounting import epsilon_per_client
+from fl_core.asynchronous.loop import AsyncFederation, BufferResult
+from fl_core.asynchronous.options import AsyncOptions, session_floor
+from fl_core.backends import BackendRequest, build_secure_sum
+from fl_core.config import RunConfig
+from fl_core.data import FederatedData
+from fl_core.errors import ConfigError
+from fl_core.runner import RunSummary, build_federation
+
+__all__ = ["build_async_federation", "execute_async", "async_summary_fields"]
+
+
+def build_async_federation(
+    cfg: RunConfig, options: AsyncOptions, data: FederatedData | None = None, *, open_ledger: bool = True
+) -> tuple[AsyncFederation, FederatedData, dict[str, Any]]:
+    """Everything an asynchronous run needs, built from ``cfg`` and ``options`` (nothing runs yet).
+
+    The federation is built as a synchronous one with fixed cohorts of K (so the encoding,
+    the DP noise and the secure sum are sized for one buffer) and the DP minimum survivors
+    allowing for ``options.dropout``; the secure sum is then rebuilt so that its clients
+    refuse to help unmask fewer than the session floor (never one update alone).
+
+    Raises:
+        ConfigError: impossible settings, before any data is touched by training.
+    """
+    if options.buffer > cfg.clients:
+        raise ConfigError(f"--buffer {options.buffer} exceeds the {cfg.clients} clients", option="buffer")
+    if options.concurrency > cfg.clients:
+        raise ConfigError(
+            f"--concurrency {options.concurrency} exceeds the {cfg.clients} clients", option="concurrency"
+        )
+    sync_cfg = cfg.replace(per_round=options.buffer, sampling_rate=None, dropout=options.dropout)
+    fed, data, extra = build_federation(sync_cfg, data, open_ledger=open_ledger)
+    try:
+        floor = session_floor(fed.secure_sum, options.buffer, fed.privacy.min_survivors)
+        if int(getattr(fed.secure_sum, "min_survivors", 1) or 1) < floor and cfg.secure_sum != "plain":
+            fed.secure_sum = build_secure_sum(
+                cfg.secure_sum,
+                BackendRequest(
+                    ring=fed.plan.ring,
+                    dim=fed.plan.dim,
+                    max_clients=options.buffer,
+                    rng=fed.rng.spawn("secure-sum-setup/async"),
+                    options={"graph": cfg.graph, "min_survivors": floor},
+                ),
+            )
+        afed = AsyncFederation(fed, options)
+    except BaseException:
+        fed.close()
+        raise
+    return afed, data, extra
+
+
+def execute_async(
+    cfg: RunConfig,
+    options: AsyncOptions,
+    *,
+    on_buffer: Callable[[BufferResult], None] | None = None,
+    data: FederatedData | None = None,
+) -> RunSummary:
+    """Run ``cfg.rounds`` buffers asynchronously; the summary's JSON adds the asynchronous fields."""
+    afed, data, extra = build_async_federation(cfg, options, data)
+    t0 = time.perf_counter()
+    stop_reason = None
+    from dp.errors import BudgetExceededError
+
+    try:
+        for res in afed.buffers(cfg.rounds):
+            if on_buffer is not None:
+                on_buffer(res)
+    except BudgetExceededError as exc:
+        stop_reason = str(exc)
+    finally:
+        afed.fed.close()
+    extra = dict(extra)
+    extra.pop("_record_dp", None)
+    if stop_reason is None and afed.stop_reason is not None:
+        stop_reason = afed.stop_reason
+    if stop_reason is not None:
+        extra["stopped"] = stop_reason
+    extra.update(async_summary_fields(afed))
+    fed = afed.fed
+    sampling = {"scheme": "async-arrivals", "rate": 1.0, "population": fed.sampler.population}
+    return RunSummary(
+        cfg,
+        [b.round for b in afed.history],
+        time.perf_counter() - t0,
+        fed.dim,
+        extra,
+        sizes=list(data.client_sizes),
+        sampling=sampling,
+    )
+
+
+def async_summary_fields(afed: AsyncFederation) -> dict[str, Any]:
+    """The asynchronous fields of a run's JSON (simulated time, staleness, epsilon against the server, counters)."""
+    o = afed.options
+    hist = afed.history
+    stal = [s for b in hist for s in b.staleness]
+    fed = afed.fed
+    out: dict[str, Any] = {
+        "mode": "async",
+        "buffer": o.buffer,
+        "concurrency": o.concurrency,
+        "max_staleness": o.max_staleness,
+        "staleness_weighting": o.staleness.describe(),
+        "max_contributions": o.max_contributions,
+        "session_floor": afed.floor,
+        "simulated_time_s": round(afed.now if not hist else hist[-1].sim_time_s, 3),
+        "per_round_simulated_time_s": [round(b.sim_time_s, 3) for b in hist],
+        "staleness_mean": (sum(stal) / len(stal)) if stal else None,
+        "staleness_max": max(stal) if stal else None,
+        "speed": o.speed.describe(),
+        "async_stats": afed.stats.to_dict(),
+    }
+    delta = fed.privacy.delta
+    if fed.privacy.mode == "central":
+        out["epsilon_vs_server"] = None
+        out["epsilon_vs_server_note"] = "unbounded: in central mode the server sees each buffer's exact sum"
+    elif delta is not None and fed.privacy.mode != "none":
+        per = epsilon_per_client(afed.released_records(), delta)
+        own = epsilon_per_client(afed.client_records(), delta)
+        eps = max(per.values(), default=0.0)
+        out["epsilon_vs_server"] = None if math.isinf(eps) else eps
+        out["epsilon_vs_server_note"] = (
+            "per client, composed over the buffers its update is in, no amplification by sampling; max over clients"
+        )
+        own_max = max(own.values(), default=0.0)
+        out["epsilon_client_record_max"] = None if math.isinf(own_max) else own_max
+        counts = [len(v) for v in afed.released_records().values()]
+        out["contributions_max"] = max(counts, default=0)
+    return out
