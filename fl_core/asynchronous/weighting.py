@@ -85,9 +85,21 @@ class StalenessWeighted:
     ) -> npt.NDArray[np.float64]:
         return self.policy.server_release(total, sampler, rng)
 
-    def round_event(self, *, round: int, cohort: Cohort, survivors: int, scale: float, dim: int, planned: bool) -> Any:  # noqa: A002
-        return self.policy.round_event(round=round, cohort=cohort, survivors=survivors, scale=scale, dim=dim,
-                                       planned=planned)
+    def round_event(
+        self,
+        *,
+        round: int,  # noqa: A002
+        cohort: Cohort,
+        survivors: int,
+        scale: float,
+        dim: int,
+        planned: bool,
+        survivor_ids: tuple[int, ...] | None = None,
+    ) -> Any:
+        return self.policy.round_event(
+            round=round, cohort=cohort, survivors=survivors, scale=scale, dim=dim, planned=planned,
+            survivor_ids=survivor_ids,
+        )
 
     @property
     def extra_coordinates(self) -> int:
