@@ -102,6 +102,8 @@ class DPPolicy:
                 max_clip=config.clip_norm * max_clip_factor,
             )
         self._max_clip = config.clip_norm * (max_clip_factor if self._adaptive is not None else 1.0)
+        self._min_clip = config.clip_norm / (max_clip_factor if self._adaptive is not None else 1.0)
+        self._announced_clip: float | None = None
 
     # -- PrivacyPolicy -------------------------------------------------------
 
@@ -112,7 +114,28 @@ class DPPolicy:
     @property
     def clip_norm(self) -> float:
         """The clip of the current round (it moves between rounds under adaptive clipping)."""
+        if self._announced_clip is not None:
+            return self._announced_clip
         return self._adaptive.clip_norm if self._adaptive is not None else self.config.clip_norm
+
+    def use_clip(self, clip_norm: float) -> None:
+        """Clip, and size noise, at the round's clip ``clip_norm`` announced by the party that adapts it.
+
+        For a party that does not run the adaptive update itself (a Flower node takes the
+        clip the server's ledger charges). Accepted only if it is the configured clip
+        (fixed clipping) or within the adaptive clip's bounds, which the encoding is sized for.
+
+        Raises:
+            ConfigError: any other clip.
+        """
+        c = float(clip_norm)
+        if not (math.isfinite(c) and self._min_clip <= c <= self._max_clip):
+            raise ConfigError(
+                f"clip {clip_norm!r} is outside [{self._min_clip}, {self._max_clip}], the clips this run's "
+                "encoding is sized for",
+                option="clip",
+            )
+        self._announced_clip = c
 
     @property
     def delta(self) -> float:
