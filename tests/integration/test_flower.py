@@ -215,11 +215,24 @@ def _small_cfg(**kw: Any) -> Any:
     return RunConfig(**base)
 
 
+def _node(c: int, **floor: Any) -> dict[str, Any]:
+    """Node config of client ``c`` (partition-id c-1); these runs are seeded, so the node opts in to that."""
+    return {"partition-id": c - 1, "allow-seeded-run": True, **{k.replace("_", "-"): v for k, v in floor.items()}}
+
+
+def _own_terms(cfg: Any, floor: Any) -> Any:
+    """The session terms a node derives from ``cfg`` with its own federation (what ``advance`` checks against)."""
+    from fl_core.transport.flower.client import _client_federation
+    from fl_core.transport.flower.policy import session_terms
+
+    return session_terms(_client_federation(cfg), floor, cfg.dp)
+
+
 def test_client_id_needs_partition_id() -> None:
     from fl_core.errors import ConfigError
     from fl_core.transport.flower.client import client_id_of, handle_hello
 
-    assert client_id_of({"partition-id": 0}) == 1
+    assert client_id_of(_node(1)) == 1
     assert handle_hello({"partition-id": 4}).fields == {"client": 5}
     for bad in ({}, {"partition-id": "0"}, {"partition-id": -1}, {"partition-id": True}, None):
         with pytest.raises(ConfigError, match="partition-id"):
@@ -232,13 +245,19 @@ def _opening(cfg: Any, client: int, r: int = 1) -> Any:
     from fl_core.transport.flower.codec import StagePacket, vector_to_bytes
     from fl_core.transport.flower.options import config_to_json
 
-    fed, _, _ = build_federation(cfg)
+    fed, _, _ = build_federation(cfg, open_ledger=False)
     g = fed.codec.flatten(fed.model)
     return fed, StagePacket(
         r,
         TRAIN_STAGE,
         (),
-        {"config": config_to_json(cfg), "client": client, "global": vector_to_bytes(g), "dim": fed.dim},
+        {
+            "config": config_to_json(cfg),
+            "client": client,
+            "global": vector_to_bytes(g),
+            "dim": fed.dim,
+            "clip": fed.privacy.clip_norm,
+        },
     )
 
 
@@ -256,7 +275,7 @@ def test_client_handlers_reproduce_the_in_process_round() -> None:
     inputs = {}
     for c in (1, 2, 3):
         _, packet = _opening(cfg, c)
-        reply, states[c] = handle_round(decode_packet(encode_packet(packet)), {"partition-id": c - 1})
+        reply, states[c] = handle_round(decode_packet(encode_packet(packet)), _node(c))
         inputs[c] = np.frombuffer(states[c].x, dtype=fed.plan.ring.dtype)
         for m in reply.messages:
             to_clients.extend(server.receive(m))
@@ -278,13 +297,13 @@ def test_client_refuses_stage_of_another_round() -> None:
 
     cfg = _small_cfg()
     _, packet = _opening(cfg, 2)
-    _, state = handle_round(packet, {"partition-id": 1})
+    _, state = handle_round(packet, _node(2))
     with pytest.raises(ClientStateError, match="holds no open round"):
         handle_stage(StagePacket(1, "share-keys"), None)
     with pytest.raises(ClientStateError, match="while this node is in round 1"):
         handle_stage(StagePacket(2, "share-keys"), state)
     with pytest.raises(ClientStateError, match="sent client 2's round to the node of client 1"):
-        handle_round(packet, {"partition-id": 0})
+        handle_round(packet, _node(1))
 
 
 def test_opening_message_must_be_complete_and_match_the_model() -> None:
@@ -295,11 +314,9 @@ def test_opening_message_must_be_complete_and_match_the_model() -> None:
     cfg = _small_cfg()
     _, packet = _opening(cfg, 1)
     with pytest.raises(FlowerCodecError, match="lacks 'global'"):
-        handle_round(
-            StagePacket(1, "train", (), {k: v for k, v in packet.fields.items() if k != "global"}), {"partition-id": 0}
-        )
+        handle_round(StagePacket(1, "train", (), {k: v for k, v in packet.fields.items() if k != "global"}), _node(1))
     with pytest.raises(ConfigError, match="different model"):
-        handle_round(StagePacket(1, "train", (), {**packet.fields, "dim": 3}), {"partition-id": 0})
+        handle_round(StagePacket(1, "train", (), {**packet.fields, "dim": 3}), _node(1))
 
 
 # -- the server driver with a scripted grid -------------------------------------------------------------------
@@ -367,7 +384,7 @@ def test_driver_refuses_spoofed_sender_and_counts_silence_as_dropout() -> None:
         c = node - 100
         packet = decode_packet(content)
         if packet.stage == "train":
-            reply, states[c] = handle_round(packet, {"partition-id": c - 1})
+            reply, states[c] = handle_round(packet, _node(c))
         else:
             reply, states[c] = handle_stage(packet, states[c])
         if c == 2:  # client 2 claims to speak for client 1: refused, so it drops out
@@ -479,7 +496,8 @@ def test_two_rounds_masking_distributed_dp_with_a_killed_supernode(tmp_path: Pat
     pgids: list[int] = []
     result: dict[str, Any] = {}
 
-    with LocalDeployment(5, workdir=tmp_path / "deploy") as dep:
+    # The run is seeded to compare with the in-process run: the nodes opt in to that.
+    with LocalDeployment(5, workdir=tmp_path / "deploy", node_config={"allow-seeded-run": True}) as dep:
         pgids = [p.popen.pid for p in dep.procs]
 
         def submit() -> None:
@@ -600,7 +618,7 @@ def test_driver_round_equals_in_process_round_for_every_dp_mode(secure_sum: str,
         c = node - 100
         packet = decode_packet(content)
         if packet.stage == "train":
-            reply, states[c] = handle_round(packet, {"partition-id": c - 1})
+            reply, states[c] = handle_round(packet, _node(c))
         else:
             reply, states[c] = handle_stage(packet, states[c])
         return encode_packet(reply)
@@ -617,31 +635,12 @@ def test_driver_round_equals_in_process_round_for_every_dp_mode(secure_sum: str,
     assert [r.epsilon for r in fed.history] == [r.epsilon for r in ref.history]
 
 
-def test_node_policy_refuses_a_weaker_run() -> None:
-    from fl_core.transport.flower.client import NodePolicyError, check_node_policy, handle_round
-
-    cfg = _small_cfg(dp="distributed", noise_multiplier=0.5, clip=1.0)
-    check_node_policy(cfg, {"partition-id": 0})  # no floor: accepted
-    check_node_policy(cfg, {"require-dp": "distributed", "require-secure-sum": "masking", "min-noise-multiplier": 0.5})
-    with pytest.raises(NodePolicyError, match="requires dp='distributed'"):
-        check_node_policy(_small_cfg(dp="none"), {"require-dp": "distributed"})
-    with pytest.raises(NodePolicyError, match="requires secure-sum='masking'"):
-        check_node_policy(_small_cfg(secure_sum="plain"), {"require-secure-sum": "masking"})
-    with pytest.raises(NodePolicyError, match="noise multiplier >= 1.0"):
-        check_node_policy(cfg, {"min-noise-multiplier": 1.0})
-    with pytest.raises(NodePolicyError, match="noise multiplier >= 1.0"):
-        check_node_policy(_small_cfg(dp="none"), {"min-noise-multiplier": 1.0})
-    _, packet = _opening(_small_cfg(dp="none"), 1)
-    with pytest.raises(NodePolicyError):  # refused before any training
-        handle_round(packet, {"partition-id": 0, "require-dp": "distributed"})
-
-
 def test_unseeded_node_draws_a_fresh_session_seed_and_keeps_it_local() -> None:
     from fl_core.transport.flower.client import handle_round
 
     cfg = _small_cfg(seed=None)
     _, packet = _opening(cfg, 1)
-    (reply_a, state_a), (reply_b, state_b) = (handle_round(packet, {"partition-id": 0}) for _ in range(2))
+    (reply_a, state_a), (reply_b, state_b) = (handle_round(packet, _node(1)) for _ in range(2))
     assert not state_a.seeded and len(state_a.session_seed) == 32
     assert state_a.session_seed != state_b.session_seed
     assert reply_a.messages[0].payload != reply_b.messages[0].payload  # fresh keys each time
@@ -657,7 +656,7 @@ def test_stage_side_secure_sum_is_configured_like_the_nodes_federation(secure_su
 
     cfg = _small_cfg(secure_sum=secure_sum, dp="distributed", noise_multiplier=1.0, clip=1.0)
     _, packet = _opening(cfg, 1)
-    _, state = handle_round(packet, {"partition-id": 0})
+    _, state = handle_round(packet, _node(1))
     fed = _client_federation(cfg)
     rebuilt = secure_sum_for(cfg, state.ring_bits, state.dim, state.max_clients, state.min_survivors)
     assert fed.privacy.min_survivors == 3  # fixed-size cohort of 3: the guard is the whole cohort

@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_flower import _flower_task_identity, _opening, _ScriptedGrid, _small_cfg  # noqa: F401 (autouse fixture)
+from test_flower import (  # noqa: F401 (autouse fixture)
+    _flower_task_identity,
+    _node,
+    _opening,
+    _own_terms,
+    _ScriptedGrid,
+    _small_cfg,
+)
 
 pytestmark = [
     pytest.mark.flower,
@@ -46,7 +53,7 @@ def _run_driver(
         if c in strip:
             fields = {k: v for k, v in packet.fields.items() if not k.startswith("ahead")}
             packet = dataclasses.replace(packet, fields=fields)
-        reply, states[c] = handle_packet(packet, {"partition-id": c - 1}, states.get(c, NodeState()))
+        reply, states[c] = handle_packet(packet, _node(c), states.get(c, NodeState()))
         return encode_packet(reply)
 
     nodes = {c: 100 + c for c in range(1, cfg.clients + 1)}
@@ -141,7 +148,7 @@ def _advertised(cfg: Any, client: int = 1, r: int = 1) -> tuple[Any, Any, Any]:
     params = AheadParams(
         r, config_to_json(cfg), fed.plan.ring.bits, fed.dim, fed.sampler.max_cohort(), int(fed.privacy.min_survivors)
     )
-    fields, kept = advance(params, (), client, {"partition-id": client - 1}, None)
+    fields, kept = advance(params, (), client, _node(client), None, terms=_own_terms)
     return fed, packet, (params, fields, kept)
 
 
@@ -163,16 +170,14 @@ def test_node_runs_key_setup_ahead_then_answers_the_opening_with_its_masked_inpu
     shares: list[Any] = []
     for c in (1, 2, 3):  # stage 1 ahead: the sealed shares
         mine = tuple(m for m in out if m.recipient == c)
-        fields, kept[c] = advance(params, mine, c, {"partition-id": c - 1}, kept[c])
+        fields, kept[c] = advance(params, mine, c, _node(c), kept[c], terms=_own_terms)
         for m in outputs_from_fields(fields, c, 1) or []:
             shares.extend(server.receive(m))
     assert shares and {m.stage for m in shares} == {"masked-input"}
     mine = tuple(m for m in shares if m.recipient == 1)
     with pytest.raises(AheadError, match="before having the input"):  # the placeholder input is never masked
-        advance(params, mine, 1, {"partition-id": 0}, kept[1])
-    reply, state = handle_packet(
-        StagePacket(1, "train", mine, packet.fields), {"partition-id": 0}, NodeState(None, kept[1])
-    )
+        advance(params, mine, 1, _node(1), kept[1], terms=_own_terms)
+    reply, state = handle_packet(StagePacket(1, "train", mine, packet.fields), _node(1), NodeState(None, kept[1]))
     assert [m.stage for m in reply.messages] == ["masked-input"] and reply.messages[0].sender == 1
     assert state.ahead is None and state.session is not None
     assert state.session.history == kept[1].history + mine
@@ -189,9 +194,11 @@ def test_ahead_requests_that_do_not_continue_the_kept_session_are_refused() -> N
     _, _, (params, _, kept) = _advertised(cfg)
     keys = (Message(0, 1, 1, "share-keys", b"x"),)
     with pytest.raises(AheadError, match="no session was opened ahead"):
-        advance(params, keys, 1, {"partition-id": 0}, None)
+        advance(params, keys, 1, _node(1), None, terms=_own_terms)
     with pytest.raises(AheadError, match="differs from the one that opened it"):
-        advance(dc.replace(params, dim=params.dim + 1), keys, 1, {"partition-id": 0}, kept)
+        advance(dc.replace(params, config_json=params.config_json + " "), keys, 1, _node(1), kept, terms=_own_terms)
+    with pytest.raises(AheadError, match="differ from this node's own"):
+        advance(dc.replace(params, dim=params.dim + 1), keys, 1, _node(1), kept, terms=_own_terms)
 
 
 def test_node_refuses_an_opening_that_does_not_continue_its_ahead_session() -> None:
@@ -204,19 +211,19 @@ def test_node_refuses_an_opening_that_does_not_continue_its_ahead_session() -> N
     fed, packet, (params, _, kept) = _advertised(cfg)
     keys = (Message(0, 1, 1, "share-keys", b"x"),)
     with pytest.raises(ClientStateError, match="ran none"):
-        handle_round(StagePacket(1, "train", keys, packet.fields), {"partition-id": 0})
+        handle_round(StagePacket(1, "train", keys, packet.fields), _node(1))
     other_round = dataclasses.replace(kept, params=dataclasses.replace(params, round_id=2))
     with pytest.raises(AheadError, match="ran round 2"):
-        handle_round(StagePacket(1, "train", keys, packet.fields), {"partition-id": 0}, other_round)
+        handle_round(StagePacket(1, "train", keys, packet.fields), _node(1), other_round)
     other_cfg = dataclasses.replace(kept, params=dataclasses.replace(params, config_json=params.config_json + " "))
     with pytest.raises(AheadError, match="configuration differs"):
-        handle_round(StagePacket(1, "train", keys, packet.fields), {"partition-id": 0}, other_cfg)
+        handle_round(StagePacket(1, "train", keys, packet.fields), _node(1), other_cfg)
     lying = dataclasses.replace(kept, params=dataclasses.replace(params, min_survivors=params.min_survivors - 1))
     with pytest.raises(AheadError, match="differ from this node's own"):
-        handle_round(StagePacket(1, "train", keys, packet.fields), {"partition-id": 0}, lying)
+        handle_round(StagePacket(1, "train", keys, packet.fields), _node(1), lying)
     forged = dataclasses.replace(kept, sent=((kept.sent[0][0], b"\0" * len(kept.sent[0][1])),))
     with pytest.raises(AheadError, match="does not re-emit"):
-        handle_round(StagePacket(1, "train", keys, packet.fields), {"partition-id": 0}, forged)
+        handle_round(StagePacket(1, "train", keys, packet.fields), _node(1), forged)
 
 
 def test_advertise_refuses_input_dependent_backends_and_weaker_runs() -> None:
@@ -228,9 +235,9 @@ def test_advertise_refuses_input_dependent_backends_and_weaker_runs() -> None:
     fed, _ = _opening(cfg, 1)
     params = AheadParams(1, config_to_json(cfg), fed.plan.ring.bits, fed.dim, 3, 1)
     with pytest.raises(AheadError, match="depend on the input"):
-        advance(params, (), 1, {"partition-id": 0}, None)
+        advance(params, (), 1, _node(1), None, terms=_own_terms)
     with pytest.raises(NodePolicyError):
-        advance(params, (), 1, {"partition-id": 0, "require-secure-sum": "masking"}, None)
+        advance(params, (), 1, _node(1, require_secure_sum="masking"), None, terms=_own_terms)
 
 
 def test_malformed_requests_and_replies_are_refused() -> None:

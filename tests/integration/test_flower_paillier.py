@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_flower import _flower_task_identity, _opening, _ScriptedGrid, _small_cfg  # noqa: F401 (autouse fixture)
+from test_flower import (  # noqa: F401 (autouse fixture)
+    _flower_task_identity,
+    _node,
+    _opening,
+    _own_terms,
+    _ScriptedGrid,
+    _small_cfg,
+)
 
 pytestmark = [
     pytest.mark.flower,
@@ -109,7 +116,7 @@ def _configs(
 ) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for c in range(1, clients + 1):
-        out[CLIENT_BASE + c] = {"partition-id": c - 1, "insecure-small-key-for-tests": True}
+        out[CLIENT_BASE + c] = _node(c, insecure_small_key_for_tests=True)
         out[CLIENT_BASE + c].update((client_extra or {}).get(c, {}))
     for i, f in enumerate(holder_files, start=1):
         out[HOLDER_BASE + i] = {"privagg-role": "key-holder", "paillier-key-file": str(f)}
@@ -288,21 +295,21 @@ def test_a_pinned_node_refuses_another_key_before_training(
 
     with monkeypatch.context() as mp:
         mp.setattr(client_mod, "_client_build", no_training)
-        pinned = {"partition-id": 0, "insecure-small-key-for-tests": True}
+        pinned = _node(1, insecure_small_key_for_tests=True)
         pinned["paillier-public-key-sha256"] = _fingerprint(threshold_key)
         with pytest.raises(KeyPinError, match="this node pins"):
             handle_round(opening, pinned)
         with pytest.raises(NodePolicyError, match="512-bit Paillier key"):  # no test-key opt-in: the size floor
-            handle_round(opening, {"partition-id": 0})
+            handle_round(opening, _node(1))
         with pytest.raises(FlowerCodecError, match="unusable Paillier public key"):
-            handle_round(garbled, {"partition-id": 0})
+            handle_round(garbled, _node(1))
         with pytest.raises(FlowerCodecError, match="lacks 'paillier_public_key'"):
-            handle_round(base, {"partition-id": 0})
+            handle_round(base, _node(1))
         from secagg import Message
 
         carrying = StagePacket(1, "train", (Message(0, 1, 1, "x", b""),), opening.fields)
         with pytest.raises(ClientStateError, match="carries protocol messages"):
-            handle_round(carrying, {"partition-id": 0, "insecure-small-key-for-tests": True})
+            handle_round(carrying, _node(1, insecure_small_key_for_tests=True))
 
     # In a run, the pinned node whose pin does not match drops out; the others' sum goes through.
     nodes = _Nodes(
@@ -319,10 +326,10 @@ def test_node_policy_checks_the_pin_format() -> None:
     from fl_core.errors import ConfigError
     from fl_core.transport.flower.client import check_node_policy
 
-    check_node_policy(_small_cfg(), {"paillier-public-key-sha256": "AB" * 32})
+    check_node_policy(_small_cfg(), _node(1, paillier_public_key_sha256="AB" * 32))
     for bad in ("abc", "zz" * 32, 7):
         with pytest.raises(ConfigError, match="64-hex-digit SHA-256"):
-            check_node_policy(_small_cfg(), {"paillier-public-key-sha256": bad})
+            check_node_policy(_small_cfg(), _node(1, paillier_public_key_sha256=bad))
 
 
 def test_key_holder_decrypts_once_per_round_and_checks_requests(single_key: Path) -> None:
@@ -461,13 +468,13 @@ def test_server_refuses_a_test_size_key_unless_the_run_allows_it(single_key: Pat
 
 def test_no_paillier_stage_runs_ahead_or_after_the_opening_on_a_node() -> None:
     from fl_core.transport.flower.ahead import AheadError, AheadParams, advance
-    from fl_core.transport.flower.sessions import secure_sum_for
     from fl_core.transport.flower.options import config_to_json
+    from fl_core.transport.flower.sessions import secure_sum_for
     from secagg.paillier import PaillierSecureSum
 
     cfg = _paillier_cfg()
     with pytest.raises(AheadError, match="runs only in a round's opening message"):
-        advance(AheadParams(2, config_to_json(cfg), 32, 650, 3, 3), (), 1, {"partition-id": 0}, None)
+        advance(AheadParams(2, config_to_json(cfg), 32, 650, 3, 3), (), 1, _node(1), None, terms=_own_terms)
     with pytest.raises(AheadError, match="runs only in a round's opening message"):
         secure_sum_for(cfg, 32, 650, 3, 3)
     from fl_core.transport.flower.ahead import supports_ahead
@@ -486,7 +493,7 @@ def test_client_app_dispatches_by_role(single_key: Path) -> None:
     holder = Context(
         1, 5, {"privagg-role": "key-holder", "paillier-key-file": str(single_key / PRIVATE_KEY)}, RecordDict(), {}
     )
-    client = Context(1, 6, {"partition-id": 0}, RecordDict(), {})
+    client = Context(1, 6, _node(1), RecordDict(), {})
 
     def call(ctx: Any, message_type: str, packet: Any) -> Any:
         msg = Message(encode_packet(packet), dst_node_id=ctx.node_id, message_type=message_type)
@@ -542,7 +549,11 @@ def test_two_rounds_paillier_with_a_key_holder_supernode(single_key: Path, tmp_p
         "connect-timeout": 60.0,
         "insecure-small-key-for-tests": True,
     }
-    pin = {"paillier-public-key-sha256": _fingerprint(single_key), "insecure-small-key-for-tests": True}
+    pin = {
+        "paillier-public-key-sha256": _fingerprint(single_key),
+        "insecure-small-key-for-tests": True,
+        "allow-seeded-run": True,  # the run is seeded to compare with the in-process run
+    }
     with LocalDeployment(
         3, workdir=tmp_path / "deploy", key_holders=[single_key / PRIVATE_KEY], node_config=pin
     ) as dep:

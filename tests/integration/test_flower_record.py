@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_flower import _flower_task_identity, _ScriptedGrid, _small_cfg  # noqa: F401 (autouse fixture)
+from test_flower import _flower_task_identity, _node, _ScriptedGrid, _small_cfg  # noqa: F401 (autouse fixture)
 from test_flower_paillier import _configs, _Nodes, _options
 
 pytestmark = [

@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fl_core.config import RunConfig
 from fl_core.transport.flower.options import config_from_json
-from fl_core.transport.flower.policy import check_node_policy
+from fl_core.transport.flower.policy import NodeFloor, SessionTerms, check_node_policy
 from fl_core.transport.flower.sessions import AheadError, secure_sum_for, session_rng
 from secagg import SERVER, Message, RingSpec, SecAggError
 
@@ -214,7 +215,13 @@ class AheadSession:
 
 
 def advance(
-    params: AheadParams, messages: Sequence[Message], client: int, node_config: Any, kept: AheadSession | None
+    params: AheadParams,
+    messages: Sequence[Message],
+    client: int,
+    node_config: Any,
+    kept: AheadSession | None,
+    *,
+    terms: Callable[[RunConfig, NodeFloor], SessionTerms],
 ) -> tuple[dict[str, Any], AheadSession]:
     """Run the next input-free stage of ``client``'s session for ``params.round_id``.
 
@@ -222,15 +229,34 @@ def advance(
     messages, e.g. the key advertisement); otherwise rebuilds the kept session and
     answers the server's ``messages``. Returns (reply fields, state to keep).
 
+    ``terms`` gives the session parameters the node derives from the configuration with
+    its own federation (:func:`fl_core.transport.flower.policy.session_terms`); the
+    server's parameters must equal them, and the session is built from the node's.
+
     Raises:
         NodePolicyError: the run is weaker than the node operator's floor.
-        AheadError: the backend's first messages depend on the input; a message is of
-            the input stage or later (never answered without the input); the request
-            does not continue the session kept for that round.
+        AheadError: the backend's first messages depend on the input; the server's
+            secure-sum parameters differ from the node's own; a message is of the input
+            stage or later (never answered without the input); the request does not
+            continue the session kept for that round.
     """
     cfg = config_from_json(params.config_json)
-    check_node_policy(cfg, node_config)
-    ss = secure_sum_for(cfg, params.ring_bits, params.dim, params.max_clients, params.min_survivors)
+    floor = check_node_policy(cfg, node_config)
+    if cfg.secure_sum == "paillier":
+        secure_sum_for(cfg, params.ring_bits, params.dim, params.max_clients, params.min_survivors)  # raises
+    own = terms(cfg, floor)
+    if (params.ring_bits, params.dim, params.max_clients, params.min_survivors) != (
+        own.ring_bits,
+        own.dim,
+        own.max_clients,
+        own.min_survivors,
+    ):
+        raise AheadError(
+            f"round {params.round_id}: the server's secure-sum parameters (ring bits {params.ring_bits}, dimension "
+            f"{params.dim}, cohort bound {params.max_clients}, min survivors {params.min_survivors}) differ from "
+            f"this node's own ({own.ring_bits}, {own.dim}, {own.max_clients}, {own.min_survivors}): refused"
+        )
+    ss = secure_sum_for(cfg, own.ring_bits, own.dim, own.max_clients, own.min_survivors)
     if not supports_ahead(ss):
         raise AheadError(f"the {cfg.secure_sum} backend's first messages depend on the input: cannot run them ahead")
     allowed = input_free_stages(ss)
@@ -358,7 +384,7 @@ class AheadPipeline:
             round_id=round_id,
             config_json=config_json,
             ring_bits=fed.plan.ring.bits,
-            dim=fed.dim,
+            dim=fed.plan.dim,
             max_clients=fed.sampler.max_cohort(),
             min_survivors=int(fed.privacy.min_survivors),
         )

@@ -21,8 +21,11 @@ Security:
     is 32 fresh bytes from ``os.urandom`` per round, expanded by
     :class:`dp.randomness.SeededRandomSource` (SHAKE-256, a cryptographic XOF), so
     the keys are as strong as the OS CSPRNG's (Bonawitz et al. 2017, section 4 assume
-    fresh uniformly random keys per round). With a run seed (experiments only) the
-    keys, like the DP noise, are only as secret as that seed. A replayed session
+    fresh uniformly random keys per round). With a run seed the keys, like the DP
+    noise, are only as secret as that seed, so a node takes part only if its own
+    operator opted in (``allow-seeded-run``; :mod:`fl_core.transport.flower.policy`
+    checks this and every other setting that changes the node's protection before the
+    node builds or trains anything). A replayed session
     emits nothing: only replies to the current stage are sent, and a stage message
     that does not continue the stored round is refused
     (tests/integration/test_flower.py::test_client_refuses_stage_of_another_round).
@@ -49,6 +52,7 @@ from fl_core.transport.flower.ahead import (
     resume_session,
 )
 from fl_core.transport.flower.codec import (
+    CLIP_FIELD,
     HELLO,
     ROUND,
     STAGE,
@@ -61,7 +65,15 @@ from fl_core.transport.flower.codec import (
     vector_to_bytes,
 )
 from fl_core.transport.flower.options import config_from_json
-from fl_core.transport.flower.policy import NodePolicyError, check_node_policy, client_id_of
+from fl_core.transport.flower.policy import (
+    NodeFloor,
+    NodePolicyError,
+    SessionTerms,
+    check_node_policy,
+    check_round_terms,
+    client_id_of,
+    session_terms,
+)
 from fl_core.transport.flower.record import RecordState
 from fl_core.transport.flower.sessions import secure_sum_for, session_rng
 from secagg import Message, RingSpec
@@ -72,6 +84,7 @@ __all__ = [
     "STAGE",
     "TRAIN_STAGE",
     "ClientStateError",
+    "KeptTerms",
     "NodePolicyError",
     "NodeSession",
     "NodeState",
@@ -237,7 +250,7 @@ def _open_round(
 
     client = client_id_of(node_config)
     f = packet.fields
-    for key in ("config", "client", "global", "dim"):
+    for key in ("config", "client", "global", "dim", CLIP_FIELD):
         if key not in f:
             raise FlowerCodecError(f"the opening message of round {packet.round_id} lacks {key!r}")
     if f["client"] != client:
@@ -246,7 +259,7 @@ def _open_round(
             "(check each SuperNode's partition-id)"
         )
     cfg = config_from_json(str(f["config"]))
-    check_node_policy(cfg, node_config)
+    floor = check_node_policy(cfg, node_config)  # before building or loading anything
     r = packet.round_id
     paillier = None
     if cfg.secure_sum == "paillier":
@@ -261,6 +274,9 @@ def _open_round(
             f"the server's model has {f['dim']} values, this node's has {fed.dim}: different model or privagg version",
             option="model",
         )
+    # The round's clip, the survivors the noise share is sized for, the round's epsilon: checked
+    # against the floor before training; from here on the node clips at exactly the announced clip.
+    terms = check_round_terms(fed, floor, clip=f.get(CLIP_FIELD)).session
     if packet.messages and ahead is None:
         raise ClientStateError(
             f"the opening message of round {r} continues a session run ahead, but this node ran none "
@@ -281,12 +297,9 @@ def _open_round(
         seed = b"" if seeded else os.urandom(32)
         out = fed.secure_sum.client(client, r, session_rng(cfg, client, r, seed, seeded)).start(vec)
         return StagePacket(r, TRAIN_STAGE, tuple(out), fields), None, record
-    ring_bits = fed.plan.ring.bits
-    max_clients = fed.sampler.max_cohort()
-    min_survivors = int(fed.privacy.min_survivors)
     if packet.messages and ahead is not None:  # (messages without an ahead session were refused above)
         seed, seeded = ahead.session_seed, ahead.seeded
-        own = AheadParams(r, str(f["config"]), ring_bits, fed.dim, max_clients, min_survivors)
+        own = AheadParams(r, str(f["config"]), terms.ring_bits, terms.dim, terms.max_clients, terms.min_survivors)
         rng = session_rng(cfg, client, r, seed, seeded)
         session = resume_session(
             ahead, round_id=r, client=client, config_json=str(f["config"]), own=own, x=vec, rng=rng, ss=fed.secure_sum
@@ -301,10 +314,10 @@ def _open_round(
         round_id=r,
         client=client,
         config_json=str(f["config"]),
-        ring_bits=ring_bits,
-        dim=fed.dim,
-        max_clients=max_clients,
-        min_survivors=min_survivors,
+        ring_bits=terms.ring_bits,
+        dim=terms.dim,
+        max_clients=terms.max_clients,
+        min_survivors=terms.min_survivors,
         session_seed=seed,
         seeded=seeded,
         x=vector_to_bytes(vec),
@@ -363,16 +376,57 @@ def handle_stage(packet: StagePacket, state: NodeSession | None) -> tuple[StageP
 
 
 @dataclass(frozen=True, slots=True)
+class KeptTerms:
+    """The session terms the node derived and checked for one run configuration (reused by stages run ahead)."""
+
+    config_json: str
+    terms: SessionTerms
+
+    def to_record(self) -> Any:
+        from flwr.app import ConfigRecord
+
+        t = self.terms
+        return ConfigRecord(
+            {
+                "config": self.config_json,
+                "ring_bits": t.ring_bits,
+                "dim": t.dim,
+                "max_clients": t.max_clients,
+                "min_survivors": t.min_survivors,
+            }
+        )
+
+    @classmethod
+    def from_record(cls, rec: Any) -> KeptTerms:
+        terms = SessionTerms(int(rec["ring_bits"]), int(rec["dim"]), int(rec["max_clients"]), int(rec["min_survivors"]))
+        return cls(str(rec["config"]), terms)
+
+
+@dataclass(frozen=True, slots=True)
 class NodeState:
     """Everything a node keeps between messages.
 
-    The open round's session, the next round's session run ahead, and (record-level DP)
-    the node's Opacus accountant, which outlives rounds.
+    The open round's session, the next round's session run ahead, (record-level DP) the
+    node's Opacus accountant, which outlives rounds, and the session terms it checked.
     """
 
     session: NodeSession | None = None
     ahead: AheadSession | None = None
     record: RecordState | None = None
+    terms: KeptTerms | None = None
+
+
+def _terms_for(node_config: Any, kept: KeptTerms | None) -> Callable[[RunConfig, NodeFloor], SessionTerms]:
+    """The node's own session terms for a configuration: kept from an opening of it, or derived now."""
+
+    def derive(cfg: RunConfig, floor: NodeFloor) -> SessionTerms:
+        from fl_core.transport.flower.options import config_to_json
+
+        if kept is not None and kept.config_json == config_to_json(cfg):
+            return kept.terms
+        return session_terms(_client_federation(cfg), floor, cfg.dp)
+
+    return derive
 
 
 def handle_packet(
@@ -396,18 +450,24 @@ def handle_packet(
     if packet.stage == TRAIN_STAGE:
         ahead = state.ahead if state.ahead is not None and state.ahead.params.round_id == packet.round_id else None
         reply, session, record = _open_round(packet, node_config, ahead, state.record, on_record)
-        new = NodeState(session, None, record)
+        terms = state.terms
+        if session is not None:
+            terms = KeptTerms(
+                session.config_json,
+                SessionTerms(session.ring_bits, session.dim, session.max_clients, session.min_survivors),
+            )
+        new = NodeState(session, None, record, terms)
     elif packet.stage == AHEAD_STAGE:
         reply, new = StagePacket(packet.round_id, AHEAD_STAGE), state
     else:
         reply, stage_session = handle_stage(packet, state.session)
-        new = NodeState(stage_session, state.ahead, state.record)
+        new = replace(state, session=stage_session)
     client = client_id_of(node_config)
     req = request_from_fields(packet.fields, client)
     if req is not None:
         params, msgs = req
         kept = new.ahead if new.ahead is not None and new.ahead.params.round_id == params.round_id else None
-        fields, kept = advance(params, msgs, client, node_config, kept)
+        fields, kept = advance(params, msgs, client, node_config, kept, terms=_terms_for(node_config, new.terms))
         reply = StagePacket(reply.round_id, reply.stage, reply.messages, {**reply.fields, **fields})
         new = replace(new, ahead=kept)
     return reply, new
@@ -416,6 +476,7 @@ def handle_packet(
 # -- the Flower ClientApp -----------------------------------------------------------
 
 _AHEAD = "privagg.ahead"
+_TERMS = "privagg.terms"
 
 
 def _load_state(context: Any) -> NodeState:
@@ -423,17 +484,19 @@ def _load_state(context: Any) -> NodeState:
 
     rec = context.state.config_records.get(_STATE)
     arec = context.state.config_records.get(_AHEAD)
+    trec = context.state.config_records.get(_TERMS)
     return NodeState(
         NodeSession.from_record(rec) if rec is not None else None,
         AheadSession.from_record(arec) if arec is not None else None,
         record.load_state(context),
+        KeptTerms.from_record(trec) if trec is not None else None,
     )
 
 
 def _save_state(context: Any, state: NodeState) -> None:
     from fl_core.transport.flower import record
 
-    for key, value in ((_STATE, state.session), (_AHEAD, state.ahead)):
+    for key, value in ((_STATE, state.session), (_AHEAD, state.ahead), (_TERMS, state.terms)):
         if value is None:
             context.state.config_records.pop(key, None)
         else:
@@ -493,11 +556,11 @@ def _make_app() -> Any:
         state = _load_state(context)
         # A new round discards whatever the node held, even if it fails; the record-DP
         # accountant is kept, and saved as soon as training has charged it.
-        _save_state(context, NodeState(record=state.record))
+        _save_state(context, NodeState(record=state.record, terms=state.terms))
         packet = decode_packet(msg.content, stage=TRAIN_STAGE)
 
         def keep(record: RecordState) -> None:
-            _save_state(context, NodeState(record=record))
+            _save_state(context, NodeState(record=record, terms=state.terms))
 
         reply, new = handle_packet(packet, context.node_config, state, on_record=keep)
         _save_state(context, new)

@@ -30,6 +30,7 @@ from fl_core.errors import FLError
 from secagg import Message
 
 __all__ = [
+    "CLIP_FIELD",
     "HELLO",
     "RECORD",
     "ROUND",
@@ -55,6 +56,9 @@ STAGE = "train.privagg_stage"
 """Flower message type of each later protocol stage."""
 TRAIN_STAGE = "train"
 """Stage name of the opening message of a round."""
+
+CLIP_FIELD = "clip"
+"""Opening-message field: the round's clip, the one the server's ledger charges (nodes clip at exactly it)."""
 
 RECORD = "privagg"
 """Name of the ConfigRecord that holds a stage packet inside the Flower RecordDict."""

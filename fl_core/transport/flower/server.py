@@ -42,6 +42,7 @@ from fl_core.config import RunConfig
 from fl_core.errors import FLError
 from fl_core.transport.flower.ahead import AHEAD_STAGE, AheadPipeline
 from fl_core.transport.flower.codec import (
+    CLIP_FIELD,
     HELLO,
     ROUND,
     STAGE,
@@ -371,7 +372,14 @@ class FlowerRoundDriver:
                 r,
                 TRAIN_STAGE,
                 tuple(firsts.get(c, ())),
-                {"config": config_json, "client": c, "global": gbytes, "dim": fed.dim, **self.opening_fields},
+                {
+                    "config": config_json,
+                    "client": c,
+                    "global": gbytes,
+                    "dim": fed.dim,
+                    CLIP_FIELD: float(fed.privacy.clip_norm),
+                    **self.opening_fields,
+                },
             )
             for c in openers
         }
