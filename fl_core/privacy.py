@@ -248,6 +248,27 @@ class DPPolicy:
         ids = () if planned or survivor_ids is None else tuple(sorted(survivor_ids))
         return dataclasses.replace(event, cohort_ids=tuple(sorted(cohort.members)), survivor_ids=ids)
 
+    # -- checkpoints --------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state that changes between rounds (the adaptive clip), to store in a checkpoint."""
+        return {"clip_norm": self._adaptive.clip_norm} if self._adaptive is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`state_dict` returned (the policy must be built from the same config)."""
+        if self._adaptive is None or "clip_norm" not in state:
+            return
+        a = self._adaptive
+        self._adaptive = AdaptiveClip(
+            float(state["clip_norm"]),
+            target_quantile=a.target_quantile,
+            learning_rate=a.learning_rate,
+            count_noise_std=a.count_noise_std,
+            min_clip=a._lo,
+            max_clip=a._hi,
+        )
+        self._pending_fraction = None
+
     # -- adaptive clipping (Andrew et al. 2021) -------------------------------
 
     @property
@@ -289,12 +310,19 @@ class DPPolicy:
 
 
 def build_privacy(
-    cfg: RunConfig, sampler: Sampler, model: nn.Module, *, open_ledger: bool = True
+    cfg: RunConfig,
+    sampler: Sampler,
+    model: nn.Module,
+    *,
+    open_ledger: bool = True,
+    run_description: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (Federation keyword arguments, extra summary fields) for ``cfg``'s DP mode.
 
     ``open_ledger=False`` is for parties that never charge rounds (e.g. a client node of a
-    networked run): no ledger file is opened or created.
+    networked run): no ledger file is opened or created. ``run_description``: what the run
+    actually is (:func:`fl_core.provenance.describe_run`), written as the header of a new
+    ledger; without it the header holds ``cfg``'s options.
     """
     if cfg.dp == "none":
         return {"privacy": NoPrivacy(clip_norm=cfg.clip if cfg.clip is not None else 10.0)}, {}
@@ -349,7 +377,11 @@ def build_privacy(
         ledger_path.parent.mkdir(parents=True, exist_ok=True)
         ledger = Ledger.open(
             ledger_path,
-            create_meta={k: v for k, v in cfg.to_dict().items() if k != "ledger"},
+            create_meta=(
+                dict(run_description)
+                if run_description is not None
+                else {k: v for k, v in cfg.to_dict().items() if k != "ledger"}
+            ),
             accountant=accountant,
             accountant_version=ACCOUNTANT_VERSIONS.get(accountant, ""),
         )
