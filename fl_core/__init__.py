@@ -13,12 +13,16 @@ if TYPE_CHECKING:
     from fl_core.config import RunConfig
     from fl_core.data import FederatedData, federate, load_dataset, partition_labels
     from fl_core.errors import (
+        CheckpointError,
         ClientTrainingError,
         ConfigError,
         DataError,
         FLError,
+        LedgerConflictError,
         ModelError,
         RoundFailedError,
+        TaskError,
+        TooManyAbortsError,
         UpdateError,
     )
     from fl_core.evaluation import make_evaluator
@@ -28,6 +32,9 @@ if TYPE_CHECKING:
     from fl_core.pipeline import NoPrivacy, PrivacyPolicy
     from fl_core.sampling import Cohort, Sampler, SamplingScheme
     from fl_core.server import ServerOptimizer
+    from fl_core.runner import build_federation, execute
+    from fl_core.sources import OneClient, ServerOnly, TaskClients
+    from fl_core.task import Task, builtin_task, load_task, node_config_for
     from fl_core.training import make_sgd_train_fn
 
 _EXPORTS: dict[str, str] = {
@@ -43,6 +50,19 @@ _EXPORTS: dict[str, str] = {
     "ModelError": "fl_core.errors",
     "RoundFailedError": "fl_core.errors",
     "UpdateError": "fl_core.errors",
+    "CheckpointError": "fl_core.errors",
+    "LedgerConflictError": "fl_core.errors",
+    "TaskError": "fl_core.errors",
+    "TooManyAbortsError": "fl_core.errors",
+    "build_federation": "fl_core.runner",
+    "execute": "fl_core.runner",
+    "OneClient": "fl_core.sources",
+    "ServerOnly": "fl_core.sources",
+    "TaskClients": "fl_core.sources",
+    "Task": "fl_core.task",
+    "builtin_task": "fl_core.task",
+    "load_task": "fl_core.task",
+    "node_config_for": "fl_core.task",
     "make_evaluator": "fl_core.evaluation",
     "Federation": "fl_core.federation",
     "RoundResult": "fl_core.federation",
@@ -58,6 +78,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "CheckpointError",
     "ClientTrainingError",
     "Cohort",
     "ConfigError",
@@ -65,8 +86,10 @@ __all__ = [
     "FLError",
     "FederatedData",
     "Federation",
+    "LedgerConflictError",
     "ModelError",
     "NoPrivacy",
+    "OneClient",
     "ParamCodec",
     "PrivacyPolicy",
     "RoundFailedError",
@@ -74,13 +97,23 @@ __all__ = [
     "RunConfig",
     "Sampler",
     "SamplingScheme",
+    "ServerOnly",
     "ServerOptimizer",
+    "Task",
+    "TaskClients",
+    "TaskError",
+    "TooManyAbortsError",
     "UpdateError",
+    "build_federation",
     "build_model",
+    "builtin_task",
+    "execute",
     "federate",
     "load_dataset",
+    "load_task",
     "make_evaluator",
     "make_sgd_train_fn",
+    "node_config_for",
     "partition_labels",
 ]
 

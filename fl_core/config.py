@@ -78,6 +78,12 @@ class RunConfig:
     buffers: str = "local"
     seed: int | None = None
     threads: int = 1
+    task: str | None = None
+    """A task module (path to a ``.py`` file or dotted name); None runs privagg's own demo."""
+    node_config: str | None = None
+    """Operator keys handed to the task's ``load_data`` (``"data-dir=shards/{partition-id}"``)."""
+    device: str = "cpu"
+    max_consecutive_aborts: int = 10
 
     def __post_init__(self) -> None:
         for key, allowed in CHOICES.items():
@@ -136,6 +142,12 @@ class RunConfig:
             isinstance(self.max_participation, int) and self.max_participation >= 1
         ):
             raise ConfigError("--max-participation must be a positive integer", option="max_participation")
+        if not (self.device in ("cpu", "cuda", "auto") or str(self.device).startswith("cuda:")):
+            raise ConfigError(f"--device {self.device!r} is not valid; choose cpu, cuda or auto", option="device")
+        if not (isinstance(self.max_consecutive_aborts, int) and self.max_consecutive_aborts >= 1):
+            raise ConfigError("--max-consecutive-aborts must be a positive integer", option="max_consecutive_aborts")
+        if self.node_config is not None and self.task is None:
+            raise ConfigError("--node-config configures a task's load_data: give --task too", option="node_config")
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)

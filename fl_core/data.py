@@ -25,6 +25,7 @@ __all__ = [
     "load_dataset",
     "partition_labels",
     "federate",
+    "load_federated_data",
 ]
 
 PartitionName = Literal["iid", "dirichlet", "shards"]
@@ -244,3 +245,20 @@ def federate(
 
 def sizes(datasets: Sequence[Dataset[Any]]) -> list[int]:
     return [len(d) for d in datasets]  # type: ignore[arg-type]
+
+
+def load_federated_data(cfg: Any) -> FederatedData:
+    """privagg's demo data for a run config: ``cfg.dataset`` split over ``cfg.clients`` by ``cfg.partition``."""
+    data_seed = 0 if cfg.seed is None else cfg.seed
+    train, test, shape, classes = load_dataset(cfg.dataset, seed=data_seed)
+    return federate(
+        train,
+        test,
+        num_clients=cfg.clients,
+        input_shape=shape,
+        num_classes=classes,
+        name=cfg.dataset,
+        scheme=cfg.partition,
+        alpha=cfg.alpha,
+        seed=data_seed,
+    )

@@ -10,6 +10,10 @@ __all__ = [
     "UpdateError",
     "DataError",
     "RoundFailedError",
+    "TaskError",
+    "TooManyAbortsError",
+    "CheckpointError",
+    "LedgerConflictError",
 ]
 
 
@@ -30,7 +34,16 @@ class ModelError(FLError, TypeError):
 
 
 class DataError(FLError, ValueError):
-    """A dataset is missing, malformed, or a client has no data."""
+    """A dataset is missing, malformed, or a client has no data.
+
+    ``function`` names the user function that returned it (e.g. ``"load_data"``) and
+    ``client`` the client (1-based), when known.
+    """
+
+    def __init__(self, message: str, *, function: str | None = None, client: int | None = None) -> None:
+        super().__init__(message)
+        self.function = function
+        self.client = client
 
 
 class ClientTrainingError(FLError):
@@ -55,3 +68,40 @@ class RoundFailedError(FLError):
     def __init__(self, message: str, *, round: int) -> None:  # noqa: A002
         super().__init__(message)
         self.round = round
+
+
+class TaskError(ConfigError):
+    """A task module cannot be used: missing or non-callable function, wrong signature, import failure.
+
+    ``function`` names the task function at fault (None when the module itself failed).
+    """
+
+    def __init__(self, message: str, *, function: str | None = None) -> None:
+        super().__init__(message, option="task")
+        self.function = function
+
+
+class TooManyAbortsError(RoundFailedError):
+    """More consecutive rounds aborted than ``max_consecutive_aborts`` allows; training stopped.
+
+    Every aborted attempt released nothing and left the model and the ledger as they were.
+    """
+
+    def __init__(self, message: str, *, round: int, aborts: int) -> None:  # noqa: A002
+        super().__init__(message, round=round)
+        self.aborts = aborts
+
+
+class CheckpointError(FLError):
+    """A checkpoint or run folder cannot be used (unreadable, another format, or not bound to the ledger)."""
+
+
+class LedgerConflictError(ConfigError):
+    """The ledger belongs to another run (its header differs) or already holds rounds of this one.
+
+    ``differences`` maps each differing header key to ``(ledger's value, this run's value)``.
+    """
+
+    def __init__(self, message: str, *, differences: dict[str, tuple[object, object]] | None = None) -> None:
+        super().__init__(message, option="ledger")
+        self.differences = dict(differences or {})

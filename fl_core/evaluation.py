@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 __all__ = ["EvalFn", "make_evaluator"]
 
-EvalFn = Callable[[nn.Module], dict[str, float]]
+EvalFn = Callable[[nn.Module], Mapping[str, float]]
 
 
 def make_evaluator(test: Dataset[Any], *, batch_size: int = 1024) -> EvalFn:

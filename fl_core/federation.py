@@ -7,9 +7,11 @@ optimizer, the privacy events and the ledger exactly as they were.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +21,7 @@ from torch import nn
 from dp.errors import ClientBudgetExceededError
 from fl_core.backends import BackendRequest, build_secure_sum
 from fl_core.client import TrainFn, compute_update
-from fl_core.errors import ConfigError, RoundFailedError
+from fl_core.errors import ClientTrainingError, ConfigError, RoundFailedError, TooManyAbortsError, UpdateError
 from fl_core.evaluation import EvalFn
 from fl_core.params import BufferPolicy, ParamCodec
 from fl_core.pipeline import (
@@ -33,10 +35,17 @@ from fl_core.pipeline import (
 )
 from fl_core.sampling import Cohort, Sampler
 from fl_core.server import ServerOptimizer
+from fl_core.sources import ClientDataView, ClientSource, InMemoryClients
 from fl_core.transport import InProcessTransport, Transport
 from secagg import RingVector, RoundOutcome, SecAggError, SecureSum
 
-__all__ = ["Federation", "RoundResult", "RoundStart"]
+__all__ = ["Federation", "RoundResult", "RoundStart", "round_label"]
+
+
+def round_label(round_id: int, attempt: int) -> str:
+    """The label that keys a round attempt's randomness: ``"R"`` for the first attempt, ``"R~A"`` after
+    ``A`` aborts, so a retried round draws a fresh cohort, fresh noise and fresh secure-sum keys."""
+    return str(round_id) if attempt == 0 else f"{round_id}~{attempt}"
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,18 @@ class RoundResult:
     """Cohort members whose own privacy limit refused the round (they sent nothing: dropouts)."""
     cpu_s: dict[str, float] = field(default_factory=dict)
     """Process CPU seconds of this round per phase (:data:`fl_core.pipeline.PHASES`)."""
+    aborted: bool = False
+    """The attempt released nothing and left the model, optimizer and ledger as they were;
+    the next attempt of the same round draws a fresh cohort."""
+    reason: str | None = None
+    """Why the attempt aborted (None for a committed round)."""
+    attempt: int = 0
+    """How many attempts of this round aborted before this one."""
+    dropouts: Mapping[int, str] = field(default_factory=dict)
+    """Cohort members whose training failed (``train_fn`` raised, or a NaN/Inf update), with the
+    reason: they sent nothing and counted as dropouts."""
+    record_epsilon: float | None = None
+    """Record-level (Opacus DP-SGD) epsilon, the maximum over clients, when record-level DP is on."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,12 @@ class RoundStart:
     round: int
     cohort: Cohort
     skipped: bool = False
+    attempt: int = 0
+
+    @property
+    def label(self) -> str:
+        """The label keying this attempt's randomness (see :func:`round_label`)."""
+        return round_label(self.round, self.attempt)
 
 
 @dataclass
@@ -91,7 +118,9 @@ class Federation:
     Args:
         model: the global model (updated in place after each committed round).
         train_fn: the user's unchanged ``train_fn(model, client_data)``.
-        client_data: one entry per client; client ``i`` (1-based) gets ``client_data[i-1]``.
+        client_data: one entry per client (client ``i``, 1-based, gets ``client_data[i-1]``), or a
+            :class:`~fl_core.sources.ClientSource` (loaded lazily from a task, none on a server,
+            one client's on a node).
         secure_sum: a backend name (``"plain"``, ``"masking"``, ``"paillier"``) or a built SecureSum.
         secure_sum_options: backend options (e.g. ``{"graph": "sparse"}``).
         sampler: how cohorts are drawn (default: every client every round).
@@ -111,13 +140,24 @@ class Federation:
             before the client touches its data, and ``charge(client, round)`` records the round once
             the client's input is ready, before it leaves. A refusing client is a dropout.
         transport: carries each secure-sum round (default: in-process simulation).
+        device: where clients train (``"cpu"``, ``"cuda"``, a torch.device): the local copy of the
+            model is moved there for ``train_fn``; the update comes back to the CPU before clipping,
+            so DP and secure-sum arithmetic never leave the CPU. The global model stays on the CPU.
+        record_dp: a :class:`fl_core.record_dp.RecordDP` whose per-client accountants are
+            reported in each result's ``record_epsilon`` (and in ``epsilon`` when no client-level
+            DP is on).
+
+    Hooks (set as attributes): ``commit_guard`` - a context-manager factory entered from the
+    ledger append to the end of the round's commit (a signal handler defers interruption
+    there); ``on_commit(result)`` - called inside it once the round is committed (a
+    checkpoint writer); ``on_abort(result)`` - called after an attempt aborted.
     """
 
     def __init__(
         self,
         model: nn.Module,
         train_fn: TrainFn,
-        client_data: Sequence[Any],
+        client_data: Sequence[Any] | ClientSource,
         *,
         rng: Any,
         secure_sum: str | SecureSum = "plain",
@@ -136,21 +176,30 @@ class Federation:
         admit: Callable[[int, Cohort], Cohort] | None = None,
         client_guard: Any = None,
         transport: Transport | None = None,
+        device: Any = "cpu",
+        record_dp: Any = None,
     ) -> None:
-        if len(client_data) == 0:
+        source: ClientSource = client_data if isinstance(client_data, ClientSource) else InMemoryClients(client_data)
+        if source.population == 0:
             raise ConfigError("client_data is empty: at least one client is needed", option="clients")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {dropout}", option="dropout")
         self.model = model
         self.train_fn = train_fn
-        self.client_data = list(client_data)
+        self.source = source
+        self.client_data = ClientDataView(source)
         self.codec = ParamCodec(model, buffers=buffers)
-        self.sampler = sampler or Sampler.full(len(self.client_data))
-        if self.sampler.population != len(self.client_data):
+        self.sampler = sampler or Sampler.full(source.population)
+        if self.sampler.population != source.population:
             raise ConfigError(
-                f"sampler population {self.sampler.population} != {len(self.client_data)} clients",
+                f"sampler population {self.sampler.population} != {source.population} clients",
                 option="clients",
             )
+        self.device = device
+        self.record_dp = record_dp
+        self.commit_guard: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
+        self.on_commit: Callable[[RoundResult], None] | None = None
+        self.on_abort: Callable[[RoundResult], None] | None = None
         self.privacy: PrivacyPolicy = privacy or NoPrivacy()
         self.optimizer = ServerOptimizer(lr=server_lr, momentum=server_momentum)
         self.rng = rng
@@ -181,7 +230,10 @@ class Federation:
         self.client_guard = client_guard
         self.round = 0
         self.history: list[RoundResult] = []
-        self._cohorts: dict[int, Any] = {}
+        self._cohorts: dict[str, Any] = {}
+        self.attempts: dict[int, int] = {}
+        """Round -> how many of its attempts aborted (the next attempt's randomness is keyed by it)."""
+        self.aborts: list[RoundResult] = []
 
     # -- public API ---------------------------------------------------------
 
@@ -205,17 +257,49 @@ class Federation:
         if close is not None:
             close()
 
-    def rounds(self, n: int) -> Iterator[RoundResult]:
-        """Run ``n`` rounds, yielding each committed round's result (the step-by-step form)."""
+    def rounds(self, n: int, *, max_consecutive_aborts: int = 10) -> Iterator[RoundResult]:
+        """Commit ``n`` rounds, yielding each round's result (the step-by-step form).
+
+        An aborted attempt (too few survivors, a failed secure sum) released nothing and
+        changed nothing; it is yielded with ``aborted=True`` and the round is attempted again
+        with a fresh cohort. After ``max_consecutive_aborts`` aborts in a row a
+        :class:`~fl_core.errors.TooManyAbortsError` ends the loop.
+        """
         if n < 0:
             raise ConfigError(f"rounds must be >= 0, got {n}", option="rounds")
-        for _ in range(n):
-            yield self.run_round()
+        if max_consecutive_aborts < 1:
+            raise ConfigError("max_consecutive_aborts must be >= 1", option="max_consecutive_aborts")
+        done = consecutive = 0
+        while done < n:
+            seen = len(self.aborts)
+            try:
+                res = self.run_round()
+            except RoundFailedError as exc:
+                if len(self.aborts) == seen:  # raised outside the loop's own bookkeeping
+                    self.attempts[exc.round] = self.attempts.get(exc.round, 0) + 1
+                    self.aborts.append(self._aborted(exc, None, {}))
+                res = self.aborts[-1]
+                consecutive += 1
+                yield res
+                if consecutive >= max_consecutive_aborts:
+                    raise TooManyAbortsError(
+                        f"{consecutive} consecutive attempts of round {exc.round} aborted (last: {exc}); each released "
+                        "nothing. Make aborts rarer: lower --min-survivors or --dropout, or raise the cohort size "
+                        "(--per-round / --sampling-rate); or allow more with --max-consecutive-aborts",
+                        round=exc.round,
+                        aborts=consecutive,
+                    ) from exc
+                continue
+            consecutive = 0
+            done += 1
+            yield res
 
-    def fit(self, n: int, *, on_round: Callable[[RoundResult], None] | None = None) -> list[RoundResult]:
-        """Run ``n`` rounds; returns their results (also kept in ``self.history``)."""
+    def fit(
+        self, n: int, *, on_round: Callable[[RoundResult], None] | None = None, max_consecutive_aborts: int = 10
+    ) -> list[RoundResult]:
+        """Commit ``n`` rounds; returns every attempt's result (committed rounds are also in ``self.history``)."""
         out = []
-        for res in self.rounds(n):
+        for res in self.rounds(n, max_consecutive_aborts=max_consecutive_aborts):
             out.append(res)
             if on_round is not None:
                 on_round(res)
@@ -230,28 +314,47 @@ class Federation:
         global_vec = self.codec.flatten(self.model)
         inputs: dict[int, RingVector] = {}
         clipped = saturated = 0
+        failed: dict[int, str] = {}
         refused: list[int] = []
         for c in start.cohort.members:
             try:
-                vec, clip = self.client_contribution(c, start.round, global_vec, self.client_data[c - 1])
+                vec, clip = self.client_contribution(c, start.round, global_vec, self.source.get(c))
             except ClientBudgetExceededError:
                 refused.append(c)  # its own limit: it sends nothing, the round goes on without it
+                continue
+            except (ClientTrainingError, UpdateError) as exc:
+                # The client's own code failed: it sends nothing and is a dropout for this round.
+                failed[c] = str(exc)
                 continue
             inputs[c] = vec
             clipped += int(clip.clipped)
             saturated += clip.saturated
+        stages = self.dropouts(start.cohort.members, start.round)
+        if failed:
+            zero = self.plan.ring.zeros(self.plan.dim)  # never sent: the client never starts
+            for c in failed:
+                inputs[c] = zero
+                stages[c] = 0
         try:
             outcome = self.transport.run(
                 self.secure_sum,
-                inputs,
+                dict(sorted(inputs.items())),
                 round_id=start.round,
                 rng_for=lambda c: self.secagg_rng(c, start.round),
-                stages_completed=self.dropouts(start.cohort.members, start.round),
+                stages_completed=stages,
             )
         except SecAggError as exc:
+            self._abort(start, f"round {start.round}: secure sum failed: {exc}", failed, t0)
             raise RoundFailedError(f"round {start.round}: secure sum failed: {exc}", round=start.round) from exc
         return self.finish_round(
-            start, outcome, global_vec, clipped=clipped, saturated=saturated, t0=t0, refused=tuple(refused)
+            start,
+            outcome,
+            global_vec,
+            clipped=clipped,
+            saturated=saturated,
+            t0=t0,
+            failed=failed,
+            refused=tuple(refused),
         )
 
     # -- the round in pieces (a networked transport runs them on different machines) --
@@ -263,21 +366,23 @@ class Federation:
         running (to have its members advertise their keys early); sampling depends on
         no data and charges nothing, so drawing it early changes nothing else.
         """
-        if r not in self._cohorts:
-            self._cohorts = {k: v for k, v in self._cohorts.items() if k > self.round}
-            cohort = self.sampler.sample(self.rng.spawn(f"sample/{r}"))
+        label = round_label(r, self.attempts.get(r, 0))
+        if label not in self._cohorts:
+            self._cohorts = {k: v for k, v in self._cohorts.items() if int(k.split("~")[0]) > self.round}
+            cohort = self.sampler.sample(self.rng.spawn(f"sample/{label}"))
             if self.accounting.admit is not None:
                 cohort = self.accounting.admit(r, cohort)
-            self._cohorts[r] = cohort
-        return self._cohorts[r]
+            self._cohorts[label] = cohort
+        return self._cohorts[label]
 
     def begin_round(self) -> RoundStart:
         """Server: sample the cohort and check the budget before anything runs."""
         r = self.round + 1
         self.timer.take()  # a round's CPU record starts here
         cohort = self.cohort_of(r)
+        attempt = self.attempts.get(r, 0)
         if not cohort.members:
-            return RoundStart(r, cohort, skipped=True)
+            return RoundStart(r, cohort, skipped=True, attempt=attempt)
         acc = self.accounting
         if acc.budget is not None:
             planned = self.privacy.round_event(
@@ -290,7 +395,7 @@ class Federation:
             )
             if planned is not None:
                 acc.budget.check(acc.events, planned)
-        return RoundStart(r, cohort)
+        return RoundStart(r, cohort, attempt=attempt)
 
     def client_contribution(
         self, client: int, round_id: int, global_vec: Any, client_data: Any
@@ -308,15 +413,20 @@ class Federation:
             model = copy.deepcopy(self.model)
             self.codec.unflatten_into(model, global_vec)
         with self.timer.phase("train"):
-            delta = compute_update(model, global_vec, self.codec, self.train_fn, client_data, client_id=client)
-        out = self.client_pipeline.run(delta, self.rng.spawn(f"client/{client}/round/{round_id}"))
+            delta = compute_update(
+                model, global_vec, self.codec, self.train_fn, client_data, client_id=client, device=self.device
+            )
+        out = self.client_pipeline.run(delta, self.rng.spawn(f"client/{client}/round/{self._label(round_id)}"))
         if guard is not None:
             guard.charge(client, round_id)  # the input is ready: charged before anything leaves
         return out
 
     def secagg_rng(self, client: int, round_id: int) -> Any:
-        """The random source of ``client``'s secure-sum session in round ``round_id``."""
-        return self.rng.spawn(f"secagg/{client}/round/{round_id}")
+        """The random source of ``client``'s secure-sum session in round ``round_id`` (its current attempt)."""
+        return self.rng.spawn(f"secagg/{client}/round/{self._label(round_id)}")
+
+    def _label(self, round_id: int) -> str:
+        return round_label(round_id, self.attempts.get(round_id, 0))
 
     def finish_round(
         self,
@@ -327,23 +437,35 @@ class Federation:
         clipped: int | None = None,
         saturated: int = 0,
         t0: float | None = None,
+        failed: Mapping[int, str] | None = None,
         refused: tuple[int, ...] = (),
     ) -> RoundResult:
-        """Server: decode the sum, add central noise, step the optimizer, charge the ledger, publish."""
+        """Server: decode the sum, add central noise, step the optimizer, charge the ledger, publish.
+
+        ``failed``: cohort members whose training failed (client -> reason), recorded in the
+        result. An abort raises :class:`~fl_core.errors.RoundFailedError` after recording the
+        attempt (``self.aborts``); the round's next attempt draws a fresh cohort.
+        """
         t0 = time.perf_counter() if t0 is None else t0
         r, cohort, acc = start.round, start.cohort, self.accounting
+        failed = dict(failed or {})
         if outcome.error is not None or outcome.total is None:
-            raise RoundFailedError(f"round {r} aborted, model unchanged: {outcome.error}", round=r) from outcome.error
+            msg = f"round {r} aborted, model unchanged: {outcome.error}" + _failures(failed)
+            self._abort(start, msg, failed, t0)
+            raise RoundFailedError(msg, round=r) from outcome.error
         survivors = tuple(sorted(outcome.survivors))
         self.timer.add("mask", sum(outcome.client_cpu_s.values()))
         self.timer.add("unmask", outcome.server_cpu_s)
         if len(survivors) < self.privacy.min_survivors:
-            raise RoundFailedError(
+            msg = (
                 f"round {r} aborted, model unchanged: {len(survivors)} survivors < the {self.privacy.min_survivors} "
-                "the DP noise was sized for (lower --dropout, or raise the cohort size)",
-                round=r,
+                "the DP noise was sized for (lower --dropout, or raise the cohort size)" + _failures(failed)
             )
-        avg = self.server_pipeline.run(outcome.total, len(survivors), self.rng.spawn(f"server-noise/{r}"))
+            self._abort(start, msg, failed, t0)
+            raise RoundFailedError(msg, round=r)
+        avg = self.server_pipeline.run(
+            outcome.total, len(survivors), self.rng.spawn(f"server-noise/{round_label(r, start.attempt)}")
+        )
         new_vec, velocity = self.optimizer.step(global_vec, avg)
         event = self.privacy.round_event(
             round=r,
@@ -361,45 +483,93 @@ class Federation:
                 if (acc.epsilon_fn is not None and event is not None)
                 else self._current_epsilon()
             )
+        with self.commit_guard():  # from the ledger append on, the round commits whole
             ledger_head = None
             if acc.ledger is not None and event is not None:
-                acc.ledger.append(event, epsilon=epsilon, delta=self.privacy.delta)  # commit point (fsync)
+                with self.timer.phase("account"):
+                    acc.ledger.append(event, epsilon=epsilon, delta=self.privacy.delta)  # commit point (fsync)
                 ledger_head = getattr(acc.ledger, "head_hash", None)
-        # Commit: nothing below can fail on valid state.
-        self.codec.unflatten_into(self.model, new_vec)
-        self.optimizer.commit(velocity)
-        if event is not None:
-            acc.events.append(event)
-        self._last_epsilon = epsilon
-        self.round = r
-        n = len(cohort.members)
-        fraction = (clipped / n) if clipped is not None else float("nan")
-        self.privacy.after_round(fraction)
-        with self.timer.phase("eval"):
-            metrics = self._evaluate()
+            # Commit: nothing below can fail on valid state.
+            self.codec.unflatten_into(self.model, new_vec)
+            self.optimizer.commit(velocity)
+            if event is not None:
+                acc.events.append(event)
+            self._last_epsilon = epsilon
+            self.round = r
+            self.attempts.pop(r, None)
+            n = len(cohort.members)
+            fraction = (clipped / n) if clipped is not None else float("nan")
+            self.privacy.after_round(fraction)
+            record_eps = self._record_epsilon(cohort.members)
+            with self.timer.phase("eval"):
+                metrics = self._evaluate()
+            res = RoundResult(
+                round=r,
+                cohort=cohort.members,
+                survivors=survivors,
+                metrics=metrics,
+                epsilon=epsilon if self.privacy.mode != "none" else record_eps,
+                delta=self.privacy.delta if self.privacy.mode != "none" else self._record_delta(),
+                bytes_up_per_client=sum(outcome.bytes_up.values()) / n,
+                bytes_down_per_client=sum(outcome.bytes_down.values()) / n,
+                clipped_fraction=fraction,
+                wall_s=time.perf_counter() - t0,
+                event=event,
+                saturated_coordinates=saturated,
+                ledger_head=ledger_head,
+                attempt=start.attempt,
+                dropouts=failed,
+                record_epsilon=record_eps,
+                refused=refused,
+                cpu_s=self.timer.take(),
+            )
+            self.history.append(res)
+            if self.on_commit is not None:
+                self.on_commit(res)
+        return res
+
+    def abort_round(self, start: RoundStart, reason: str) -> RoundResult:
+        """Server: record that ``start``'s attempt aborted (nothing released); the next
+        :meth:`begin_round` draws a fresh cohort for the same round. For transports that
+        fail a round before :meth:`finish_round` (``run_round`` and ``finish_round`` call it
+        themselves)."""
+        return self._abort(start, reason, {}, time.perf_counter())
+
+    def _abort(self, start: RoundStart, reason: str, failed: Mapping[int, str], t0: float) -> RoundResult:
+        res = self._aborted(RoundFailedError(reason, round=start.round), start, failed, t0=t0)
+        self.attempts[start.round] = start.attempt + 1
+        self.aborts.append(res)
+        if self.on_abort is not None:
+            self.on_abort(res)
+        return res
+
+    def _aborted(
+        self, exc: RoundFailedError, start: RoundStart | None, failed: Mapping[int, str], t0: float | None = None
+    ) -> RoundResult:
+        members = start.cohort.members if start is not None else ()
         res = RoundResult(
-            round=r,
-            cohort=cohort.members,
-            survivors=survivors,
-            metrics=metrics,
-            epsilon=epsilon,
+            round=exc.round,
+            cohort=members,
+            survivors=(),
+            metrics={},
+            epsilon=self._current_epsilon(),
             delta=self.privacy.delta,
-            bytes_up_per_client=sum(outcome.bytes_up.values()) / n,
-            bytes_down_per_client=sum(outcome.bytes_down.values()) / n,
-            clipped_fraction=fraction,
-            wall_s=time.perf_counter() - t0,
-            event=event,
-            saturated_coordinates=saturated,
-            ledger_head=ledger_head,
-            refused=refused,
-            cpu_s=self.timer.take(),
+            bytes_up_per_client=0.0,
+            bytes_down_per_client=0.0,
+            clipped_fraction=float("nan"),
+            wall_s=(time.perf_counter() - t0) if t0 is not None else 0.0,
+            aborted=True,
+            reason=str(exc),
+            attempt=start.attempt if start is not None else self.attempts.get(exc.round, 1) - 1,
+            dropouts=dict(failed),
+            record_epsilon=self._record_epsilon(members),
         )
-        self.history.append(res)
         return res
 
     def _skip(self, start: RoundStart, t0: float) -> RoundResult:
         # Nobody sampled: no data is touched and nothing is released.
         self.round = start.round
+        self.attempts.pop(start.round, None)
         res = RoundResult(
             start.round,
             (),
@@ -423,8 +593,21 @@ class Federation:
 
     def _current_epsilon(self) -> float | None:
         if self.privacy.mode == "none":
-            return None
+            return self._record_epsilon()
         return self._last_epsilon if self._last_epsilon is not None else 0.0
+
+    _record_max: float = 0.0
+
+    def _record_epsilon(self, trained: Sequence[int] = ()) -> float | None:
+        """Max record-level epsilon over clients; only ``trained`` clients' can have grown since the last call."""
+        if self.record_dp is None:
+            return None
+        for c in trained:
+            self._record_max = max(self._record_max, float(self.record_dp.epsilon(c)))
+        return self._record_max
+
+    def _record_delta(self) -> float | None:
+        return None if self.record_dp is None else float(self.record_dp.config.delta)
 
     def _evaluate(self) -> dict[str, float]:
         return dict(self.eval_fn(self.model)) if self.eval_fn is not None else {}
@@ -436,7 +619,7 @@ class Federation:
         k = int(round(self.dropout * len(members)))
         if k == 0:
             return {}
-        g = self.rng.spawn(f"dropout/{r}")
+        g = self.rng.spawn(f"dropout/{self._label(r)}")
         pool = list(members)
         for i in range(k):
             j = i + g.randbelow(len(pool) - i)
@@ -445,3 +628,12 @@ class Federation:
         # dropping clients complete every stage before it (key setup) and then vanish.
         stage = int(getattr(self.secure_sum, "input_stage", 0))
         return {c: stage for c in pool[:k]}
+
+
+def _failures(failed: Mapping[int, str]) -> str:
+    if not failed:
+        return ""
+    items = sorted(failed.items())
+    shown = "; ".join(f"client {c}: {why}" for c, why in items[:3])
+    more = f" (and {len(items) - 3} more)" if len(items) > 3 else ""
+    return f"; {len(items)} cohort member(s) failed to train: {shown}{more}"

@@ -19,11 +19,11 @@ client's record-level epsilon composes over every round it takes part in.
 ``record_dp.epsilon(client)`` and :meth:`RecordDP.report` give it beside the
 client-level epsilon of the run.
 
-Which client: the round loop may declare it with ``with record_dp.client(cid):``;
-otherwise the wrapper keys the accountant by ``client_key(data)`` (default: the
-identity of the client's data object, stable within one process; a deployment
-that trains each round in a fresh process must pass a ``client_key`` and persist
-:meth:`RecordDP.state_dict`).
+Which client: the round loop declares it (:func:`fl_core.client.current_client`
+while a client's ``train_fn`` runs), or a caller with ``with record_dp.client(cid):``;
+so accountants, :meth:`RecordDP.report` and :meth:`RecordDP.epsilon` are keyed by
+client id. Outside both the wrapper falls back to ``client_key(data)`` (default:
+the identity of the data object, stable within one process only).
 
 Security:
     Assumption: Opacus' DP-SGD (Abadi et al. 2016; per-sample clipping, Gaussian
@@ -46,6 +46,7 @@ import contextlib
 import contextvars
 import functools
 import math
+import warnings
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -58,7 +59,11 @@ from torch.utils.data import DataLoader
 from dp.randomness import RandomSource, SystemRandomSource
 from fl_core.errors import ConfigError
 
-__all__ = ["GradSampleMode", "RecordDP", "RecordDPConfig", "make_private"]
+__all__ = ["GradSampleMode", "RecordDP", "RecordDPConfig", "RecordRNGWarning", "make_private"]
+
+
+class RecordRNGWarning(UserWarning):
+    """Opacus runs without its cryptographically secure RNG (emitted once per :class:`RecordDP`)."""
 
 
 class GradSampleMode(str, Enum):
@@ -144,6 +149,7 @@ class RecordDP:
         self._accountants: dict[Hashable, Any] = {}
         self._calls: dict[Hashable, int] = {}
         self._open: list[Any] = []  # grad-sample modules of the current call, closed after it
+        self._warned_rng = False
         self._declared: contextvars.ContextVar[Hashable | None] = contextvars.ContextVar(
             f"privagg_record_dp_client_{id(self)}", default=None)
 
@@ -168,7 +174,11 @@ class RecordDP:
 
         @functools.wraps(train_fn)
         def wrapped(model: nn.Module, data: Any) -> Any:
+            from fl_core.client import current_client
+
             declared = self._declared.get()
+            if declared is None:
+                declared = current_client()  # set by the round loop while a client trains
             key = declared if declared is not None else self._client_key(data)
             before = self._calls.get(key, 0)
             token = _CURRENT.set((self, key))
@@ -208,7 +218,12 @@ class RecordDP:
             num_workers=data_loader.num_workers,
             generator=self._torch_generator(label + "/sampling"),
         )
-        engine = PrivacyEngine(accountant=cfg.accountant)
+        with warnings.catch_warnings():
+            # Opacus warns "Secure RNG turned off" on every engine, i.e. once per client per
+            # round; privagg says it once per RecordDP (once per run) instead, see _warn_rng.
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            engine = PrivacyEngine(accountant=cfg.accountant)
+        self._warn_rng()
         if key not in self._accountants:
             self._accountants[key] = create_accountant(mechanism=cfg.accountant)
         engine.accountant = self._accountants[key]  # history persists across rounds
@@ -226,7 +241,23 @@ class RecordDP:
             self._open.append(out[0])
         return tuple(out)
 
+    def _warn_rng(self) -> None:
+        if self._warned_rng:
+            return
+        self._warned_rng = True
+        warnings.warn(
+            "record-level DP: Opacus runs without its secure RNG (torchcsprng is not a dependency); its noise "
+            "and batch sampling come from torch generators seeded from privagg's random source "
+            "(see the Security note of fl_core.record_dp). Shown once per run.",
+            RecordRNGWarning,
+            stacklevel=3,
+        )
+
     # -- reporting
+
+    def clients(self) -> list[Hashable]:
+        """The clients that have trained with record-level DP so far (their keys)."""
+        return list(self._accountants)
 
     def steps(self, client: Hashable) -> int:
         """DP-SGD steps charged to ``client`` so far."""

@@ -44,8 +44,10 @@ def make_sgd_train_fn(  # type: ignore[no-untyped-def]
             # Opacus' hooks make torch warn that inputs need no gradient: expected, not actionable.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
         model.train()
+        device = next(model.parameters()).device
         for _ in range(epochs):
             for x, y in loader:
+                x, y = x.to(device), y.to(device)
                 opt.zero_grad()
                 loss = nn.functional.cross_entropy(model(x), y)
                 loss.backward()

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from dp.randomness import SeededRandomSource
-from fl_core.errors import ClientTrainingError, ConfigError, DataError, RoundFailedError, UpdateError
+from fl_core.errors import ConfigError, DataError, RoundFailedError
 from fl_core.evaluation import make_evaluator
 from fl_core.federation import Federation
 from fl_core.params import ParamCodec
@@ -68,7 +68,7 @@ def test_step_by_step_and_fit_and_eval_hook():
     assert results[0].bytes_up_per_client > 0
 
 
-def test_train_fn_that_raises_leaves_model_unchanged():
+def test_train_fn_that_raises_makes_that_client_a_dropout_and_the_round_goes_on():
     calls = {"n": 0}
 
     def flaky(model, data):
@@ -79,31 +79,36 @@ def test_train_fn_that_raises_leaves_model_unchanged():
 
     fed = _fed(train_fn=flaky)
     before = _snapshot(fed)
-    with pytest.raises(ClientTrainingError, match="disk full") as e:
-        fed.run_round()
-    assert e.value.client == 3
-    assert np.array_equal(_snapshot(fed), before) and fed.round == 0
+    res = fed.run_round()
+    assert res.round == 1 and not res.aborted
+    assert res.survivors == (1, 2, 4) and set(res.dropouts) == {3}
+    assert "train_fn raised RuntimeError for client 3: disk full" in res.dropouts[3]
+    assert not np.array_equal(_snapshot(fed), before)
 
 
-def test_nan_update_is_typed_and_atomic():
+def test_nan_update_makes_every_client_a_dropout_and_the_round_aborts_atomically():
     def diverge(model, data):
         with torch.no_grad():
             model.weight.fill_(float("nan"))
 
     fed = _fed(train_fn=diverge)
     before = _snapshot(fed)
-    with pytest.raises(UpdateError, match="NaN or Inf"):
+    with pytest.raises(RoundFailedError, match="NaN or Inf") as e:
         fed.run_round()
-    assert np.array_equal(_snapshot(fed), before)
+    assert e.value.round == 1
+    assert np.array_equal(_snapshot(fed), before) and fed.round == 0
+    assert fed.aborts[-1].aborted and set(fed.aborts[-1].dropouts) == {1, 2, 3, 4}
 
 
-def test_inf_update_is_typed():
+def test_inf_update_is_a_dropout():
     def explode(model, data):
         with torch.no_grad():
             model.bias.fill_(float("inf"))
 
-    with pytest.raises(UpdateError):
-        _fed(train_fn=explode).run_round()
+    fed = _fed(train_fn=explode)
+    with pytest.raises(RoundFailedError):
+        fed.run_round()
+    assert all("NaN or Inf" in why for why in fed.aborts[-1].dropouts.values())
 
 
 def test_client_with_no_data():
@@ -111,8 +116,9 @@ def test_client_with_no_data():
     data[1] = TensorDataset(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
     fed = _fed(data=data)
     before = _snapshot(fed)
-    with pytest.raises(DataError, match="client 2 has no data"):
+    with pytest.raises(DataError, match="client 2 returned an empty dataset") as e:
         fed.run_round()
+    assert e.value.client == 2
     assert np.array_equal(_snapshot(fed), before)
 
 
