@@ -158,15 +158,20 @@ def test_cli_run_with_budget_stops_cleanly_and_says_so(tmp_path):
     assert verify_ledger(tmp_path / "l.jsonl").rounds == out["rounds"]
 
 
-def test_resumed_ledger_continues_the_chain_and_the_charge(tmp_path):
+def test_a_second_run_on_a_ledger_with_rounds_is_refused(tmp_path):
+    # One ledger, one run: a second run on the same ledger is refused (it would restart
+    # training while continuing the charge); --resume of the run folder continues both
+    # (tests/fl_core/test_resume.py).
+    from fl_core.errors import LedgerConflictError
+
     path = tmp_path / "l.jsonl"
     base = dict(dp="central", secure_sum="plain", clients=20, per_round=10, rounds=2, seed=1, ledger=str(path))
-    first = execute(RunConfig(**base)).to_json()
-    second = execute(RunConfig(**base)).to_json()
-    assert second["resumed_from_round"] == 2
+    first = execute(RunConfig(**base), out=tmp_path / "run").to_json()
+    with pytest.raises(LedgerConflictError, match="already holds 2 rounds of this run"):
+        execute(RunConfig(**base))
     recs = verify_ledger(path).records
-    assert [r.round for r in recs] == [1, 2, 3, 4]
-    assert second["epsilon"] > first["epsilon"]
+    assert [r.round for r in recs] == [1, 2]
+    assert first["epsilon"] > 0
 
 
 def test_distributed_masking_run_end_to_end(tmp_path):
