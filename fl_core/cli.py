@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from typing import Optional
 
 import typer
 
-__all__ = ["app", "bench_app", "main"]
+__all__ = ["app", "bench_app", "main", "version"]
+
+# Help is plain text (not rich panels), wrapped at the terminal's width or 120 columns when
+# output is not a terminal, so option help is never squeezed into an 80-column box and
+# "[default]" hints are printed as written rather than read as markup.
+_CONTEXT = {
+    "max_content_width": 120,
+    "terminal_width": None if sys.stdout.isatty() else 120,
+    "help_option_names": ["--help", "-h"],
+}
 
 app = typer.Typer(
     name="privagg",
@@ -14,9 +25,42 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings=_CONTEXT,
 )
-bench_app = typer.Typer(help="Benchmarks that print machine-readable JSON.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks that print machine-readable JSON.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings=_CONTEXT,
+)
 app.add_typer(bench_app, name="bench")
+
+
+def version() -> str:
+    """The installed privagg version (from the package metadata)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
+
+    try:
+        return _version("privagg")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"privagg {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Optional[bool] = typer.Option(
+        None, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Private federated learning: DP + secure aggregation + an auditable epsilon ledger."""
 
 # Each module defines ``register(app, bench_app)`` and owns the commands it adds.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -35,3 +79,7 @@ for _name in COMMAND_MODULES:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

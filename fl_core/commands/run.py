@@ -98,10 +98,44 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             None, help="Seed for a reproducible run (experiments only: no privacy if published)."
         ),
         threads: Optional[int] = typer.Option(None, help="torch threads per process [1: fastest for small models]."),
+        task: Optional[str] = typer.Option(
+            None,
+            "--task",
+            help="Your task module (a .py file or dotted name) defining make_model, train_fn, load_data "
+            "and optionally evaluate; default: privagg's own demo.",
+        ),
+        node_config: Optional[str] = typer.Option(
+            None,
+            "--node-config",
+            help="Keys for your load_data, 'key=value ...'; {partition-id} is replaced per client "
+            "(e.g. 'data-dir=shards/client-{partition-id}').",
+        ),
+        device: Optional[str] = typer.Option(
+            None, help="Where clients train: cpu (default), cuda, or auto (cuda when available)."
+        ),
+        max_consecutive_aborts: Optional[int] = typer.Option(
+            None,
+            "--max-consecutive-aborts",
+            help="Stop (exit 3) after this many aborted attempts in a row [10].",
+        ),
+        out: Optional[Path] = typer.Option(
+            None,
+            "--out",
+            help="Run folder: model.pt, metrics.jsonl, summary.json, a checkpoint after every round, "
+            "and the ledger (unless --ledger).",
+        ),
+        resume: Optional[Path] = typer.Option(
+            None, "--resume", help="Continue the run stored in this --out folder where it left off."
+        ),
         config: Optional[Path] = typer.Option(None, "--config", help="TOML file mirroring these options."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
     ) -> None:
-        """Run federated training with private aggregation and print a summary."""
+        """Run federated training with private aggregation and print a summary.
+
+        Exit status: 0 done (or stopped early by the budget); 2 invalid options or a failed run;
+        3 too many consecutive aborted rounds; 130 / 143 interrupted by SIGINT / SIGTERM (the
+        finished rounds are summarised and, with --out, resumable).
+        """
         from fl_core.config import RunConfig, load_config_file
         from fl_core.errors import FLError
 
@@ -146,9 +180,24 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 buffers=buffers,
                 seed=seed,
                 threads=threads,
+                task=task,
+                node_config=node_config,
+                device=device,
+                max_consecutive_aborts=max_consecutive_aborts,
             ).items()
             if v is not None
         }
+        if resume is not None:
+            from fl_core.runner import resume_config
+
+            if config is not None or out is not None:
+                _fail("--resume continues the run stored in its folder: drop --config and --out")
+            try:
+                cfg = resume_config(resume, **given)
+            except FLError as exc:
+                _fail(str(exc))
+            _execute(cfg, as_json, out=resume, resume=True)
+            return
         try:
             options = load_config_file(config) if config is not None else {}
             options.update(given)
@@ -157,37 +206,37 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             _fail(str(exc))
         except TypeError as exc:
             _fail(f"bad option value: {exc}")
-        _execute(cfg, as_json)
+        if cfg.task is not None:
+            from fl_core.provenance import BUILTIN_ONLY_OPTIONS
+
+            demo_only = [k for k in BUILTIN_ONLY_OPTIONS if k in options]
+            if demo_only:
+                _fail(
+                    "--task brings its own model, data and training loop; "
+                    + ", ".join("--" + k.replace("_", "-") for k in demo_only)
+                    + " configure privagg's demo only: drop them (set them in your task module)"
+                )
+        _execute(cfg, as_json, out=out, resume=False)
 
 
-def _execute(cfg: Any, as_json: bool) -> None:
-    from fl_core.errors import FLError
+def _execute(cfg: Any, as_json: bool, *, out: Path | None, resume: bool) -> None:
+    from fl_core.errors import FLError, TooManyAbortsError
+    from fl_core.interrupt import Interrupted, InterruptGuard
     from fl_core.runner import execute
 
-    show_progress = sys.stderr.isatty()
+    planned = cfg.rounds
     try:
-        if show_progress:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            with Progress(
-                TextColumn("[bold]round {task.completed}/{task.total}"),
-                BarColumn(),
-                TextColumn("{task.fields[status]}"),
-                TimeElapsedColumn(),
-                transient=True,
-            ) as progress:
-                task = progress.add_task("rounds", total=cfg.rounds, status="")
-
-                def on_round(res: Any) -> None:
-                    acc = res.metrics.get("accuracy")
-                    status = f"acc {acc:.3f}" if acc is not None else ""
-                    if res.epsilon is not None:
-                        status += f"  eps {res.epsilon:.3f}"
-                    progress.update(task, advance=1, status=status)
-
-                summary = execute(cfg, on_round=on_round)
-        else:
-            summary = execute(cfg)
+        with InterruptGuard() as guard:
+            if sys.stderr.isatty():
+                summary = _with_progress_bar(cfg, planned, lambda cb: execute(
+                    cfg, on_round=cb, out=out, resume=resume, guard=guard))
+            else:
+                summary = execute(cfg, on_round=_progress_line(planned), out=out, resume=resume, guard=guard)
+    except Interrupted as exc:  # before the round loop started: nothing ran
+        typer.echo(f"privagg run: {exc}; no round ran", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except TooManyAbortsError as exc:
+        _fail(str(exc), code=3)
     except FLError as exc:
         _fail(str(exc))
     except Exception as exc:  # typed errors from secagg/dp: say what went wrong, no traceback
@@ -197,20 +246,99 @@ def _execute(cfg: Any, as_json: bool) -> None:
         if isinstance(exc, (PrivacyError, SecAggError)):
             _fail(f"{type(exc).__name__}: {exc}")
         raise
-    out = summary.to_json()
+    result = summary.to_json()
+    if out is not None:
+        result["out"] = str(out)
     if as_json:
-        sys.stdout.write(json.dumps(out) + "\n")
-        return
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+    else:
+        typer.echo(_text_summary(cfg, result))
+    if summary.interrupted is not None:
+        hint = f"; continue with: privagg run --resume {out}" if out is not None else ""
+        typer.echo(
+            f"privagg run: interrupted by {result['interrupted']} after {result['rounds_completed']} of "
+            f"{planned} rounds (the round in flight was rolled back or committed whole){hint}",
+            err=True,
+        )
+        raise typer.Exit(128 + summary.interrupted)
+    if summary.failure is not None:
+        _fail(summary.failure, code=3)
+
+
+def _with_progress_bar(cfg: Any, planned: int, run: Any) -> Any:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("[bold]round {task.completed}/{task.total}"),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task("rounds", total=planned, status="")
+
+        def on_round(res: Any) -> None:
+            if res.aborted:
+                progress.update(task, status=f"round {res.round} aborted (attempt {res.attempt + 1}), retrying")
+                return
+            acc = res.metrics.get("accuracy")
+            status = f"acc {acc:.3f}" if acc is not None else ""
+            if res.epsilon is not None:
+                status += f"  eps {res.epsilon:.3f}"
+            progress.update(task, completed=res.round, status=status)
+
+        return run(on_round)
+
+
+def _progress_line(planned: int) -> Any:
+    """One line per round attempt on stderr (used when stderr is not a terminal)."""
+
+    def on_round(res: Any) -> None:
+        if res.aborted:
+            line = f"round {res.round}/{planned} aborted (attempt {res.attempt + 1}): {res.reason}"
+        else:
+            parts = [f"round {res.round}/{planned}"]
+            if res.skipped:
+                parts.append("skipped (empty cohort)")
+            acc, loss = res.metrics.get("accuracy"), res.metrics.get("loss")
+            if acc is not None:
+                parts.append(f"acc {acc:.4f}")
+            if loss is not None:
+                parts.append(f"loss {loss:.4f}")
+            if res.epsilon is not None:
+                parts.append(f"eps {res.epsilon:.3f}")
+            if not res.skipped:
+                parts.append(f"cohort {len(res.cohort)} survivors {len(res.survivors)}")
+            if res.dropouts:
+                parts.append(f"failed {len(res.dropouts)}")
+            parts.append(f"{res.wall_s:.2f}s")
+            line = "  ".join(parts)
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    return on_round
+
+
+def _text_summary(cfg: Any, out: dict[str, Any]) -> str:
     acc = out["accuracy"]
+    what = out.get("task") or cfg.dataset
+    if str(what).startswith("builtin:"):
+        what = f"{cfg.dataset}, model {cfg.model}"
+    else:
+        what = f"task {what}, model {out.get('model_class')}"
     lines = [
-        f"privagg run: {cfg.dataset}, {cfg.clients} clients, {out['rounds']} rounds, "
-        f"model {cfg.model} ({out['dim']} parameters)",
+        f"privagg run: {what} ({out['dim']} parameters), {cfg.clients} clients",
+        f"  rounds: {out['rounds_completed']} of {out['rounds_planned']} completed, {out['rounds_aborted']} aborted "
+        "attempts (each released nothing and was retried with a fresh cohort)",
         f"  secure sum: {cfg.secure_sum}    dp: {cfg.dp}",
-        f"  test accuracy: {acc:.4f}   loss: {out['loss']:.4f}" if acc is not None else "  no evaluation",
+        f"  test accuracy: {acc:.4f}   loss: {out['loss']:.4f}" if acc is not None and out.get("loss") is not None
+        else "  no evaluation",
         f"  upload per client per round: {out['bytes_per_client_per_round']:.0f} bytes   wall: {out['wall_s']:.1f} s",
     ]
     if out.get("epsilon") is not None:
-        lines.append(f"  privacy: epsilon = {out['epsilon']:.3f} at delta = {out['delta']:g}")
+        kind = "record-level " if cfg.dp == "none" else ""
+        lines.append(f"  privacy: {kind}epsilon = {out['epsilon']:.3f} at delta = {out['delta']:g}")
     rec = out.get("record_level")
     if rec:
         lines.append(
@@ -219,8 +347,10 @@ def _execute(cfg: Any, as_json: bool) -> None:
         )
     if out.get("ledger"):
         lines.append(f"  ledger: {out['ledger']}")
+    if out.get("out"):
+        lines.append(f"  run folder: {out['out']} (model.pt, metrics.jsonl, summary.json, checkpoint.pt)")
     if out.get("stopped"):
         lines.append(f"  stopped early: {out['stopped']}")
     if cfg.secure_sum == "plain":
         lines.append("  note: the plain sum is an insecure baseline; the server saw every update")
-    typer.echo("\n".join(lines))
+    return "\n".join(lines)
