@@ -59,9 +59,7 @@ def compute_update(
     if n == 0:
         raise DataError(f"client {client_id} has no data; remove it or repartition")
     local = copy.deepcopy(global_model)
-    on_device = str(device) != "cpu"
-    if on_device:
-        local.to(device)
+    local.to(device)  # the same path on every device (a no-op on the CPU)
     local.train()
     token = _CURRENT_CLIENT.set(client_id)
     try:
@@ -72,8 +70,7 @@ def compute_update(
         ) from exc
     finally:
         _CURRENT_CLIENT.reset(token)
-    if on_device:
-        local.to("cpu")
+    local.to("cpu")
     delta = codec.flatten(local) - global_vec
     if not np.all(np.isfinite(delta)):
         raise UpdateError(
