@@ -30,9 +30,9 @@ if TYPE_CHECKING:
     from fl_core.models import build_model
     from fl_core.params import ParamCodec
     from fl_core.pipeline import NoPrivacy, PrivacyPolicy
+    from fl_core.runner import build_federation, execute
     from fl_core.sampling import Cohort, Sampler, SamplingScheme
     from fl_core.server import ServerOptimizer
-    from fl_core.runner import build_federation, execute
     from fl_core.sources import OneClient, ServerOnly, TaskClients
     from fl_core.task import Task, builtin_task, load_task, node_config_for
     from fl_core.training import make_sgd_train_fn

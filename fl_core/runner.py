@@ -518,6 +518,7 @@ def execute(
         interrupted: int | None = None
         failure: str | None = None
         remaining = max(0, cfg.rounds - fed.round)
+        history_at = len(fed.history)
         try:
             for res in fed.rounds(remaining, max_consecutive_aborts=cfg.max_consecutive_aborts):
                 results.append(res)
@@ -531,6 +532,10 @@ def execute(
             failure = str(exc)
         except Interrupted as exc:
             interrupted = exc.signum
+            # A signal that arrived while a round committed is raised once the commit is done:
+            # that round is in the history, not yet in the results.
+            seen = {id(r) for r in results}
+            results.extend(r for r in fed.history[history_at:] if id(r) not in seen)
         summary = _summarize(cfg, fed, results, extra, time.perf_counter() - t0, prior, stop_reason)
         summary.interrupted = interrupted
         summary.failure = failure
