@@ -6,7 +6,6 @@ one secure-sum session (masking or Paillier, no trusted hardware) and one ledger
 
 from __future__ import annotations
 
-from fl_core.asynchronous.accounting import as_seen_by_server, epsilon_per_client, epsilon_vs_server
 from fl_core.asynchronous.client import AsyncClient, ClientRules, HeldUpdate
 from fl_core.asynchronous.errors import ClientRefusal, DoubleApplyError
 from fl_core.asynchronous.loop import AsyncFederation, AsyncStats, BufferResult
@@ -31,12 +30,9 @@ __all__ = [
     "SpeedModel",
     "StalenessWeight",
     "StalenessWeighted",
-    "as_seen_by_server",
     "async_summary_fields",
     "build_async_federation",
     "check_feasible",
-    "epsilon_per_client",
-    "epsilon_vs_server",
     "execute_async",
     "parse_staleness",
     "run_buffer_session",

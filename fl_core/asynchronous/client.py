@@ -7,7 +7,10 @@ from a parameter the server sent (see SECURITY.md, asynchronous secure aggregati
   version the buffer is applied to, refuses a buffer version older than its own
   (a version from the future), and refuses to report beyond its own staleness bound;
 * it counts the buffer sessions its (masked or encrypted) input left it in, and
-  refuses a session beyond its own contribution cap or its own epsilon limit;
+  refuses a session beyond its own contribution cap; with DP it keeps its own
+  hash-chained record (:class:`dp.client_record.ClientRecord`), charged with the
+  event of its own DP configuration when its input leaves, and refuses a session
+  that would take its epsilon against the server past its own limit;
 * once its input has left it in one session, that update is spent: it is never put
   into a second session, whatever the server later says about the first one. A
   client that missed its session before its input left keeps the update and may
@@ -17,13 +20,15 @@ from a parameter the server sent (see SECURITY.md, asynchronous secure aggregati
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from dp.calibration import DPConfig
+from dp.client_record import ClientRecord, client_round_event
+from dp.errors import ClientBudgetExceededError
 from fl_core.asynchronous.errors import ClientRefusal
 from fl_core.asynchronous.staleness import StalenessWeight
 from fl_core.asynchronous.weighting import StalenessWeighted
@@ -42,18 +47,19 @@ class ClientRules:
         staleness: the weight function.
         max_staleness: refuse to report an update older than this many versions (None: no bound).
         max_contributions: refuse a session once this many of its inputs have left it (None: no cap).
-        max_epsilon: refuse a session whose planned event would take its own epsilon
-            (composed over the sessions its input left it in) past this (None: no limit).
-        delta: the delta of ``max_epsilon``.
-        epsilon_fn: composes events into epsilon (needed with ``max_epsilon``).
+        dp_config: the DP configuration the client enforces (its floor: noise, clip, minimum
+            survivors, colluders); None without DP (then no record is kept).
+        max_epsilon: refuse a session that would take its own epsilon against the server
+            (from its own record) past this (``math.inf``: no limit).
+        delta: the delta of its record.
     """
 
     staleness: StalenessWeight = field(default_factory=StalenessWeight)
     max_staleness: int | None = None
     max_contributions: int | None = None
-    max_epsilon: float | None = None
+    dp_config: DPConfig | None = None
+    max_epsilon: float = math.inf
     delta: float = 1e-5
-    epsilon_fn: Callable[[Sequence[Any]], float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +86,12 @@ class AsyncClient:
         self.spent = False
         """True once the held update's input left this client in some session."""
         self.tasks = 0
-        self.record: list[Any] = []
-        """The privacy events of the sessions its input left it in (its own record)."""
+        self.record: ClientRecord | None = (
+            ClientRecord.create(str(cid), delta=rules.delta) if rules.dp_config is not None else None
+        )
+        """Its own hash-chained record of the sessions its input left it in (with DP)."""
         self.contributions = 0
+        self._pending: Any = None
 
     # -- check-in: fetch a version and train ------------------------------------------
 
@@ -116,7 +125,20 @@ class AsyncClient:
             )
         return s
 
-    def check_admissible(self, base_version: int, planned_event: Any = None) -> float:
+    def own_event(self, fed: Any, session: int) -> Any:
+        """The event this client charges for ``session``, from its own DP configuration (None without DP)."""
+        cfg = self.rules.dp_config
+        if cfg is None:
+            return None
+        return client_round_event(
+            cfg,
+            round=session,
+            dim=fed.dim + fed.privacy.extra_coordinates,
+            scale=fed.plan.scale,
+            clip_norm=fed.privacy.clip_norm,
+        )
+
+    def check_admissible(self, base_version: int, event: Any = None) -> float:
         """Every check this client makes before its input may leave it; returns its weight.
 
         Raises:
@@ -142,50 +164,54 @@ class AsyncClient:
                 client=self.cid,
                 reason="cap",
             )
-        if r.max_epsilon is not None and planned_event is not None:
-            if r.epsilon_fn is None:
-                raise ClientRefusal(f"client {self.cid}: an epsilon limit needs an accountant", client=self.cid,
-                                    reason="budget")
-            eps = r.epsilon_fn([*self.record, planned_event])
-            if not eps <= r.max_epsilon:
-                raise ClientRefusal(
-                    f"client {self.cid}: this buffer would take its own epsilon to {eps:.4g} > {r.max_epsilon:.4g}",
-                    client=self.cid,
-                    reason="budget",
-                )
+        if self.record is not None and event is not None:
+            try:
+                self.record.check(event, max_epsilon=r.max_epsilon)
+            except ClientBudgetExceededError as exc:
+                raise ClientRefusal(str(exc), client=self.cid, reason="budget") from exc
         w = r.staleness(s)
         if not (math.isfinite(w) and 0.0 < w <= 1.0):
             raise ClientRefusal(f"client {self.cid}: staleness weight {w!r} outside (0, 1]", client=self.cid,
                                 reason="stale")
         return w
 
-    def prepare_input(
-        self, fed: Any, *, session: int, base_version: int, planned_event: Any = None
-    ) -> tuple[RingVector, ClipOutcome, float]:
+    def prepare_input(self, fed: Any, *, session: int, base_version: int) -> tuple[RingVector, ClipOutcome, float]:
         """Clip, weight, noise and encode the held update for buffer ``session`` (applied on ``base_version``).
 
         Returns:
             (ring vector, clip outcome, weight). Nothing leaves the client here: the
-            secure-sum session sends it, and :meth:`input_left` records that.
+            secure-sum session sends it, and calls :meth:`input_leaving` just before.
 
         Raises:
             ClientRefusal: see :meth:`check_admissible`.
         """
-        w = self.check_admissible(base_version, planned_event)
+        event = self.own_event(fed, session)
+        w = self.check_admissible(base_version, event)
         if self.held is None:  # pragma: no cover - check_admissible raised already
             raise ClientRefusal(f"client {self.cid} holds no update", client=self.cid, reason="no-update")
         pipeline = ClientPipeline(StalenessWeighted(fed.privacy, w), fed.encoder, fed.sampler)
         vec, clip = pipeline.run(self.held.delta, fed.rng.spawn(f"async/client/{self.cid}/session/{session}"))
+        self._pending = event
         return vec, clip, w
 
-    def input_left(self, event: Any) -> None:
-        """The session sent this client's input: the update is spent and the session is charged to its record."""
+    def input_leaving(self) -> None:
+        """Its input is about to leave it in the prepared session: charge its record, mark the update spent.
+
+        Called by the session before the message goes out (the check in :meth:`prepare_input`
+        already passed for the same event, so the charge cannot be refused here).
+        """
+        if self.record is not None and self._pending is not None:
+            self.record.charge(self._pending, max_epsilon=self.rules.max_epsilon)
+        self._pending = None
         self.spent = True
         self.contributions += 1
-        if event is not None:
-            self.record.append(event)
 
     def release(self) -> None:
         """Drop the held update (applied, lost with its session, or refused)."""
         self.held = None
         self.spent = False
+        self._pending = None
+
+    def epsilon_vs_server(self) -> float:
+        """Its own epsilon against the server, from its own record (0 without DP or before any charge)."""
+        return self.record.epsilon_vs_server() if self.record is not None else 0.0

@@ -19,12 +19,14 @@ again), the others report it to a later buffer.
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from dp.client_record import DEFAULT_CLIENT_DELTA, DEFAULT_CLIENT_MAX_EPSILON
 from fl_core.asynchronous.client import AsyncClient, ClientRules
 from fl_core.asynchronous.errors import ClientRefusal, DoubleApplyError
 from fl_core.asynchronous.options import AsyncOptions, check_feasible
@@ -89,6 +91,15 @@ class AsyncStats:
         }
 
 
+def client_limit(options: AsyncOptions, mode: str) -> float:
+    """Each client's own epsilon limit: the option, else the default client limit with
+    distributed or local DP, else none (central mode: the server sees each update un-noised,
+    so the server-side budget is what applies; no DP: nothing to limit)."""
+    if options.client_max_epsilon is not None:
+        return float(options.client_max_epsilon)
+    return DEFAULT_CLIENT_MAX_EPSILON if mode in ("distributed", "local") else math.inf
+
+
 class AsyncFederation:
     """Buffered asynchronous training around a built :class:`~fl_core.federation.Federation`.
 
@@ -135,9 +146,9 @@ class AsyncFederation:
             staleness=options.staleness,
             max_staleness=options.max_staleness,
             max_contributions=options.max_contributions,
-            max_epsilon=options.client_max_epsilon,
-            delta=fed.privacy.delta or 1e-5,
-            epsilon_fn=fed.accounting.epsilon_fn,
+            dp_config=getattr(fed.privacy, "config", None),
+            max_epsilon=client_limit(options, fed.privacy.mode),
+            delta=fed.privacy.delta or DEFAULT_CLIENT_DELTA,
         )
         self.clients = {c: AsyncClient(c, rules) for c in range(1, self.population + 1)}
         self.exchanges = post_seal_exchanges(fed.secure_sum)
@@ -202,19 +213,11 @@ class AsyncFederation:
                 on_buffer(res)
         return out
 
-    def client_records(self) -> dict[int, list[Any]]:
-        """Each client's own record of the sessions its input left it in (planned, worst-case events)."""
-        return {c: list(cl.record) for c, cl in self.clients.items() if cl.record}
-
-    def released_records(self) -> dict[int, list[Any]]:
-        """Per client, the events of the applied buffers its update is in (the server's view)."""
-        out: dict[int, list[Any]] = {}
-        for b in self.history:
-            if b.round.event is None:
-                continue
-            for c in b.survivors:
-                out.setdefault(c, []).append(b.round.event)
-        return out
+    def client_epsilons(self) -> dict[int, float]:
+        """Each client's epsilon against the server from its own record (clients that were charged)."""
+        return {
+            c: cl.epsilon_vs_server() for c, cl in self.clients.items() if cl.record is not None and cl.record.charges
+        }
 
     # -- the schedule ---------------------------------------------------------------
 
@@ -308,7 +311,7 @@ class AsyncFederation:
         for c in members:
             cl = self.clients[c]
             try:
-                vec, clip, w = cl.prepare_input(fed, session=sid, base_version=base, planned_event=planned)
+                vec, clip, w = cl.prepare_input(fed, session=sid, base_version=base)
             except ClientRefusal as exc:
                 self.stats.refused_by_client[exc.reason] += 1
                 cl.release()
@@ -330,9 +333,8 @@ class AsyncFederation:
             rng_for=lambda c: fed.rng.spawn(f"async/secagg/{c}/session/{sid}"),
             stages_completed=drops,
             transport=fed.transport,
+            on_input=lambda c: self.clients[c].input_leaving(),
         )
-        for c in bo.inputs_sent:
-            self.clients[c].input_left(planned)
         result: BufferResult | None = None
         if bo.released:
             survivors = tuple(sorted(bo.survivors))

@@ -26,7 +26,9 @@ class AsyncOptions:
         max_staleness: updates older than this many versions are refused (None: no bound).
         max_contributions: buffers one client's input may join (None: no cap); each client
             also enforces this cap on itself.
-        client_max_epsilon: each client's own epsilon limit over the buffers it joined (None: none).
+        client_max_epsilon: each client's own limit on its epsilon against the server, from its
+            own record of the buffers its input joined (None: the default client limit of
+            :mod:`dp.client_record` with distributed or local DP, none otherwise; ``inf``: none).
         dropout: probability that a member of a sealed buffer vanishes before its input
             leaves it (simulation); it keeps its update and reports it again later.
         speed: the simulated clock's per-client speed model.

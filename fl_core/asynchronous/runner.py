@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from typing import Any
 
-from fl_core.asynchronous.accounting import epsilon_per_client
+from dp.adversary import epsilon_vs_public, epsilon_vs_server, unbounded_reason
 from fl_core.asynchronous.loop import AsyncFederation, BufferResult
 from fl_core.asynchronous.options import AsyncOptions, session_floor
 from fl_core.backends import BackendRequest, build_secure_sum
@@ -38,6 +39,11 @@ def build_async_federation(
         raise ConfigError(
             f"--concurrency {options.concurrency} exceeds the {cfg.clients} clients", option="concurrency"
         )
+    # The run's privacy options apply here too: the participation cap and each client's own limit.
+    if options.max_contributions is None and cfg.max_participation is not None:
+        options = dataclasses.replace(options, max_contributions=cfg.max_participation)
+    if options.client_max_epsilon is None and cfg.client_max_epsilon is not None:
+        options = dataclasses.replace(options, client_max_epsilon=cfg.client_max_epsilon)
     sync_cfg = cfg.replace(per_round=options.buffer, sampling_rate=None, dropout=options.dropout)
     fed, data, extra = build_federation(sync_cfg, data, open_ledger=open_ledger)
     try:
@@ -123,19 +129,21 @@ def async_summary_fields(afed: AsyncFederation) -> dict[str, Any]:
         "async_stats": afed.stats.to_dict(),
     }
     delta = fed.privacy.delta
-    if fed.privacy.mode == "central":
-        out["epsilon_vs_server"] = None
-        out["epsilon_vs_server_note"] = "unbounded: in central mode the server sees each buffer's exact sum"
-    elif delta is not None and fed.privacy.mode != "none":
-        per = epsilon_per_client(afed.released_records(), delta)
-        own = epsilon_per_client(afed.client_records(), delta)
-        eps = max(per.values(), default=0.0)
-        out["epsilon_vs_server"] = None if math.isinf(eps) else eps
-        out["epsilon_vs_server_note"] = (
-            "per client, composed over the buffers its update is in, no amplification by sampling; max over clients"
-        )
+    events = fed.events
+    if delta is not None and fed.privacy.mode != "none":
+        vs_server = epsilon_vs_server(events, delta)
+        out["epsilon_vs_server"] = None if math.isinf(vs_server) else vs_server
+        why = unbounded_reason(events)
+        if why is not None:
+            out["epsilon_vs_server_unbounded"] = why
+        vs_public = epsilon_vs_public(events, delta)
+        out["epsilon_vs_public"] = None if math.isinf(vs_public) else vs_public
+        own = afed.client_epsilons()
         own_max = max(own.values(), default=0.0)
         out["epsilon_client_record_max"] = None if math.isinf(own_max) else own_max
-        counts = [len(v) for v in afed.released_records().values()]
-        out["contributions_max"] = max(counts, default=0)
+        counts: dict[int, int] = {}
+        for b in hist:
+            for c in b.survivors:
+                counts[c] = counts.get(c, 0) + 1
+        out["contributions_max"] = max(counts.values(), default=0)
     return out

@@ -9,8 +9,10 @@ input (if any reached the server) stays hidden, and below the threshold or the
 minimum number of survivors the session aborts with no output.
 
 The session also records, per member, whether its input left it: a probe on each
-client session sees the message of the backend's input stage go out. The client
-uses that to mark its update spent (never sent twice).
+client session sees the message of the backend's input stage come out of the client's
+session and calls the client's hook before the message is handed to the transport.
+The client uses that to charge its own privacy record and mark its update spent
+(never sent twice).
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ class _ProbedSession:
 class ProbedSecureSum:
     """``secure_sum`` whose client sessions report (once) when their input message goes out."""
 
-    def __init__(self, secure_sum: SecureSum) -> None:
+    def __init__(self, secure_sum: SecureSum, on_input: Callable[[ClientId], None] | None = None) -> None:
         self.inner = secure_sum
+        self._on_input = on_input
         self.ring = secure_sum.ring
         self.dim = secure_sum.dim
         self.stage = input_stage_name(secure_sum)
@@ -84,7 +87,12 @@ class ProbedSecureSum:
         return self.inner.name
 
     def client(self, me: ClientId, round_id: int, rng: RandomSource) -> Any:
-        return _ProbedSession(self.inner.client(me, round_id, rng), self.stage, lambda: self.inputs_sent.add(me))
+        def leaving() -> None:
+            if self._on_input is not None:
+                self._on_input(me)
+            self.inputs_sent.add(me)
+
+        return _ProbedSession(self.inner.client(me, round_id, rng), self.stage, leaving)
 
     def server(self, cohort: Sequence[ClientId], round_id: int) -> Any:
         return self.inner.server(cohort, round_id)
@@ -117,9 +125,14 @@ def run_buffer_session(
     rng_for: Callable[[ClientId], RandomSource],
     stages_completed: Mapping[ClientId, int] | None = None,
     transport: Transport | None = None,
+    on_input: Callable[[ClientId], None] | None = None,
 ) -> BufferOutcome:
-    """Run the secure sum of one buffer over ``inputs``; ``stages_completed`` marks members that vanish."""
-    probed = ProbedSecureSum(secure_sum)
+    """Run the secure sum of one buffer over ``inputs``; ``stages_completed`` marks members that vanish.
+
+    ``on_input(client)`` runs when a member's input message comes out of its session, before
+    the transport carries it.
+    """
+    probed = ProbedSecureSum(secure_sum, on_input)
     outcome = (transport or InProcessTransport()).run(
         probed,
         inputs,

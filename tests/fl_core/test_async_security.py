@@ -38,11 +38,9 @@ def test_an_update_whose_input_left_is_never_sent_again_whatever_the_server_says
     fed = make_fed(buffer=3, secure_sum="masking")
     clients = [_trained(fed, c) for c in (1, 2, 3)]
     inputs = {cl.cid: cl.prepare_input(fed, session=1, base_version=0)[0] for cl in clients}
-    bo = run_buffer_session(fed.secure_sum, inputs, session=1, rng_for=lambda c: SeededRandomSource(c))
+    bo = run_buffer_session(fed.secure_sum, inputs, session=1, rng_for=lambda c: SeededRandomSource(c),
+                            on_input=lambda c: clients[c - 1].input_leaving())
     assert bo.released and bo.inputs_sent == {1, 2, 3}
-    for cl in clients:
-        if cl.cid in bo.inputs_sent:
-            cl.input_left(None)
     with pytest.raises(ClientRefusal) as e:
         clients[0].prepare_input(fed, session=2, base_version=1)
     assert e.value.reason == "spent" and e.value.client == 1
@@ -82,7 +80,8 @@ def test_the_client_enforces_its_own_bounds_when_the_server_ignores_them(rules, 
     fed = make_fed(buffer=3)
     cl = _trained(fed, rules=rules)
     if reason == "cap":
-        cl.input_left(None)
+        cl.prepare_input(fed, session=1, base_version=0)
+        cl.input_leaving()
         cl.release()
         cl.train(fed, 0, fed.codec.flatten(fed.model))
         base = 0
@@ -101,30 +100,27 @@ def _dp_fed(n=6, buffer=3):
     return make_fed(buffer=buffer, n_clients=n, secure_sum="masking", privacy=policy, min_survivors=None)
 
 
-def test_the_client_enforces_its_own_epsilon_limit():
+def test_the_client_keeps_its_own_record_and_enforces_its_own_epsilon_limit():
+    """The client charges its record (from its own DP configuration) when its input leaves, and
+    refuses a session that would take its epsilon against the server past its limit, whatever
+    the server's books say."""
     fed = _dp_fed()
-    rules = ClientRules(max_epsilon=1.0, delta=1e-5, epsilon_fn=fed.accounting.epsilon_fn or _eps)
-    cl = _trained(fed, rules=rules)
-    planned = fed.privacy.round_event(
-        round=1, cohort=_full((1, 2, 3), 6), survivors=3, scale=fed.plan.scale, dim=fed.dim, planned=True
-    )
+    one = _trained(fed, rules=ClientRules(dp_config=fed.privacy.config, max_epsilon=float("inf")))
+    one.prepare_input(fed, session=1, base_version=0)
+    assert one.record is not None and not one.record.charges  # prepared, nothing left yet
+    one.input_leaving()
+    eps1 = one.epsilon_vs_server()
+    assert len(one.record.charges) == 1 and eps1 > 0
+    eps2 = one.record.epsilon_if_charged(one.own_event(fed, 2))
+    limit = (eps1 + eps2) / 2  # room for one session, not two
+    cl = _trained(fed, rules=ClientRules(dp_config=fed.privacy.config, max_epsilon=limit))
+    cl.prepare_input(fed, session=1, base_version=0)
+    cl.input_leaving()
+    cl.release()
+    cl.train(fed, 1, fed.codec.flatten(fed.model))
     with pytest.raises(ClientRefusal) as e:
-        cl.prepare_input(fed, session=1, base_version=0, planned_event=planned)
-    assert e.value.reason == "budget"
-    loose = ClientRules(max_epsilon=1e6, delta=1e-5, epsilon_fn=_eps)
-    _trained(fed, rules=loose).prepare_input(fed, session=1, base_version=0, planned_event=planned)
-
-
-def _eps(events):
-    from dp.accountants import compute_epsilon
-
-    return compute_epsilon(events, 1e-5)
-
-
-def _full(members, n):
-    from fl_core.sampling import Cohort, SamplingScheme
-
-    return Cohort(members, SamplingScheme.FULL, 1.0, n)
+        cl.prepare_input(fed, session=2, base_version=1)
+    assert e.value.reason == "budget" and len(cl.record.charges) == 1
 
 
 def test_whatever_staleness_the_server_claims_the_weighted_update_stays_within_the_clip():
