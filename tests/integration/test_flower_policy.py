@@ -139,7 +139,7 @@ def test_a_huge_min_survivors_is_refused_before_anything_is_built(no_build: list
 
 
 def test_the_node_passes_its_checked_min_survivors_to_its_own_session(tmp_path: Path) -> None:
-    """An operator who raises the cap still gets a session that refuses to unmask with fewer survivors."""
+    """An operator who raises the cap still gets a session that refuses a cohort smaller than it was sized for."""
     from fl_core.transport.flower.client import handle_round, handle_stage
     from fl_core.transport.flower.codec import StagePacket
     from fl_core.transport.flower.sessions import secure_sum_for
@@ -177,7 +177,8 @@ def test_the_node_passes_its_checked_min_survivors_to_its_own_session(tmp_path: 
                 to_clients.extend(server.receive(m))
         if refused:
             break
-    assert refused and all(st == "unmasking" and "3000000" in why for _, st, why in refused), refused
+    # The node's checked value is its session's cohort floor: it refuses before dealing any share.
+    assert refused and all(st == "share-keys" and "3000000" in why for _, st, why in refused), refused
 
 
 def test_session_terms_check_the_resolved_min_survivors() -> None:
