@@ -98,7 +98,13 @@ class AsyncClient:
     def train(self, fed: Any, version: int, global_vec: npt.NDArray[np.float32]) -> HeldUpdate:
         """Train the user's ``train_fn`` on this client's data from ``global_vec`` (model ``version``)."""
         delta = compute_update(
-            fed.model, global_vec, fed.codec, fed.train_fn, fed.client_data[self.cid - 1], client_id=self.cid
+            fed.model,
+            global_vec,
+            fed.codec,
+            fed.train_fn,
+            fed.client_data[self.cid - 1],
+            client_id=self.cid,
+            device=getattr(fed, "device", "cpu"),
         )
         self.tasks += 1
         self.held = HeldUpdate(self.tasks, version, delta)

@@ -344,8 +344,8 @@ class AsyncFederation:
                 raise DoubleApplyError(f"buffer {r}: updates {again} were already applied")
             cohort = self._cohort(tuple(inputs))
             try:
-                res = fed.finish_round(RoundStart(r, cohort), bo.outcome, global_vec, clipped=clipped,
-                                       saturated=saturated, t0=t0)
+                start = RoundStart(r, cohort, attempt=fed.attempts.get(r, 0))
+                res = fed.finish_round(start, bo.outcome, global_vec, clipped=clipped, saturated=saturated, t0=t0)
             except RoundFailedError:
                 res = None
             if res is not None:

@@ -22,7 +22,7 @@ __all__ = ["build_async_federation", "execute_async", "async_summary_fields"]
 
 def build_async_federation(
     cfg: RunConfig, options: AsyncOptions, data: FederatedData | None = None, *, open_ledger: bool = True
-) -> tuple[AsyncFederation, FederatedData, dict[str, Any]]:
+) -> tuple[AsyncFederation, FederatedData | None, dict[str, Any]]:
     """Everything an asynchronous run needs, built from ``cfg`` and ``options`` (nothing runs yet).
 
     The federation is built as a synchronous one with fixed cohorts of K (so the encoding,
@@ -75,6 +75,7 @@ def execute_async(
 ) -> RunSummary:
     """Run ``cfg.rounds`` buffers asynchronously; the summary's JSON adds the asynchronous fields."""
     afed, data, extra = build_async_federation(cfg, options, data)
+    extra = {k: v for k, v in extra.items() if k not in ("_ledger_created",)}
     t0 = time.perf_counter()
     stop_reason = None
     from dp.errors import BudgetExceededError
@@ -87,7 +88,6 @@ def execute_async(
         stop_reason = str(exc)
     finally:
         afed.fed.close()
-    extra = dict(extra)
     extra.pop("_record_dp", None)
     if stop_reason is None and afed.stop_reason is not None:
         stop_reason = afed.stop_reason
@@ -102,7 +102,7 @@ def execute_async(
         time.perf_counter() - t0,
         fed.dim,
         extra,
-        sizes=list(data.client_sizes),
+        sizes=list(data.client_sizes) if data is not None else [],
         sampling=sampling,
     )
 

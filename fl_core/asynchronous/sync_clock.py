@@ -61,9 +61,10 @@ class SyncClock:
         self.exchanges = exchanges
         self.deadline_s = deadline_s
 
-    def task_times(self, members: tuple[int, ...], round_id: int) -> dict[int, float]:
+    def task_times(self, members: tuple[int, ...], round_id: int, attempt: int = 0) -> dict[int, float]:
+        """Each member's time for round ``round_id`` (its ``attempt``-th try)."""
         return {
-            c: float(self.base_s[c - 1] * self.speed.jitter(self.rng.spawn(f"sync-task/{c}/{round_id}")))
+            c: float(self.base_s[c - 1] * self.speed.jitter(self.rng.spawn(f"sync-task/{c}/{round_id}/{attempt}")))
             for c in members
         }
 
@@ -91,21 +92,27 @@ class SyncRound:
     late: tuple[int, ...]
 
 
-def clocked_rounds(fed: Federation, n: int, clock: SyncClock, *, start_s: float = 0.0) -> Iterator[SyncRound]:
-    """Run ``n`` synchronous rounds of ``fed``, each timed by ``clock``.
+def clocked_rounds(
+    fed: Federation, n: int, clock: SyncClock, *, start_s: float = 0.0, max_consecutive_aborts: int = 10
+) -> Iterator[SyncRound]:
+    """Run ``n`` committed synchronous rounds of ``fed``, each timed by ``clock``.
 
-    A round that fails (too few members before the deadline, a secure-sum abort) raises
-    like :meth:`Federation.run_round` and changes nothing.
+    An attempt that aborts (too few members before the deadline, a secure-sum abort)
+    changes nothing but the clock (its time was spent) and is retried with a fresh
+    cohort, as :meth:`Federation.rounds` does; more than ``max_consecutive_aborts``
+    in a row raise :class:`~fl_core.errors.RoundFailedError`.
     """
     now = start_s
-    for _ in range(n):
+    done = aborts = 0
+    while done < n:
         t0 = time.perf_counter()
         start = fed.begin_round()
         members = start.cohort.members
         if start.skipped:
+            done += 1
             yield SyncRound(fed.run_round(), 0.0, now, ())
             continue
-        times = clock.task_times(members, start.round)
+        times = clock.task_times(members, start.round, start.attempt)
         late = clock.late(times)
         global_vec = fed.codec.flatten(fed.model)
         inputs: dict[int, RingVector] = {}
@@ -124,19 +131,28 @@ def clocked_rounds(fed: Federation, n: int, clock: SyncClock, *, start_s: float 
         def rng_for(c: int, r: int = r) -> Any:
             return fed.secagg_rng(c, r)
 
-        try:
-            outcome = fed.transport.run(
-                fed.secure_sum,
-                inputs,
-                round_id=start.round,
-                rng_for=rng_for,
-                stages_completed={c: stage for c in late},
-            )
-        except SecAggError as exc:
-            raise RoundFailedError(f"round {start.round}: secure sum failed: {exc}", round=start.round) from exc
-        res = fed.finish_round(start, outcome, global_vec, clipped=clipped, saturated=saturated, t0=t0)
         duration = clock.round_time(times)
         now += duration
+        try:
+            try:
+                outcome = fed.transport.run(
+                    fed.secure_sum,
+                    inputs,
+                    round_id=start.round,
+                    rng_for=rng_for,
+                    stages_completed={c: stage for c in late},
+                )
+            except SecAggError as exc:
+                fed.abort_round(start, f"secure sum failed: {exc}")
+                raise RoundFailedError(f"round {r}: secure sum failed: {exc}", round=r) from exc
+            res = fed.finish_round(start, outcome, global_vec, clipped=clipped, saturated=saturated, t0=t0)
+        except RoundFailedError:
+            aborts += 1
+            if aborts > max_consecutive_aborts:
+                raise
+            continue
+        aborts = 0
+        done += 1
         yield SyncRound(res, duration, now, late)
 
 

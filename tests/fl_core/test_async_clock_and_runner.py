@@ -48,6 +48,17 @@ def test_a_deadline_drops_the_late_members_before_their_input():
         SyncClock(speed, 6, SeededRandomSource(0), deadline_s=0.0)
 
 
+def test_an_aborted_synchronous_attempt_costs_its_time_and_is_retried():
+    # Cohorts of 4 from 6 with two stragglers past the deadline: when both are sampled, two
+    # survivors cannot rebuild each other's self-masks (threshold 3 of 4) and the attempt aborts.
+    fed = make_fed(buffer=4, n_clients=6, secure_sum="masking", min_survivors=2)
+    speed = SpeedModel.trace([1.0, 1.0, 1.0, 1.0, 100.0, 100.0], stage_s=0.5)
+    clock = SyncClock(speed, 6, SeededRandomSource(0), exchanges=2, deadline_s=10.0)
+    out = list(clocked_rounds(fed, 6, clock))
+    assert [r.round.round for r in out] == [1, 2, 3, 4, 5, 6] and fed.aborts
+    assert out[-1].sim_time_s > sum(r.duration_s for r in out)  # the aborted attempts took time too
+
+
 def test_each_buffer_is_charged_to_its_survivors_only_against_the_server():
     from dp.adversary import epsilon_vs_server_per_client
     from fl_core.asynchronous import AsyncOptions, build_async_federation
