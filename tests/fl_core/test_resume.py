@@ -379,3 +379,34 @@ def test_out_folder_contract(tmp_path):
     assert json.loads((out / "summary.json").read_text())["rounds_completed"] == 3
     assert summary["ledger"] == str((out / "ledger.jsonl").resolve())
     assert verify_ledger(out / "ledger.jsonl").rounds == 3
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"record_noise_multiplier": 1.0, "dp": "none"},  # each client's Opacus accountant and call count
+        {"adaptive_clip": True, "dp": "central"},  # the adaptive clip moves between rounds
+    ],
+    ids=["record-dp", "adaptive-clip"],
+)
+def test_in_process_resume_restores_record_accountants_and_adaptive_clip(tmp_path, extra):
+    base = dict(clients=8, per_round=3, rounds=4, secure_sum="plain", seed=9, clip=1.0, server_momentum=0.5, **extra)
+    straight = execute(RunConfig(**base), out=tmp_path / "a")
+    fired = {"done": False}
+
+    def stop_after_round_2(res):
+        if res.round == 2 and not fired["done"]:
+            fired["done"] = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with InterruptGuard() as guard:
+        first = execute(RunConfig(**base), out=tmp_path / "b", guard=guard, on_round=stop_after_round_2)
+    assert first.interrupted and first.rounds_completed == 2
+    resumed = execute(resume_config(tmp_path / "b"), out=tmp_path / "b", resume=True)
+    assert resumed.rounds_completed == 4
+    a, b = _state(tmp_path / "a" / "model.pt"), _state(tmp_path / "b" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ja, jb = straight.to_json(), resumed.to_json()
+    assert ja["epsilon"] == jb["epsilon"] and ja["per_round_accuracy"] == jb["per_round_accuracy"]
+    if "record_level" in ja:
+        assert ja["record_level"]["epsilon_max"] == jb["record_level"]["epsilon_max"]
