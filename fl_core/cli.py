@@ -7,17 +7,16 @@ import sys
 from typing import Optional
 
 import typer
+import typer.rich_utils
 
 __all__ = ["app", "bench_app", "main", "version"]
 
-# Help is plain text (not rich panels), wrapped at the terminal's width or 120 columns when
-# output is not a terminal, so option help is never squeezed into an 80-column box and
-# "[default]" hints are printed as written rather than read as markup.
-_CONTEXT = {
-    "max_content_width": 120,
-    "terminal_width": None if sys.stdout.isatty() else 120,
-    "help_option_names": ["--help", "-h"],
-}
+# Help is drawn at the terminal's width, or 120 columns when output is not a terminal
+# (rich would assume 80 and squeeze every option's help into a narrow column); the
+# TERMINAL_WIDTH environment variable still wins.
+if not sys.stdout.isatty() and typer.rich_utils.MAX_WIDTH is None:
+    typer.rich_utils.MAX_WIDTH = 120
+_CONTEXT = {"help_option_names": ["--help", "-h"]}
 
 app = typer.Typer(
     name="privagg",
@@ -25,13 +24,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
     context_settings=_CONTEXT,
 )
 bench_app = typer.Typer(
     help="Benchmarks that print machine-readable JSON.",
     no_args_is_help=True,
-    rich_markup_mode=None,
     context_settings=_CONTEXT,
 )
 app.add_typer(bench_app, name="bench")

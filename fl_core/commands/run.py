@@ -21,44 +21,44 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("run")
     def run(
         dataset: Optional[str] = typer.Option(None, help="digits (embedded default) or fashion-mnist."),
-        clients: Optional[int] = typer.Option(None, help="Number of clients the data is split into [1000]."),
-        rounds: Optional[int] = typer.Option(None, help="Federated rounds [30]."),
+        clients: Optional[int] = typer.Option(None, help="Number of clients the data is split into \\[1000]."),
+        rounds: Optional[int] = typer.Option(None, help="Federated rounds \\[30]."),
         per_round: Optional[int] = typer.Option(None, "--per-round", help="Fixed cohort size per round."),
         sampling_rate: Optional[float] = typer.Option(
-            None, "--sampling-rate", help="Poisson sampling rate q [0.1 when --per-round is not given]."
+            None, "--sampling-rate", help="Poisson sampling rate q \\[0.1 when --per-round is not given]."
         ),
-        partition: Optional[str] = typer.Option(None, help="iid, dirichlet or shards [iid]."),
-        alpha: Optional[float] = typer.Option(None, help="Dirichlet concentration for --partition dirichlet [0.5]."),
-        model: Optional[str] = typer.Option(None, help="logreg, mlp or cnn [logreg]."),
-        local_epochs: Optional[int] = typer.Option(None, "--local-epochs", help="Client epochs per round [2]."),
-        lr: Optional[float] = typer.Option(None, help="Client SGD learning rate [0.5]."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Client batch size [16]."),
-        server_lr: Optional[float] = typer.Option(None, "--server-lr", help="Server learning rate [1.0]."),
-        server_momentum: Optional[float] = typer.Option(None, "--server-momentum", help="Server momentum [0.5]."),
+        partition: Optional[str] = typer.Option(None, help="iid, dirichlet or shards \\[iid]."),
+        alpha: Optional[float] = typer.Option(None, help="Dirichlet concentration for --partition dirichlet \\[0.5]."),
+        model: Optional[str] = typer.Option(None, help="logreg, mlp or cnn \\[logreg]."),
+        local_epochs: Optional[int] = typer.Option(None, "--local-epochs", help="Client epochs per round \\[2]."),
+        lr: Optional[float] = typer.Option(None, help="Client SGD learning rate \\[0.5]."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Client batch size \\[16]."),
+        server_lr: Optional[float] = typer.Option(None, "--server-lr", help="Server learning rate \\[1.0]."),
+        server_momentum: Optional[float] = typer.Option(None, "--server-momentum", help="Server momentum \\[0.5]."),
         secure_sum: Optional[str] = typer.Option(
             None, "--secure-sum", help="masking (default), paillier, or plain (insecure baseline)."
         ),
         graph: Optional[str] = typer.Option(
             None, help="Masking graph: sparse (SecAgg+, default) or complete (SecAgg)."
         ),
-        bits: Optional[int] = typer.Option(None, help="Ring width of the encoding [32]."),
+        bits: Optional[int] = typer.Option(None, help="Ring width of the encoding \\[32]."),
         dp: Optional[str] = typer.Option(None, help="distributed (default), central, local or none."),
         mechanism: Optional[str] = typer.Option(None, help="Distributed noise: skellam or discrete_gaussian."),
         clip: Optional[float] = typer.Option(
-            None, help="L2 clip norm of each client update [1.0 with DP, 10 without]."
+            None, help="L2 clip norm of each client update \\[1.0 with DP, 10 without]."
         ),
         adaptive_clip: Optional[bool] = typer.Option(
             None, "--adaptive-clip/--fixed-clip", help="Track a quantile of update norms (Andrew et al. 2021)."
         ),
         target_quantile: Optional[float] = typer.Option(
-            None, "--target-quantile", help="Adaptive clip quantile [0.5]."
+            None, "--target-quantile", help="Adaptive clip quantile \\[0.5]."
         ),
-        clip_lr: Optional[float] = typer.Option(None, "--clip-lr", help="Adaptive clip learning rate [0.2]."),
+        clip_lr: Optional[float] = typer.Option(None, "--clip-lr", help="Adaptive clip learning rate \\[0.2]."),
         count_noise_std: Optional[float] = typer.Option(
-            None, "--count-noise-std", help="Noise std on the adaptive clip's count [expected cohort / 20]."
+            None, "--count-noise-std", help="Noise std on the adaptive clip's count \\[expected cohort / 20]."
         ),
         noise_multiplier: Optional[float] = typer.Option(
-            None, "--noise-multiplier", help="Noise std / sensitivity [1.0]."
+            None, "--noise-multiplier", help="Noise std / sensitivity \\[1.0]."
         ),
         target_epsilon: Optional[float] = typer.Option(
             None,
@@ -68,36 +68,38 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         budget_against: Optional[str] = typer.Option(
             None,
             "--budget-against",
-            help="Adversary the budget holds against: server or public [server; public in central mode].",
+            help="Adversary the budget holds against: server or public \\[server; public in central mode].",
         ),
         client_max_epsilon: Optional[float] = typer.Option(
             None,
             "--client-max-epsilon",
-            help="Each client's own limit on its epsilon against the server [10; inf: none].",
+            help="Each client's own limit on its epsilon against the server \\[10; inf: none].",
         ),
         max_participation: Optional[int] = typer.Option(
             None,
             "--max-participation",
-            help="Most rounds a client may join [set by the calibration with --target-epsilon].",
+            help="Most rounds a client may join \\[set by the calibration with --target-epsilon].",
         ),
-        delta: Optional[float] = typer.Option(None, help="Privacy parameter delta [1e-5]."),
-        colluders: Optional[int] = typer.Option(None, help="Clients assumed to collude with the server [0]."),
+        delta: Optional[float] = typer.Option(None, help="Privacy parameter delta \\[1e-5]."),
+        colluders: Optional[int] = typer.Option(None, help="Clients assumed to collude with the server \\[0]."),
         record_noise_multiplier: Optional[float] = typer.Option(
             None, "--record-noise-multiplier", help="Also run Opacus DP-SGD in each client (record-level DP)."
         ),
-        record_clip: Optional[float] = typer.Option(None, "--record-clip", help="Per-example gradient clip [1.0]."),
+        record_clip: Optional[float] = typer.Option(None, "--record-clip", help="Per-example gradient clip \\[1.0]."),
         min_survivors: Optional[int] = typer.Option(
-            None, "--min-survivors", help="Fewest survivors a DP round may release with [a low quantile of the cohort]."
+            None,
+            "--min-survivors",
+            help="Fewest survivors a DP round may release with \\[a low quantile of the cohort].",
         ),
         ledger: Optional[Path] = typer.Option(None, help="Path of the epsilon ledger (JSONL)."),
         dropout: Optional[float] = typer.Option(
             None, help="Simulated fraction of each cohort dropping out before sending its masked input."
         ),
-        buffers: Optional[str] = typer.Option(None, help="Model buffers: local or aggregate [local]."),
+        buffers: Optional[str] = typer.Option(None, help="Model buffers: local or aggregate \\[local]."),
         seed: Optional[int] = typer.Option(
             None, help="Seed for a reproducible run (experiments only: no privacy if published)."
         ),
-        threads: Optional[int] = typer.Option(None, help="torch threads per process [1: fastest for small models]."),
+        threads: Optional[int] = typer.Option(None, help="torch threads per process \\[1: fastest for small models]."),
         task: Optional[str] = typer.Option(
             None,
             "--task",
@@ -116,7 +118,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         max_consecutive_aborts: Optional[int] = typer.Option(
             None,
             "--max-consecutive-aborts",
-            help="Stop (exit 3) after this many aborted attempts in a row [10].",
+            help="Exit 3 after this many aborts in a row \\[10].",
         ),
         out: Optional[Path] = typer.Option(
             None,

@@ -224,5 +224,5 @@ def test_version_and_help_width():
     assert res.exit_code == 0
     assert "[logreg]" in res.output  # default hints are printed, not eaten as markup
     lines = res.output.splitlines()
-    assert any("Stop (exit 3) after this many aborted attempts in a row [10]." in x for x in lines)  # not cut at 80
+    assert any("Exit 3 after this many aborts in a row [10]." in x for x in lines)
     assert any(len(x) > 80 for x in lines)
