@@ -789,6 +789,12 @@ class PaillierServerSession:
         for c in acc:
             if gmpy2.gcd(c, pk.n) != 1:
                 raise PaillierError("the aggregate is not a unit of Z_{n^2}: an input was not a valid ciphertext")
+        # Complete every slot to max_clients offsets (a public constant, encrypted trivially:
+        # the product already carries the clients' randomness), so the plaintext the key
+        # holders decrypt is a function of the ring sum alone, not of the cohort size or of
+        # how many clients held negative values (see secagg.paillier.packing).
+        pad = (1 + spec.plan.completion(survivors) * pk.n) % pk.n_squared
+        acc = self._acc = [c * pad % pk.n_squared for c in acc]
         flag = _WANT_PROOF if spec.verify_decryption and spec.setting is _Setting.SINGLE else _NO_PROOF
         request = wire.encode(
             wire.Kind.DECRYPT_REQUEST, pk, round_id=self._round, sender=SERVER, values=acc, trailer=flag

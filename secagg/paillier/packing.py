@@ -1,16 +1,31 @@
 """Packing ring vectors into Paillier plaintexts, many slots per plaintext (BatchCrypt-style).
 
-Each ring element ``x`` in Z_{2^b} is placed, as its unsigned representative, in a slot
-of ``w`` bits with ``w`` the bit length of ``max_clients * (2^b - 1)``. Adding up to
-``max_clients`` packed plaintexts therefore never carries out of a slot, and reducing
-each slot of the sum mod 2^b gives exactly the ring sum: two's-complement integers
-(negative values, integer DP noise) work unchanged, because the ring already
-represents them. A plaintext holds ``floor((key_bits - 1) / w)`` slots, so the packed
-sum stays below ``2^(key_bits - 1) <= n`` and never wraps mod ``n``.
+Each ring element ``x`` in Z_{2^b} is placed in a slot of ``w`` bits, with ``w`` the bit
+length of ``max_clients * (2^b - 1)``, as its **offset signed value** ``x_s + 2^(b-1)``
+(``x_s`` in [-2^(b-1), 2^(b-1)) the two's-complement reading of ``x``; the slot value is
+``x`` with its top bit flipped). The server completes the product of the ``n`` inputs
+with a public constant holding ``(max_clients - n) * 2^(b-1)`` per slot, so a decrypted
+slot holds exactly ``sum x_s + max_clients * 2^(b-1)``. Adding up to ``max_clients``
+slots never carries out of a slot, and reducing a slot mod 2^b (and removing the
+constant ``max_clients * 2^(b-1)``) gives the ring sum. A plaintext holds
+``floor((key_bits - 1) / w)`` slots, so the packed sum stays below
+``2^(key_bits - 1) <= n`` and never wraps mod ``n``.
 
-Unlike BatchCrypt (Zhang et al., USENIX ATC 2020), which packs quantised
-values with sign bits and padding, we pack unsigned ring representatives: no offset,
-no sign handling, and the overflow bound is exact.
+Security:
+    Whoever decrypts sees the whole plaintext, not only its low b bits per slot.
+    With unsigned representatives (the previous layout) the bits above b counted,
+    per coordinate, the clients holding a negative value: two cohorts with the same
+    ring sum gave different plaintexts, an un-noised statistic beyond the sum. With
+    the offset layout a slot is ``S + max_clients * 2^(b-1)`` where ``S`` is the
+    integer sum of the signed values; whenever that sum does not wrap the ring
+    (|S| < 2^(b-1), which :func:`secagg.encoding.plan_encoding` guarantees for
+    encoded updates and their noise, except with its stated tail probability),
+    ``S`` is the signed reading of the ring sum, so the plaintext is a function of
+    the ring sum alone, and of the public ``max_clients``: not of the cohort size or
+    of how the sum splits among clients.
+
+Unlike BatchCrypt (Zhang et al., USENIX ATC 2020), the overflow bound is exact and the
+offset is completed by the server, so no slot depends on the number of inputs.
 """
 
 from __future__ import annotations
@@ -60,13 +75,36 @@ class PackingPlan:
     def _slot_bytes_total(self) -> int:
         return (self.packed_bits + 7) // 8
 
+    @property
+    def offset(self) -> int:
+        """2^(b-1): what a slot adds to the signed value it holds."""
+        return 1 << (self.ring.bits - 1)
+
+    def completion(self, inputs: int) -> mpz:
+        """The public plaintext that completes a sum of ``inputs`` packed vectors: every slot
+        holds ``(max_clients - inputs) * offset``, so each completed slot carries
+        ``max_clients`` offsets whatever the cohort size.
+
+        Raises:
+            LocalProtocolError: ``inputs`` outside 1..max_clients.
+        """
+        if not 1 <= inputs <= self.max_clients:
+            raise LocalProtocolError(f"a sum of {inputs} inputs; this plan sums 1..{self.max_clients}")
+        per_slot = mpz((self.max_clients - inputs) * self.offset)
+        out = mpz(0)
+        for i in range(self.slots):
+            out += per_slot << (i * self.slot_bits)
+        return out
+
     def pack(self, v: RingVector) -> list[mpz]:
-        """Pack a ring vector into ``plaintexts`` integers; slot ``i`` holds ``v[k*slots + i]``."""
+        """Pack a ring vector into ``plaintexts`` integers; slot ``i`` holds ``v[k*slots + i]``
+        as its offset signed value (its top bit flipped; unused slots hold the offset alone)."""
         self.ring.check(v, self.dim, what="vector to pack")
         b, w, s = self.ring.bits, self.slot_bits, self.slots
         count = self.plaintexts
         padded = np.zeros(count * s, dtype=self.ring.dtype)
         padded[: self.dim] = v
+        np.bitwise_xor(padded, self.ring.dtype.type(self.offset), out=padded)
         item = self.ring.dtype.itemsize
         raw = padded.astype(self.ring.dtype.newbyteorder("<"), copy=False).view(np.uint8)
         out: list[mpz] = []
@@ -83,7 +121,9 @@ class PackingPlan:
         return out
 
     def unpack(self, plaintexts: Sequence[int]) -> RingVector:
-        """Unpack (summed) plaintexts; each slot mod 2^b gives the ring sum of the packed vectors.
+        """Unpack completed sums (packed vectors plus :meth:`completion`) into the ring sum.
+
+        Each slot, reduced mod 2^b, minus ``max_clients * offset`` is the ring sum.
 
         Raises:
             EncodingOverflowError: a plaintext exceeds the packed range (some input was
@@ -113,7 +153,10 @@ class PackingPlan:
             low[:, :, :b] = bits.reshape(k, s, w)[:, :, :b]
             vals = np.packbits(low, axis=2, bitorder="little").reshape(k * s * item)
             res[start * s : (start + k) * s] = vals.view(self.ring.dtype.newbyteorder("<"))
-        return res[: self.dim].copy()
+        out = res[: self.dim].copy()
+        if self.max_clients % 2:  # max_clients * 2^(b-1) is 2^(b-1) mod 2^b: flip the top bit back
+            np.bitwise_xor(out, self.ring.dtype.type(self.offset), out=out)
+        return out
 
 
 def plan_packing(ring: RingSpec, dim: int, *, key_bits: int, max_clients: int) -> PackingPlan:

@@ -268,7 +268,9 @@ def test_out_of_packed_range_plaintext_is_detected():
     ring = RingSpec(16)
     ss = single(ring, 50)
     pk = SK.public_key
-    cts = ss.encryptor.encrypt_many([pk.n - 1] * ss.plan.plaintexts, rng_for(1))
+    # n - 1 once the server's completion is added: beyond the packed range.
+    beyond = pk.n - 1 - ss.plan.completion(1)
+    cts = ss.encryptor.encrypt_many([beyond] * ss.plan.plaintexts, rng_for(1))
     payload = wire.encode(wire.Kind.CLIENT_CIPHERTEXTS, pk, round_id=1, sender=1, values=cts)
     server = ss.server([1], 1)
     server.receive(Message(1, SERVER, 1, STAGE_INPUT, payload))
@@ -586,7 +588,8 @@ def test_fresh_2048_bit_keys_single_and_threshold_round():
 
 
 def test_ciphertexts_are_mpz_and_match_plaintext_sum():
-    """White-box check of the aggregate: decrypting it gives the sum of the packed plaintexts."""
+    """White-box check of the aggregate: decrypting it gives the sum of the packed plaintexts,
+    completed by the server to max_clients offsets per slot."""
     ring = RingSpec(8)
     ss = single(ring, 20)
     inputs = random_inputs(ring, 20, 3)
@@ -595,7 +598,8 @@ def test_ciphertexts_are_mpz_and_match_plaintext_sum():
         server.receive(ss.client(c, 1, rng_for(c)).start(v)[0])
     agg = server.aggregate
     assert agg is not None and all(isinstance(c, type(mpz(1))) for c in agg)
-    packed = [sum(ms) for ms in zip(*(ss.plan.pack(v) for v in inputs.values()))]
+    pad = ss.plan.completion(len(inputs))
+    packed = [sum(ms) + pad for ms in zip(*(ss.plan.pack(v) for v in inputs.values()))]
     assert [SK.decrypt(c) for c in agg] == packed
 
 
@@ -672,3 +676,45 @@ def test_fixed_point_encoded_floats_with_noise_decode_to_the_float_sum(n, bits, 
     assert np.array_equal(out.total, plan.ring.sum(inputs.values(), dim))  # exact in the ring
     expected = sum(xs.values()) + sum(noise.values()) / plan.scale
     assert np.all(np.abs(enc.decode(out.total) - expected) <= n * plan.quantum + 1e-9)
+
+
+
+class _PlanRecorder:
+    """Delegates to the backend's packing plan and records the plaintexts it unpacks: the
+    decrypted aggregate, which the key holder (single) or the server (threshold) sees."""
+
+    def __init__(self, plan):
+        self._plan = plan
+        self.seen = []
+
+    def __getattr__(self, name):
+        return getattr(self._plan, name)
+
+    def unpack(self, plaintexts):
+        self.seen.append([int(m) for m in plaintexts])
+        return self._plan.unpack(plaintexts)
+
+
+@pytest.mark.parametrize("setting", ["single", "threshold"])
+def test_decryption_reveals_the_sum_and_nothing_else(setting):
+    """Issue 14, finding 2: cohorts with the same ring sum (one with negative values, one without,
+    and of different sizes) decrypt to identical plaintexts, so nothing beyond the sum (how many
+    clients were negative, how many took part) is visible to whoever decrypts."""
+    ring = RingSpec(16)
+    signed_a = {1: [3, -7, 100, 0], 2: [-1, 5, -50, -2], 3: [0, 4, 0, 1]}
+    signed_b = {1: [1, 1, 25, -1], 2: [1, 1, 25, 0]}
+    make = single if setting == "single" else threshold
+
+    def decrypted(rows):
+        ss = make(ring, 4, max_clients=5)
+        ss.plan = _PlanRecorder(ss.plan)
+        inputs = {c: ring.from_signed(np.array(v, dtype=np.int64)) for c, v in rows.items()}
+        out = run_round(ss, inputs, round_id=1, rng_for=rng_for)
+        assert out.error is None
+        (pts,) = ss.plan.seen
+        return ring.to_signed(out.total).tolist(), pts
+
+    sum_a, pts_a = decrypted(signed_a)
+    sum_b, pts_b = decrypted(signed_b)
+    assert sum_a == sum_b == [2, 2, 50, -1]
+    assert pts_a == pts_b

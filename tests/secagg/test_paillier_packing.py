@@ -12,25 +12,45 @@ from secagg.paillier.packing import plan_packing
 from secagg.ring import RingSpec
 
 
+def signed(ring, x):
+    x = int(x)
+    return x - ring.modulus if x >= ring.modulus // 2 else x
+
+
 def slow_pack(plan, v):
-    """Obviously correct reference: sum of v_i << (i * w) per plaintext."""
+    """Obviously correct reference: sum of (signed(v_i) + 2^(b-1)) << (i * w) per plaintext;
+    unused slots hold the offset 2^(b-1) alone."""
+    half = plan.ring.modulus // 2
     out = []
     for k in range(plan.plaintexts):
         acc = 0
         for i in range(plan.slots):
             j = k * plan.slots + i
-            if j < plan.dim:
-                acc += int(v[j]) << (i * plan.slot_bits)
+            value = signed(plan.ring, v[j]) if j < plan.dim else 0
+            acc += (value + half) << (i * plan.slot_bits)
         out.append(acc)
     return out
 
 
+def slow_completion(plan, inputs):
+    per_slot = (plan.max_clients - inputs) * (plan.ring.modulus // 2)
+    return sum(per_slot << (i * plan.slot_bits) for i in range(plan.slots))
+
+
 def slow_unpack(plan, pts):
+    """Each slot minus max_clients offsets, mod 2^b."""
+    base = plan.max_clients * (plan.ring.modulus // 2)
     vals = []
     for m in pts:
         for i in range(plan.slots):
-            vals.append((int(m) >> (i * plan.slot_bits)) & plan.ring.mask)
+            vals.append(((int(m) >> (i * plan.slot_bits)) - base) % plan.ring.modulus)
     return np.array(vals[: plan.dim], dtype=np.uint64).astype(plan.ring.dtype)
+
+
+def completed_sum(plan, vecs):
+    """What the key holders decrypt: the packed vectors' sum plus the server's completion."""
+    pad = plan.completion(len(vecs))
+    return [sum(ms) + pad for ms in zip(*(plan.pack(v) for v in vecs))]
 
 
 def ring_vectors(draw, ring, dim):
@@ -57,10 +77,12 @@ def test_pack_unpack_round_trip_matches_reference(bits, dim, key_bits, max_clien
     v = ring_vectors(data.draw, ring, dim)
     pts = plan.pack(v)
     assert [int(m) for m in pts] == slow_pack(plan, v)
-    assert all(0 <= m < (1 << (key_bits - 1)) for m in pts)
-    out = plan.unpack(pts)
+    assert int(plan.completion(1)) == slow_completion(plan, 1)
+    done = completed_sum(plan, [v])
+    assert all(0 <= m < (1 << (key_bits - 1)) for m in done)
+    out = plan.unpack(done)
     assert out.dtype == ring.dtype and np.array_equal(out, v)
-    assert np.array_equal(slow_unpack(plan, pts), v)
+    assert np.array_equal(slow_unpack(plan, done), v)
 
 
 @settings(max_examples=60, deadline=None)
@@ -80,9 +102,10 @@ def test_sum_of_packed_vectors_unpacks_to_ring_sum(bits, dim, max_clients, data)
     else:
         vecs = [ring_vectors(data.draw, ring, dim) for _ in range(min(n, 5))]
         n = len(vecs)
-    total = [sum(ms) for ms in zip(*(plan.pack(v) for v in vecs))]
+    total = completed_sum(plan, vecs)
     assert all(t < (1 << plan.packed_bits) for t in total)  # no slot carried out
     assert np.array_equal(plan.unpack(total), ring.sum(vecs, dim))
+    assert np.array_equal(slow_unpack(plan, total), ring.sum(vecs, dim))
 
 
 @settings(max_examples=40, deadline=None)
@@ -94,7 +117,7 @@ def test_negative_values_and_noise_sum_in_twos_complement(bits, values):
     ring = RingSpec(bits)
     plan = plan_packing(ring, 4, key_bits=512, max_clients=8)
     vecs = [ring.from_signed(np.array(v, dtype=np.int64)) for v in values]
-    total = [sum(ms) for ms in zip(*(plan.pack(v) for v in vecs))]
+    total = completed_sum(plan, vecs)
     expected = ring.from_signed(np.array(values, dtype=np.int64).sum(axis=0))
     assert np.array_equal(plan.unpack(total), expected)
 
@@ -116,6 +139,42 @@ def test_plan_refuses_what_cannot_fit():
     with pytest.raises(EncodingOverflowError) as ei:
         plan_packing(RingSpec(16), 5, key_bits=2048, max_clients=0)
     assert ei.value.knob == "max_clients"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    bits=st.integers(2, 32),
+    max_clients=st.integers(2, 40),
+    data=st.data(),
+)
+def test_plaintext_is_a_function_of_the_ring_sum_alone(bits, max_clients, data):
+    """Two cohorts (of any sizes, any split between positive and negative values) whose signed
+    sums agree, and do not wrap the ring, decrypt to the same plaintexts (issue 14, finding 2)."""
+    ring = RingSpec(bits)
+    dim = 3
+    plan = plan_packing(ring, dim, key_bits=2048, max_clients=max_clients)
+    half = ring.modulus // 2
+    target = data.draw(st.lists(st.integers(-half + 1, half - 1), min_size=dim, max_size=dim))
+
+    def cohort():
+        n = data.draw(st.integers(1, max_clients))
+        per = max(1, (half - 1) // max_clients)
+        rows = [data.draw(st.lists(st.integers(-per, per), min_size=dim, max_size=dim)) for _ in range(n - 1)]
+        last = [t - sum(r[i] for r in rows) for i, t in enumerate(target)]
+        if any(not -half <= x < half for x in last):
+            rows, last = [], list(target)
+        return [ring.from_signed(np.array(r, dtype=np.int64)) for r in [*rows, last]]
+
+    a, b = cohort(), cohort()
+    assert np.array_equal(ring.sum(a, dim), ring.sum(b, dim))
+    assert [int(m) for m in completed_sum(plan, a)] == [int(m) for m in completed_sum(plan, b)]
+
+
+def test_completion_refuses_a_count_outside_the_plan():
+    plan = plan_packing(RingSpec(8), 10, key_bits=256, max_clients=4)
+    for bad in (0, 5):
+        with pytest.raises(LocalProtocolError, match="this plan sums 1..4"):
+            plan.completion(bad)
 
 
 def test_unpack_refuses_out_of_range_and_wrong_count():
