@@ -15,7 +15,7 @@ from fl_core.backends import BackendRequest, build_secure_sum
 from fl_core.config import RunConfig
 from fl_core.data import FederatedData
 from fl_core.errors import ConfigError
-from fl_core.runner import RunSummary, build_federation
+from fl_core.runner import RunSummary, build_federation, remove_if_header_only
 
 __all__ = ["build_async_federation", "execute_async", "async_summary_fields"]
 
@@ -62,6 +62,9 @@ def build_async_federation(
         afed = AsyncFederation(fed, options)
     except BaseException:
         fed.close()
+        ledger = fed.accounting.ledger
+        if ledger is not None and extra.get("_ledger_created"):
+            remove_if_header_only(ledger.path)  # refused before any round: leave nothing behind
         raise
     return afed, data, extra
 

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from fl_core.errors import ConfigError
 from secagg import RandomSource
 
-__all__ = ["SpeedModel", "standard_normal"]
+__all__ = ["SpeedModel", "parse_speed", "standard_normal"]
 
 
 def standard_normal(rng: RandomSource, size: int) -> npt.NDArray[np.float64]:
@@ -122,3 +122,44 @@ def _positive(name: str, v: float) -> None:
 def _non_negative(name: str, v: float) -> None:
     if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
         raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}", option="speed")
+
+
+def parse_speed(text: str) -> SpeedModel:
+    """Parse the CLI form: ``lognormal[:MEDIAN_S[:SIGMA[:JITTER_SIGMA]]]`` or ``trace:FILE``.
+
+    A trace file holds per-client seconds, one number per line or a JSON list.
+
+    Raises:
+        ConfigError: an unreadable form or file.
+    """
+    kind, _, rest = str(text).partition(":")
+    kind = kind.strip().lower()
+    if kind == "lognormal":
+        parts = [p for p in rest.split(":") if p.strip()] if rest else []
+        if len(parts) <= 3:
+            try:
+                nums = [float(p) for p in parts]
+            except ValueError:
+                nums = None
+            if nums is not None:
+                keys = ("median_s", "sigma", "jitter_sigma")
+                return SpeedModel.lognormal(**dict(zip(keys, nums, strict=False)))
+    elif kind == "trace" and rest:
+        import json
+        from pathlib import Path
+
+        try:
+            raw = Path(rest).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read speed trace {rest}: {exc}", option="speed") from exc
+        try:
+            values = json.loads(raw) if raw.lstrip().startswith("[") else [float(x) for x in raw.split()]
+            times = [float(v) for v in values]
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"speed trace {rest} must hold numbers (seconds per client): {exc}",
+                              option="speed") from exc
+        return SpeedModel.trace(times)
+    raise ConfigError(
+        f"cannot read speed model {text!r}: use lognormal[:MEDIAN_S[:SIGMA[:JITTER_SIGMA]]] or trace:FILE",
+        option="speed",
+    )
