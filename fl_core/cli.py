@@ -68,6 +68,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fl_core.commands.audit",
     "fl_core.commands.bench_utility",
     "fl_core.commands.keygen",
+    "fl_core.commands.bench_async",
 )
 
 for _name in COMMAND_MODULES:

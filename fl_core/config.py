@@ -33,6 +33,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dp": ("none", "central", "distributed", "local"),
     "mechanism": ("skellam", "discrete_gaussian"),
     "buffers": ("local", "aggregate"),
+    "mode": ("sync", "async"),
 }
 
 
@@ -84,6 +85,18 @@ class RunConfig:
     """Operator keys handed to the task's ``load_data`` (``"data-dir=shards/{partition-id}"``)."""
     device: str = "cpu"
     max_consecutive_aborts: int = 10
+    mode: str = "sync"
+    """``sync`` rounds, or ``async`` buffered asynchronous training (see :mod:`fl_core.asynchronous`)."""
+    buffer: int | None = None
+    """Async: updates per applied buffer (K); checked with the other async options before a run."""
+    concurrency: int | None = None
+    """Async: clients checked in at once (C)."""
+    max_staleness: int | None = None
+    """Async: refuse updates older than this many versions."""
+    staleness: str = "fedbuff"
+    """Async: the staleness weight (fedbuff, constant, polynomial:A, hinge:A:B)."""
+    speed: str | None = None
+    """The simulated clock's per-client speeds (lognormal[:MEDIAN_S[:SIGMA[:JITTER]]] or trace:FILE)."""
 
     def __post_init__(self) -> None:
         for key, allowed in CHOICES.items():

@@ -129,6 +129,20 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         resume: Optional[Path] = typer.Option(
             None, "--resume", help="Continue the run stored in this --out folder where it left off."
         ),
+        mode: Optional[str] = typer.Option(
+            None, help="sync (rounds, default) or async (buffered asynchronous training, FedBuff-style)."
+        ),
+        buffer: Optional[int] = typer.Option(None, help="Async: updates per applied buffer K [10]."),
+        concurrency: Optional[int] = typer.Option(None, help="Async: clients checked in at once C [2K]."),
+        max_staleness: Optional[int] = typer.Option(
+            None, "--max-staleness", help="Async: refuse updates older than this many versions [no bound]."
+        ),
+        staleness: Optional[str] = typer.Option(
+            None, help="Async staleness weight: fedbuff (1/sqrt(1+s)), constant, polynomial:A, hinge:A:B."
+        ),
+        speed: Optional[str] = typer.Option(
+            None, help="Simulated client speeds: lognormal[:MEDIAN_S[:SIGMA[:JITTER]]] or trace:FILE [lognormal:10:1]."
+        ),
         config: Optional[Path] = typer.Option(None, "--config", help="TOML file mirroring these options."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
     ) -> None:
@@ -186,6 +200,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 node_config=node_config,
                 device=device,
                 max_consecutive_aborts=max_consecutive_aborts,
+                mode=mode,
+                buffer=buffer,
+                concurrency=concurrency,
+                max_staleness=max_staleness,
+                staleness=staleness,
+                speed=speed,
             ).items()
             if v is not None
         }
@@ -218,6 +238,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     + ", ".join("--" + k.replace("_", "-") for k in demo_only)
                     + " configure privagg's demo only: drop them (set them in your task module)"
                 )
+        if cfg.mode == "async":
+            from fl_core.asynchronous.command import execute_async_command
+
+            try:
+                execute_async_command(cfg, as_json, out=out)
+            except FLError as exc:
+                _fail(str(exc))
+            return
         _execute(cfg, as_json, out=out, resume=False)
 
 
@@ -249,6 +277,9 @@ def _execute(cfg: Any, as_json: bool, *, out: Path | None, resume: bool) -> None
             _fail(f"{type(exc).__name__}: {exc}")
         raise
     result = summary.to_json()
+    from fl_core.asynchronous.command import sync_simulated_time
+
+    result["simulated_time_s"] = sync_simulated_time(cfg, summary.results)  # the async mode's clock
     if out is not None:
         result["out"] = str(out)
     if as_json:
