@@ -246,9 +246,9 @@ class RecordDP:
             return
         self._warned_rng = True
         warnings.warn(
-            "record-level DP: Opacus runs without its secure RNG (torchcsprng is not a dependency); its noise "
-            "and batch sampling come from torch generators seeded from privagg's random source "
-            "(see the Security note of fl_core.record_dp). Shown once per run.",
+            "Secure RNG turned off for record-level DP (shown once per run): Opacus' noise and batch sampling "
+            "come from torch generators seeded from privagg's random source, as torchcsprng is not a dependency "
+            "(see the Security note of fl_core.record_dp).",
             RecordRNGWarning,
             stacklevel=3,
         )

@@ -452,9 +452,11 @@ def execute(
         guard: an :class:`fl_core.interrupt.InterruptGuard`; the round in flight commits whole
             or rolls back when a signal arrives, and the summary records the signal.
 
+    With ``cfg.dp == "none"`` no ledger is opened (``privagg run`` refuses ``--ledger`` there).
+
     Raises:
-        ConfigError: ``--ledger`` with ``--dp none``; a run that completed no round because
-            the budget is spent before round 1 (the message names the fix).
+        ConfigError: a run that completed no round because the budget is spent before
+            round 1 (the message names the fix).
         LedgerConflictError, CheckpointError: the ledger or the run folder belongs to another run.
         TooManyAbortsError: more consecutive aborts than ``cfg.max_consecutive_aborts`` before
             any round was committed (after a committed round the summary carries ``failure``).
@@ -463,12 +465,6 @@ def execute(
     from fl_core.checkpoint import RunDir, federation_state, restore_federation
     from fl_core.interrupt import Interrupted
 
-    if cfg.ledger is not None and cfg.dp == "none":
-        raise ConfigError(
-            "--ledger records client-level DP rounds, and --dp none has none to record: drop --ledger or choose "
-            "--dp distributed|central|local",
-            option="ledger",
-        )
     rundir = RunDir(Path(out)) if out is not None else None
     state = None
     prior: list[dict[str, Any]] = []

@@ -228,6 +228,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             _fail(str(exc))
         except TypeError as exc:
             _fail(f"bad option value: {exc}")
+        if cfg.ledger is not None and cfg.dp == "none":
+            _fail(
+                "--ledger records client-level DP rounds, and --dp none has none to record: drop --ledger or choose "
+                "--dp distributed|central|local"
+            )
         if cfg.task is not None:
             from fl_core.provenance import BUILTIN_ONLY_OPTIONS
 
