@@ -158,3 +158,21 @@ def test_options_are_frozen_and_validated():
     o = AsyncOptions(buffer=2, concurrency=3)
     with pytest.raises(AttributeError):
         o.buffer = 5  # type: ignore[misc]
+
+
+def test_paillier_buffers_are_the_exact_sum_of_their_ciphertexts():
+    """Paillier: the server multiplies the buffer's ciphertexts and the key holder decrypts once
+    per buffer session; the decrypted sum is exactly the plain sum of the survivors' inputs."""
+    spy = SpyTransport()
+    fed = make_fed(
+        buffer=3, n_clients=6, secure_sum="paillier", transport=spy, min_survivors=None,
+        secure_sum_options={"key_bits": 512, "insecure_small_key_for_tests": True, "min_survivors": 2},
+    )
+    afed = make_async(fed=fed, buffer=3, concurrency=5)
+    assert afed.floor == 2 and afed.exchanges == 2
+    out = afed.fit(3)
+    assert len(out) == 3 and len(spy.sessions) == 3
+    for b, sess in zip(out, spy.sessions, strict=True):
+        ring = sess["ring"]
+        expected = ring.sum([sess["inputs"][c] for c in b.survivors], fed.plan.dim)
+        assert sess["outcome"].total.tolist() == expected.tolist()

@@ -78,11 +78,13 @@ def make_fed(
     min_survivors: int | None = 2,
     seed: int = 1,
     data: list[TensorDataset] | None = None,
+    secure_sum_options: dict[str, Any] | None = None,
     **kw: Any,
 ) -> Federation:
     opts: dict[str, Any] = {"graph": "complete"} if secure_sum == "masking" else {}
     if min_survivors is not None:
         opts["min_survivors"] = min_survivors
+    opts.update(secure_sum_options or {})
     return Federation(
         user_model(),
         user_train_fn,
