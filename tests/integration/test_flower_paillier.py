@@ -483,28 +483,40 @@ def test_no_paillier_stage_runs_ahead_or_after_the_opening_on_a_node() -> None:
 
 
 def test_client_app_dispatches_by_role(single_key: Path) -> None:
-    """The real ClientApp: a key holder answers hello with its key and refuses training; a client refuses decrypt."""
-    from flwr.app import Context, Message, RecordDict
+    """The ClientApp with privagg's mod: a key holder answers hello with its key and refuses training, a client
+    refuses decrypt (each refusal is a reply naming the reason), and other messages reach the app's own handler."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from flwr.clientapp import ClientApp
 
     from fl_core.commands.keygen import PRIVATE_KEY
-    from fl_core.transport.flower.client import ClientStateError, app
-    from fl_core.transport.flower.codec import StagePacket, decode_packet, encode_packet
+    from fl_core.transport.flower import privagg_mod
+    from fl_core.transport.flower.codec import ERROR_FIELD, MESSAGE_TYPE, StagePacket, decode_packet, encode_packet
+
+    app = ClientApp(mods=[privagg_mod()])
+    own: list[Any] = []
+
+    @app.train()
+    def train(msg: Any, context: Any) -> Any:  # the app's own handler
+        own.append(msg)
+        return Message(RecordDict({"echo": ConfigRecord({"ok": True})}), reply_to=msg)
 
     holder = Context(
         1, 5, {"privagg-role": "key-holder", "paillier-key-file": str(single_key / PRIVATE_KEY)}, RecordDict(), {}
     )
     client = Context(1, 6, _node(1), RecordDict(), {})
 
-    def call(ctx: Any, message_type: str, packet: Any) -> Any:
-        msg = Message(encode_packet(packet), dst_node_id=ctx.node_id, message_type=message_type)
-        return app(msg, ctx)
+    def call(ctx: Any, packet: Any) -> Any:
+        msg = Message(encode_packet(packet), dst_node_id=ctx.node_id, message_type=MESSAGE_TYPE)
+        return decode_packet(app(msg, ctx).content)
 
-    rep = call(holder, "query.privagg_hello", StagePacket(0, "hello"))
-    assert decode_packet(rep.content).fields["role"] == "key-holder"
-    with pytest.raises(ClientStateError, match="is a Paillier key holder"):
-        call(holder, "train.privagg_round", StagePacket(1, "train"))
-    with pytest.raises(ClientStateError, match="is a client, not a Paillier key holder"):
-        call(client, "query.privagg_decrypt", StagePacket(1, "decrypt"))
+    assert call(holder, StagePacket(0, "hello")).fields["role"] == "key-holder"
+    assert "is a Paillier key holder" in call(holder, StagePacket(1, "train")).fields[ERROR_FIELD]
+    assert "is a client, not a Paillier key holder" in call(client, StagePacket(1, "decrypt")).fields[ERROR_FIELD]
+    assert call(client, StagePacket(0, "hello")).fields == {"client": 1}
+    assert own == []
+    plain = Message(RecordDict({"config": ConfigRecord({"lr": 0.1})}), dst_node_id=6, message_type=MESSAGE_TYPE)
+    assert app(plain, client).content.config_records["echo"]["ok"] is True
+    assert len(own) == 1
 
 
 # -- across real processes: SuperLink, client SuperNodes and a key-holder SuperNode -------------------------

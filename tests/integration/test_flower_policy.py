@@ -45,9 +45,9 @@ def no_build(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     built: list[Any] = []
     real = client_mod._client_build
 
-    def spy(cfg: Any, paillier: Any = None) -> Any:
+    def spy(cfg: Any, paillier: Any = None, **kw: Any) -> Any:
         built.append(cfg)
-        return real(cfg, paillier)
+        return real(cfg, paillier, **kw)
 
     monkeypatch.setattr(client_mod, "_client_build", spy)
     return built

@@ -53,14 +53,10 @@ from fl_core.transport.flower.ahead import (
 )
 from fl_core.transport.flower.codec import (
     CLIP_FIELD,
-    HELLO,
-    ROUND,
-    STAGE,
+    SIGNATURE_FIELD,
     TRAIN_STAGE,
     FlowerCodecError,
     StagePacket,
-    decode_packet,
-    encode_packet,
     vector_from_bytes,
     vector_to_bytes,
 )
@@ -79,9 +75,6 @@ from fl_core.transport.flower.sessions import secure_sum_for, session_rng
 from secagg import Message, RingSpec
 
 __all__ = [
-    "HELLO",
-    "ROUND",
-    "STAGE",
     "TRAIN_STAGE",
     "ClientStateError",
     "KeptTerms",
@@ -89,16 +82,14 @@ __all__ = [
     "NodeSession",
     "NodeState",
     "check_node_policy",
-    "app",
     "client_id_of",
     "handle_hello",
     "handle_packet",
     "handle_round",
     "handle_stage",
+    "node_task",
+    "task_node_config",
 ]
-
-
-_STATE = "privagg.session"
 
 
 class ClientStateError(FLError):
@@ -170,31 +161,115 @@ class NodeSession:
 # -- the pieces, independent of Flower's process model (tested directly) ------------
 
 
-def _client_federation(cfg: RunConfig) -> Any:
-    """The node's Federation: same model, data split, pipeline and secure sum as the server's.
+TaskSpec = Any
+"""What a node runs: a :class:`fl_core.task.Task`, a task module (object, dotted name or ``.py`` path),
+or None for privagg's built-in demo configured by the run configuration."""
+
+_TASKS: dict[str, Any] = {}
+
+
+def node_task(spec: TaskSpec, cfg: RunConfig) -> Any:
+    """The task this node runs: its own (``spec``), never one the server names.
+
+    A run configuration's ``task`` is the server's; a node ignores it and runs the task its
+    ClientApp was built with (None: the built-in demo, whose model and data follow the run
+    configuration).
+
+    Raises:
+        TaskError: the task module cannot be loaded or lacks a function.
+    """
+    from fl_core.task import Task, builtin_task, load_task
+
+    if isinstance(spec, Task):
+        return spec
+    if spec is None:
+        return builtin_task(cfg.replace(task=None, node_config=None))
+    key = spec.__name__ if hasattr(spec, "__name__") else str(spec)
+    if key not in _TASKS:
+        _TASKS[key] = load_task(spec)
+    return _TASKS[key]
+
+
+def task_node_config(node_config: Any, population: int) -> dict[str, Any]:
+    """What the task's ``load_data`` gets on this node: the operator's node config, with ``partition-id``
+    and ``num-partitions`` (the run's population when the operator did not set it); ``{partition-id}``
+    in a value is replaced as in the in-process simulation.
+
+    Raises:
+        ConfigError: no integer ``partition-id``.
+        DataError: ``partition-id`` is outside the population.
+    """
+    from fl_core.task import NUM_PARTITIONS, PARTITION_ID, node_config_for
+
+    client = client_id_of(node_config)
+    own = {k: v for k, v in dict(node_config or {}).items() if k not in (PARTITION_ID, NUM_PARTITIONS)}
+    n = (node_config or {}).get(NUM_PARTITIONS, population)
+    return node_config_for(client, int(n), own)
+
+
+def _client_federation(cfg: RunConfig, *, task: TaskSpec = None, node_config: Any = None) -> Any:
+    """The node's Federation: same model, pipeline and secure sum as the server's, its own data only.
 
     Nodes never write the epsilon ledger (the server does), so none is opened.
     """
-    return _client_build(cfg)[0]
+    return _client_build(cfg, task=task, node_config=node_config)[0]
 
 
-def _client_build(cfg: RunConfig, paillier: Callable[[Any], Any] | None = None) -> tuple[Any, Any]:
+def _client_build(
+    cfg: RunConfig,
+    paillier: Callable[[Any], Any] | None = None,
+    *,
+    task: TaskSpec = None,
+    node_config: Any = None,
+) -> tuple[Any, Any]:
     """The node's Federation and its record-DP wrapper (None without record-level DP).
 
-    ``paillier``: the backend factory of a Paillier round (the key the server sent); the
-    node then generates no key of its own.
+    The federation holds exactly this node's client (``role="node"``: asking for another
+    client's data raises); its data is loaded from the task's ``load_data`` with this node's
+    own configuration when first used. ``paillier``: the backend factory of a Paillier round
+    (the key the server sent); the node then generates no key of its own.
     """
     from fl_core.backend_paillier import keys_from
     from fl_core.runner import build_federation
 
+    nc = node_config if node_config is not None else {"partition-id": 0}
+    own_cfg = cfg.replace(task=None, node_config=None)  # the server's task and loader keys are not the node's
     with keys_from(paillier) if paillier is not None else contextlib.nullcontext():
-        fed, _data, extra = build_federation(cfg, open_ledger=False)
+        fed, _data, extra = build_federation(
+            own_cfg,
+            node_task(task, cfg),
+            role="node",
+            client=client_id_of(nc),
+            node_config=task_node_config(nc, cfg.clients),
+            open_ledger=False,
+        )
     return fed, extra.get("_record_dp")
 
 
-def handle_hello(node_config: Any) -> StagePacket:
-    """Answer the server's start-up query with this node's client id."""
-    return StagePacket(0, "hello", (), {"client": client_id_of(node_config)})
+def handle_hello(node_config: Any, packet: StagePacket | None = None, *, task: TaskSpec = None) -> StagePacket:
+    """Answer the server's start-up query with this node's client id, after loading and checking its data.
+
+    When the hello carries the run configuration, the node loads its own data with the
+    task's ``load_data`` now, so a missing data path or a loader returning no dataset is
+    refused at start-up rather than in a round; the reply then names the samples' shape
+    and dtype (never the data or its size), which the server compares across nodes.
+
+    Raises:
+        ConfigError: the node has no integer ``partition-id``.
+        DataError: ``load_data`` failed or returned no usable dataset (the typed error of
+            :func:`fl_core.task.load_client_data`, naming the node config).
+        TaskError: the task module cannot be loaded.
+    """
+    client = client_id_of(node_config)
+    fields: dict[str, Any] = {"client": client}
+    if packet is not None and "config" in packet.fields:
+        from fl_core.task import load_client_data
+
+        cfg = config_from_json(str(packet.fields["config"]))
+        nc = task_node_config(node_config, cfg.clients)
+        _data, sig = load_client_data(node_task(task, cfg), nc, client=client)
+        fields[SIGNATURE_FIELD] = "" if sig is None else str(sig)
+    return StagePacket(0, "hello", (), fields)
 
 
 def handle_round(
@@ -204,8 +279,12 @@ def handle_round(
     record: RecordState | None = None,
     *,
     on_record: Callable[[RecordState], None] | None = None,
+    task: TaskSpec = None,
 ) -> tuple[StagePacket, NodeSession | None]:
     """The opening message of a round: train, clip, noise, encode, start the session.
+
+    ``task`` is what this node runs (:func:`node_task`): its ``train_fn`` trains on the data
+    its ``load_data`` returns for this node's own configuration.
 
     Returns the reply and the session to keep for the round's later stages (None for
     Paillier, whose client sends its ciphertexts in this reply and nothing after).
@@ -235,7 +314,7 @@ def handle_round(
         FlowerCodecError: the packet lacks the model, the configuration or (Paillier) the key.
         ConfigError, FLError: invalid configuration or a failing ``train_fn``.
     """
-    reply, session, _record = _open_round(packet, node_config, ahead, record, on_record)
+    reply, session, _record = _open_round(packet, node_config, ahead, record, on_record, task)
     return reply, session
 
 
@@ -245,6 +324,7 @@ def _open_round(
     ahead: AheadSession | None,
     record: RecordState | None,
     on_record: Callable[[RecordState], None] | None,
+    task: TaskSpec = None,
 ) -> tuple[StagePacket, NodeSession | None, RecordState | None]:
     from fl_core.transport.flower import record as record_state
 
@@ -268,7 +348,7 @@ def _open_round(
         paillier = client_factory(client_public_key(f, node_config), node_config)
         if packet.messages:
             raise ClientStateError(f"the opening message of paillier round {r} carries protocol messages: refused")
-    fed, record_dp = _client_build(cfg, paillier)
+    fed, record_dp = _client_build(cfg, paillier, task=task, node_config=node_config)
     if fed.dim != f["dim"]:
         raise ConfigError(
             f"the server's model has {f['dim']} values, this node's has {fed.dim}: different model or privagg version",
@@ -285,7 +365,7 @@ def _open_round(
     global_vec = vector_from_bytes(bytes(f["global"]), np.float32, fed.dim)
     if record_dp is not None:
         record_state.restore(record_dp, client, record)
-    vec, clip = fed.client_contribution(client, r, global_vec, fed.client_data[client - 1])
+    vec, clip = fed.client_contribution(client, r, global_vec, fed.source.get(client))
     fields: dict[str, Any] = {"clipped": bool(clip.clipped), "saturated": int(clip.saturated)}
     if record_dp is not None:
         record, eps_fields = record_state.capture(record_dp, client)
@@ -416,7 +496,9 @@ class NodeState:
     terms: KeptTerms | None = None
 
 
-def _terms_for(node_config: Any, kept: KeptTerms | None) -> Callable[[RunConfig, NodeFloor], SessionTerms]:
+def _terms_for(
+    node_config: Any, kept: KeptTerms | None, task: TaskSpec = None
+) -> Callable[[RunConfig, NodeFloor], SessionTerms]:
     """The node's own session terms for a configuration: kept from an opening of it, or derived now."""
 
     def derive(cfg: RunConfig, floor: NodeFloor) -> SessionTerms:
@@ -424,7 +506,7 @@ def _terms_for(node_config: Any, kept: KeptTerms | None) -> Callable[[RunConfig,
 
         if kept is not None and kept.config_json == config_to_json(cfg):
             return kept.terms
-        return session_terms(_client_federation(cfg), floor, cfg.dp)
+        return session_terms(_client_federation(cfg, task=task, node_config=node_config), floor, cfg.dp)
 
     return derive
 
@@ -435,13 +517,14 @@ def handle_packet(
     state: NodeState,
     *,
     on_record: Callable[[RecordState], None] | None = None,
+    task: TaskSpec = None,
 ) -> tuple[StagePacket, NodeState]:
     """Answer one privagg packet (a round's opening, a stage, or a standalone advertise request).
 
     A packet may also ask the node to run the next round's next input-free stage
     (:mod:`fl_core.transport.flower.ahead`); its messages ride on the reply.
 
-    ``on_record`` (record-level DP): see :func:`handle_round`.
+    ``on_record`` (record-level DP) and ``task``: see :func:`handle_round`.
 
     Raises:
         The errors of :func:`handle_round`, :func:`handle_stage` and
@@ -449,7 +532,7 @@ def handle_packet(
     """
     if packet.stage == TRAIN_STAGE:
         ahead = state.ahead if state.ahead is not None and state.ahead.params.round_id == packet.round_id else None
-        reply, session, record = _open_round(packet, node_config, ahead, state.record, on_record)
+        reply, session, record = _open_round(packet, node_config, ahead, state.record, on_record, task)
         terms = state.terms
         if session is not None:
             terms = KeptTerms(
@@ -467,119 +550,7 @@ def handle_packet(
     if req is not None:
         params, msgs = req
         kept = new.ahead if new.ahead is not None and new.ahead.params.round_id == params.round_id else None
-        fields, kept = advance(params, msgs, client, node_config, kept, terms=_terms_for(node_config, new.terms))
+        fields, kept = advance(params, msgs, client, node_config, kept, terms=_terms_for(node_config, new.terms, task))
         reply = StagePacket(reply.round_id, reply.stage, reply.messages, {**reply.fields, **fields})
         new = replace(new, ahead=kept)
     return reply, new
-
-
-# -- the Flower ClientApp -----------------------------------------------------------
-
-_AHEAD = "privagg.ahead"
-_TERMS = "privagg.terms"
-
-
-def _load_state(context: Any) -> NodeState:
-    from fl_core.transport.flower import record
-
-    rec = context.state.config_records.get(_STATE)
-    arec = context.state.config_records.get(_AHEAD)
-    trec = context.state.config_records.get(_TERMS)
-    return NodeState(
-        NodeSession.from_record(rec) if rec is not None else None,
-        AheadSession.from_record(arec) if arec is not None else None,
-        record.load_state(context),
-        KeptTerms.from_record(trec) if trec is not None else None,
-    )
-
-
-def _save_state(context: Any, state: NodeState) -> None:
-    from fl_core.transport.flower import record
-
-    for key, value in ((_STATE, state.session), (_AHEAD, state.ahead), (_TERMS, state.terms)):
-        if value is None:
-            context.state.config_records.pop(key, None)
-        else:
-            context.state.config_records[key] = value.to_record()
-    if state.record is not None:  # the accountant outlives rounds: never dropped
-        record.save_state(context, state.record)
-
-
-def _is_key_holder(context: Any) -> bool:
-    from fl_core.transport.flower.paillier import HOLDER_ROLE, node_role
-
-    return node_role(context.node_config) == HOLDER_ROLE
-
-
-def _not_a_client(what: str) -> ClientStateError:
-    return ClientStateError(
-        f'this SuperNode is a Paillier key holder (privagg-role="key-holder"): it takes no {what}; '
-        "the server counted it as a client by mistake"
-    )
-
-
-def _make_app() -> Any:
-    from flwr.app import Message as FlowerMessage
-    from flwr.clientapp import ClientApp
-
-    app = ClientApp()
-
-    @app.query("privagg_hello")
-    def _hello(msg: FlowerMessage, context: Any) -> FlowerMessage:
-        decode_packet(msg.content, stage="hello")
-        if _is_key_holder(context):
-            from fl_core.transport.flower.paillier import handle_holder_hello
-
-            return FlowerMessage(encode_packet(handle_holder_hello(context.node_config)), reply_to=msg)
-        return FlowerMessage(encode_packet(handle_hello(context.node_config)), reply_to=msg)
-
-    @app.query("privagg_decrypt")
-    def _decrypt(msg: FlowerMessage, context: Any) -> FlowerMessage:
-        from fl_core.transport.flower.paillier import (
-            DECRYPT_STAGE,
-            handle_decrypt,
-            load_holder_state,
-            save_holder_state,
-        )
-
-        if not _is_key_holder(context):
-            raise ClientStateError("this SuperNode is a client, not a Paillier key holder: it decrypts nothing")
-        packet = decode_packet(msg.content, stage=DECRYPT_STAGE)
-        reply, new = handle_decrypt(packet, context.node_config, load_holder_state(context))
-        save_holder_state(context, new)
-        return FlowerMessage(encode_packet(reply), reply_to=msg)
-
-    @app.train("privagg_round")
-    def _round(msg: FlowerMessage, context: Any) -> FlowerMessage:
-        if _is_key_holder(context):
-            raise _not_a_client("training round")
-        state = _load_state(context)
-        # A new round discards whatever the node held, even if it fails; the record-DP
-        # accountant is kept, and saved as soon as training has charged it.
-        _save_state(context, NodeState(record=state.record, terms=state.terms))
-        packet = decode_packet(msg.content, stage=TRAIN_STAGE)
-
-        def keep(record: RecordState) -> None:
-            _save_state(context, NodeState(record=record, terms=state.terms))
-
-        reply, new = handle_packet(packet, context.node_config, state, on_record=keep)
-        _save_state(context, new)
-        return FlowerMessage(encode_packet(reply), reply_to=msg)
-
-    @app.train("privagg_stage")
-    def _stage(msg: FlowerMessage, context: Any) -> FlowerMessage:
-        if _is_key_holder(context):
-            raise _not_a_client("protocol stage")
-        packet = decode_packet(msg.content)
-        reply, new = handle_packet(packet, context.node_config, _load_state(context))
-        _save_state(context, new)
-        return FlowerMessage(encode_packet(reply), reply_to=msg)
-
-    from fl_core.transport.flower.baseline import register_fedavg_client
-
-    register_fedavg_client(app)
-    return app
-
-
-app = _make_app()
-"""The ClientApp object (``[tool.flwr.app.components] clientapp``)."""

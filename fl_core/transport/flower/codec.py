@@ -31,10 +31,10 @@ from secagg import Message
 
 __all__ = [
     "CLIP_FIELD",
-    "HELLO",
+    "ERROR_FIELD",
+    "MESSAGE_TYPE",
     "RECORD",
-    "ROUND",
-    "STAGE",
+    "SIGNATURE_FIELD",
     "TRAIN_STAGE",
     "WIRE_VERSION",
     "FlowerCodecError",
@@ -48,14 +48,18 @@ __all__ = [
 WIRE_VERSION = 1
 """Version of the record layout below; bumped on any change."""
 
-HELLO = "query.privagg_hello"
-"""Flower message type of the server's start-up query (the node answers with its client id)."""
-ROUND = "train.privagg_round"
-"""Flower message type of a round's opening message (model down, first protocol message up)."""
-STAGE = "train.privagg_stage"
-"""Flower message type of each later protocol stage."""
+MESSAGE_TYPE = "train"
+"""Flower message type of every privagg packet (start-up hello, a round's opening, each stage,
+a decryption request). Flower routes a ClientApp's messages by type before its mods run, so
+privagg's packets take the type of the ClientApp's own default ``@app.train()`` handler and
+:func:`fl_core.transport.flower.mod.privagg_mod` picks them out by their ``privagg`` record
+(Flower's ``secaggplus_mod`` does the same); the packet's stage says what it is."""
 TRAIN_STAGE = "train"
-"""Stage name of the opening message of a round."""
+"""Stage name of the opening message of a round (model down, first protocol message up)."""
+ERROR_FIELD = "error"
+"""Reply field of a node that refused or failed a packet: the reason (the server logs it; the node is a dropout)."""
+SIGNATURE_FIELD = "data_signature"
+"""Hello-reply field: the shape and dtype of one sample of the node's data (never the data or its size)."""
 
 CLIP_FIELD = "clip"
 """Opening-message field: the round's clip, the one the server's ledger charges (nodes clip at exactly it)."""

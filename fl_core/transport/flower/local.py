@@ -77,6 +77,10 @@ class LocalDeployment:
         key_holders: Paillier key files (``privagg keygen paillier``); one key-holder SuperNode
             is started per file (``privagg-role="key-holder"``), after the client nodes.
         node_config: extra ``--node-config`` entries of every client SuperNode (e.g. a key pin).
+        node_configs: extra ``--node-config`` entries of one client SuperNode, by partition id
+            (e.g. its own ``data-dir``); they override ``node_config``.
+        node_env: extra environment variables of one client SuperNode (and the ClientApp
+            processes it starts), by partition id.
     """
 
     nodes: int
@@ -85,6 +89,8 @@ class LocalDeployment:
     task_poll_interval: float = 0.1
     key_holders: Sequence[str | Path] = ()
     node_config: Mapping[str, Any] = field(default_factory=dict)
+    node_configs: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+    node_env: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
     port: int = 0
     procs: list[_Proc] = field(default_factory=list)
     supernodes: dict[int, _Proc] = field(default_factory=dict)
@@ -113,9 +119,10 @@ class LocalDeployment:
             raise DeploymentError("the deployment is not started")
         return self.workdir / "flwr-home"
 
-    def _environ(self) -> dict[str, str]:
+    def _environ(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.env)
+        env.update(extra or {})
         env["FLWR_HOME"] = str(self.home)
         env.setdefault("PYTHONUNBUFFERED", "1")
         # How often a SuperNode's executor looks for a message to run (Flower's default: 1 s);
@@ -123,13 +130,13 @@ class LocalDeployment:
         env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(self.task_poll_interval))
         return env
 
-    def _spawn(self, name: str, argv: list[str]) -> _Proc:
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> _Proc:
         if self.workdir is None:  # pragma: no cover - set in __enter__
             raise DeploymentError("the deployment is not started")
         log = self.workdir / f"{name}.log"
         fh = log.open("wb")
         popen = subprocess.Popen(  # noqa: S603 - fixed argv of installed Flower commands
-            argv, stdout=fh, stderr=subprocess.STDOUT, env=self._environ(), cwd=self.workdir, start_new_session=True
+            argv, stdout=fh, stderr=subprocess.STDOUT, env=self._environ(env), cwd=self.workdir, start_new_session=True
         )
         proc = _Proc(name, popen, log, fh)
         self.procs.append(proc)
@@ -181,8 +188,9 @@ class LocalDeployment:
 
     def start_supernode(self, partition_id: int) -> None:
         """Start the SuperNode of ``partition_id`` (client ``partition_id + 1``)."""
-        argv = self._supernode_argv({"partition-id": partition_id, **self.node_config})
-        self.supernodes[partition_id] = self._spawn(f"supernode-{partition_id}", argv)
+        config = {"partition-id": partition_id, **self.node_config, **self.node_configs.get(partition_id, {})}
+        argv = self._supernode_argv(config)
+        self.supernodes[partition_id] = self._spawn(f"supernode-{partition_id}", argv, self.node_env.get(partition_id))
 
     def start_key_holder(self, index: int, key_file: str | Path) -> None:
         """Start a Paillier key-holder SuperNode (not a client) that holds ``key_file``.

@@ -38,13 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from fl_core.errors import ConfigError, FLError
-from fl_core.transport.flower.codec import FlowerCodecError, StagePacket, decode_packet, encode_packet
+from fl_core.transport.flower.codec import ERROR_FIELD, FlowerCodecError, StagePacket, decode_packet, encode_packet
 from fl_core.transport.flower.policy import NodePolicyError, check_key_pin_format
 from secagg import SERVER, Message, SecAggError
 
 __all__ = [
     "CLIENT_ROLE",
-    "DECRYPT",
     "DECRYPT_STAGE",
     "HOLDER_ROLE",
     "HolderKey",
@@ -69,7 +68,6 @@ HOLDER_ROLE = "key-holder"
 KEY_FILE_KEY = "paillier-key-file"
 SMALL_KEY_KEY = "insecure-small-key-for-tests"
 
-DECRYPT = "query.privagg_decrypt"
 DECRYPT_STAGE = "decrypt"
 PUBLIC_KEY_FIELD = "paillier_public_key"
 PARAMS_FIELD = "paillier_threshold_params"
@@ -410,7 +408,7 @@ class HolderRouter:
             for hid, node in sorted(self.holders.nodes.items())
         }
         t0 = time.perf_counter()
-        replies = self.link.exchange(DECRYPT, contents, group=f"{r}-decrypt", timeout=self.timeout)
+        replies = self.link.exchange(contents, group=f"{r}-decrypt", timeout=self.timeout)
         out: dict[int, list[Message]] = {}
         for node, rep in sorted(replies.items()):
             hid = by_node.get(node)
@@ -420,6 +418,9 @@ class HolderRouter:
                 packet = decode_packet(rep.content, round_id=r, stage=DECRYPT_STAGE)
             except FlowerCodecError as exc:
                 self.rejected.append(f"key holder {hid}: {exc}")
+                continue
+            if ERROR_FIELD in packet.fields:
+                self.rejected.append(f"key holder {hid}: refused: {packet.fields[ERROR_FIELD]}")
                 continue
             if not packet.messages or any(m.sender != hid for m in packet.messages):
                 self.rejected.append(f"key holder {hid}: reply carries no messages or another holder's (refused)")

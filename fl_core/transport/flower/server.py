@@ -43,9 +43,9 @@ from fl_core.errors import FLError
 from fl_core.transport.flower.ahead import AHEAD_STAGE, AheadPipeline
 from fl_core.transport.flower.codec import (
     CLIP_FIELD,
-    HELLO,
-    ROUND,
-    STAGE,
+    ERROR_FIELD,
+    MESSAGE_TYPE,
+    SIGNATURE_FIELD,
     TRAIN_STAGE,
     FlowerCodecError,
     StagePacket,
@@ -53,7 +53,7 @@ from fl_core.transport.flower.codec import (
     encode_packet,
     vector_to_bytes,
 )
-from fl_core.transport.flower.options import FlowerOptions, config_to_json, parse_run_config
+from fl_core.transport.flower.options import FlowerOptions, config_to_json
 from fl_core.transport.flower.paillier import HOLDER_ROLE, PUBLIC_KEY_FIELD, HolderRouter, KeyHolders, key_holders_from
 from fl_core.transport.flower.record import RECORD_EPSILON, RECORD_STEPS
 from secagg import Message, RoundOutcome, SecAggError
@@ -64,7 +64,6 @@ __all__ = [
     "GridLink",
     "NodeUnavailableError",
     "RunReport",
-    "app",
     "discover_nodes",
     "discover_roster",
     "run_privagg",
@@ -89,7 +88,9 @@ class GridLink:
         self.grid = grid
         self.poll_interval = poll_interval
 
-    def exchange(self, message_type: str, contents: Mapping[int, Any], *, group: str, timeout: float) -> dict[int, Any]:
+    def exchange(
+        self, contents: Mapping[int, Any], *, group: str, timeout: float, message_type: str = MESSAGE_TYPE
+    ) -> dict[int, Any]:
         """Send ``contents[node]`` to each node; return node -> reply for those that answered in time."""
         if not contents:
             return {}
@@ -118,32 +119,39 @@ class GridLink:
         return replies
 
 
-def discover_nodes(link: GridLink, clients: int, *, timeout: float) -> dict[int, int]:
+def discover_nodes(link: GridLink, clients: int, *, timeout: float, config_json: str | None = None) -> dict[int, int]:
     """Wait for ``clients`` SuperNodes and learn each one's client id: returns client -> node id.
 
     Raises:
         NodeUnavailableError: too few nodes connected, or the partition ids do not
             cover clients 1..``clients`` exactly once.
     """
-    return discover_roster(link, clients, timeout=timeout, key_holders=False)[0]
+    return discover_roster(link, clients, timeout=timeout, key_holders=False, config_json=config_json)[0]
 
 
 def discover_roster(
-    link: GridLink, clients: int, *, timeout: float, key_holders: bool
+    link: GridLink, clients: int, *, timeout: float, key_holders: bool, config_json: str | None = None
 ) -> tuple[dict[int, int], KeyHolders | None]:
     """Learn the client nodes (client -> node id) and, with ``key_holders``, the Paillier key holders.
 
     Client nodes answer the hello with their client id, key-holder nodes with their role
-    and public key material. With ``key_holders`` the server waits (until ``timeout``)
-    for every holder of the key (1, or m of a t-of-m key) and starts with at least t.
-    Key-holder nodes are never clients; in a run without them they are ignored.
+    and public key material. With ``config_json`` the hello carries the run configuration
+    and each client node loads and checks its own data first: a node whose data path is
+    missing (or whose loader returns no dataset) refuses here, with its reason, instead of
+    failing in a round; and every node's samples must have one shape and dtype. With
+    ``key_holders`` the server waits (until ``timeout``) for every holder of the key (1,
+    or m of a t-of-m key) and starts with at least t. Key-holder nodes are never clients;
+    in a run without them they are ignored.
 
     Raises:
-        NodeUnavailableError: too few nodes connected, the partition ids do not cover
-            clients 1..``clients`` exactly once, or (``key_holders``) fewer holders than
-            a decryption needs answered.
+        NodeUnavailableError: too few nodes connected, a node refused the hello (its reason
+            is in the message), the partition ids do not cover clients 1..``clients``
+            exactly once, or (``key_holders``) fewer holders than a decryption needs answered.
+        DataError: the nodes' samples differ in shape or dtype.
         fl_core.transport.flower.paillier.KeyHolderSetupError: the holders do not form one key.
     """
+    from fl_core.errors import DataError
+
     deadline = time.monotonic() + timeout
     want = clients + (1 if key_holders else 0)
     nodes: list[int] = []
@@ -159,17 +167,24 @@ def discover_roster(
             + " (start one flower-supernode per client, or lower clients)"
         )
     hellos: dict[int, Mapping[str, Any]] = {}
+    refusals: dict[int, str] = {}
     asked: set[int] = set()
 
     def ask(new: list[int]) -> None:
-        hello = encode_packet(StagePacket(0, "hello"))
+        hello = encode_packet(StagePacket(0, "hello", (), {"config": config_json} if config_json else {}))
         left = max(1.0, deadline - time.monotonic())
         asked.update(new)
-        for node, rep in link.exchange(HELLO, {n: hello for n in new}, group="hello", timeout=left).items():
+        for node, rep in link.exchange({n: hello for n in new}, group="hello", timeout=left).items():
             try:
-                hellos[node] = decode_packet(rep.content, stage="hello").fields
+                fields = decode_packet(rep.content, stage="hello").fields
             except FlowerCodecError as exc:
                 log.warning("node %s sent an unusable hello: %s", node, exc)
+                continue
+            if ERROR_FIELD in fields:
+                refusals[node] = str(fields[ERROR_FIELD])
+                log.warning("node %s refused the hello: %s", node, refusals[node])
+                continue
+            hellos[node] = fields
 
     ask(nodes)
     holders = key_holders_from(hellos) if key_holders else None
@@ -195,8 +210,21 @@ def discover_roster(
         by_client[c] = node
     missing = sorted(set(range(1, clients + 1)) - set(by_client))
     if missing:
+        why = "".join(f"; node {n} refused: {reason}" for n, reason in sorted(refusals.items()))
         raise NodeUnavailableError(
-            f"no SuperNode answered for clients {missing} (partition-ids {[m - 1 for m in missing]})"
+            f"no SuperNode answered for clients {missing} (partition-ids {[m - 1 for m in missing]}){why}"
+        )
+    shapes: dict[str, list[int]] = {}
+    for c, node in sorted(by_client.items()):
+        sig = hellos[node].get(SIGNATURE_FIELD)
+        if sig:
+            shapes.setdefault(str(sig), []).append(c)
+    if len(shapes) > 1:
+        raise DataError(
+            "the nodes' data have different sample shapes or dtypes ("
+            + "; ".join(f"clients {cs}: {sig}" for sig, cs in sorted(shapes.items(), key=lambda kv: -len(kv[1])))
+            + "): every node's load_data must return samples of one shape and dtype (the clients train one model)",
+            function="load_data",
         )
     if key_holders:
         start_holder = (
@@ -296,6 +324,11 @@ class FlowerRoundDriver:
             except FlowerCodecError as exc:
                 trace.rejected.append(f"client {c}: {exc}")
                 continue
+            if ERROR_FIELD in packet.fields:  # the node refused or failed (e.g. its train_fn raised): a dropout
+                reason = str(packet.fields[ERROR_FIELD])
+                log.warning("round %d: client %d dropped out at stage %s: %s", round_id, c, stage, reason)
+                trace.rejected.append(f"client {c}: dropped out: {reason}")
+                continue
             if any(m.sender != c for m in packet.messages):
                 trace.rejected.append(f"client {c}: reply carries messages of another sender (refused)")
                 continue
@@ -384,7 +417,7 @@ class FlowerRoundDriver:
             for c in openers
         }
         to_clients = self._round_trip(
-            ROUND, fed, server, r, TRAIN_STAGE, opening, config_json, next_members, outcome, trace, clip_fields
+            True, fed, server, r, TRAIN_STAGE, opening, config_json, next_members, outcome, trace, clip_fields
         )
         self._holder_stages(trace, r)
 
@@ -397,7 +430,7 @@ class FlowerRoundDriver:
                     outcome.bytes_down[m.recipient] += m.size
             packets = {c: StagePacket(r, stage, tuple(ms)) for c, ms in by_client.items()}
             out = self._round_trip(
-                STAGE, fed, server, r, stage, packets, config_json, next_members, outcome, trace, None
+                False, fed, server, r, stage, packets, config_json, next_members, outcome, trace, None
             )
             self._holder_stages(trace, r)
             return out
@@ -424,7 +457,7 @@ class FlowerRoundDriver:
 
     def _round_trip(
         self,
-        message_type: str,
+        opening: bool,
         fed: Any,
         server: Any,
         r: int,
@@ -445,7 +478,7 @@ class FlowerRoundDriver:
         standalone = {self.nodes[c]: c for c in ahead if c not in packets and c in self.nodes}
         for n, c in standalone.items():
             contents[n] = encode_packet(StagePacket(r + 1, AHEAD_STAGE, (), ahead[c]))
-        timeout = self.options.train_timeout if message_type == ROUND else self.options.stage_timeout
+        timeout = self.options.train_timeout if opening else self.options.stage_timeout
         ahead_replies: dict[int, Mapping[str, Any]] = {}
 
         def fields_of(c: int, f: Mapping[str, Any]) -> None:
@@ -454,7 +487,7 @@ class FlowerRoundDriver:
                 on_fields(c, f)
 
         ts = time.perf_counter()
-        replies = self.link.exchange(message_type, contents, group=str(r), timeout=timeout)
+        replies = self.link.exchange(contents, group=str(r), timeout=timeout)
         own = {n: rep for n, rep in replies.items() if n not in standalone}
         out, answered = self._accept(
             server, own, round_id=r, stage=stage, outcome=outcome, trace=trace, on_fields=fields_of
@@ -502,6 +535,8 @@ class RunReport:
     stopped: str | None = None
     ledger: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+    """The global model after the last committed round (the task's own model object)."""
 
     def to_json(self) -> dict[str, Any]:
         rounds = []
@@ -554,8 +589,21 @@ def _append(path: Path, record: Mapping[str, Any]) -> None:
         fh.write(json.dumps({**record, "t": time.time()}) + "\n")
 
 
-def run_privagg(grid: Any, cfg: RunConfig, options: FlowerOptions) -> RunReport:
+def run_privagg(
+    grid: Any,
+    cfg: RunConfig,
+    options: FlowerOptions,
+    *,
+    task: Any = None,
+    on_round: Callable[[Any, Any], None] | None = None,
+    on_start: Callable[[Any], None] | None = None,
+) -> RunReport:
     """Run ``cfg.rounds`` privagg rounds with the clients on the grid's SuperNodes.
+
+    ``task`` is the user's :class:`fl_core.task.Task` (its ``make_model`` is the global model,
+    its ``evaluate`` runs here after each round; the server loads no client data); None runs
+    privagg's built-in demo configured by ``cfg``. ``on_round(result, fed)`` is called after
+    each committed round.
 
     With ``secure-sum = "paillier"`` the key holders are SuperNodes of their own (see
     :mod:`fl_core.transport.flower.paillier`): the server learns their public key at
@@ -587,7 +635,9 @@ def run_privagg(grid: Any, cfg: RunConfig, options: FlowerOptions) -> RunReport:
         from fl_core.transport.flower.paillier import server_factory
         from secagg.paillier import public_key_sha256
 
-        nodes, holders = discover_roster(link, cfg.clients, timeout=options.connect_timeout, key_holders=True)
+        nodes, holders = discover_roster(
+            link, cfg.clients, timeout=options.connect_timeout, key_holders=True, config_json=config_to_json(cfg)
+        )
         if holders is None:  # pragma: no cover - discover_roster raises first
             raise NodeUnavailableError("no Paillier key holders")
         router = HolderRouter(link, holders, options.stage_timeout)
@@ -598,7 +648,7 @@ def run_privagg(grid: Any, cfg: RunConfig, options: FlowerOptions) -> RunReport:
             insecure_small_key_for_tests=options.insecure_small_key_for_tests,
         )
         with keys_from(factory):  # the server builds its secure sum from the holders' public key only
-            fed, _data, extra = build_federation(cfg)
+            fed, _data, extra = build_federation(cfg, task, role="server")
         opening[PUBLIC_KEY_FIELD] = holders.public_key_bytes
         summary["key_holders"] = {
             "public_key_sha256": public_key_sha256(holders.public_key),
@@ -607,10 +657,12 @@ def run_privagg(grid: Any, cfg: RunConfig, options: FlowerOptions) -> RunReport:
             "holders": sorted(holders.nodes),
         }
     else:
-        fed, _data, extra = build_federation(cfg)
-        nodes = discover_nodes(link, cfg.clients, timeout=options.connect_timeout)
+        fed, _data, extra = build_federation(cfg, task, role="server")
+        nodes = discover_nodes(link, cfg.clients, timeout=options.connect_timeout, config_json=config_to_json(cfg))
     if progress is not None:
         _append(progress, {"event": "nodes", "nodes": {str(c): n for c, n in nodes.items()}})
+    if on_start is not None:
+        on_start(fed)
     driver = FlowerRoundDriver(
         link, nodes, options, on_stage=_pause_hook(options, progress), holders=router, opening_fields=opening
     )
@@ -619,29 +671,34 @@ def run_privagg(grid: Any, cfg: RunConfig, options: FlowerOptions) -> RunReport:
     traces: list[RoundTrace] = []
     totals: dict[int, np.ndarray] = {}
     stopped = None
-    for i in range(cfg.rounds):
-        t0 = time.perf_counter()
-        try:
-            start = fed.begin_round()
-        except BudgetExceededError as exc:
-            stopped = str(exc)
-            break
-        if start.skipped:
-            results.append(fed._skip(start, t0))  # nobody sampled: nothing runs, nothing is released
-            traces.append(RoundTrace(start.round))
-            continue
-        global_vec = fed.codec.flatten(fed.model)
-        nxt = None
-        if i + 1 < cfg.rounds and options.advertise_ahead:
-            nxt = tuple(fed.cohort_of(start.round + 1).members) or None
-        outcome, clipped, saturated, trace = driver.run(fed, start, global_vec, config_json, next_members=nxt)
-        res = fed.finish_round(start, outcome, global_vec, clipped=clipped, saturated=saturated, t0=t0)
-        if outcome.total is not None:
-            totals[res.round] = np.asarray(outcome.total).copy()
-        results.append(res)
-        traces.append(trace)
-        if progress is not None:
-            _append(progress, {"event": "round", "round": res.round, "survivors": list(res.survivors)})
+    try:
+        for i in range(cfg.rounds):
+            t0 = time.perf_counter()
+            try:
+                start = fed.begin_round()
+            except BudgetExceededError as exc:
+                stopped = str(exc)
+                break
+            if start.skipped:
+                results.append(fed._skip(start, t0))  # nobody sampled: nothing runs, nothing is released
+                traces.append(RoundTrace(start.round))
+                continue
+            global_vec = fed.codec.flatten(fed.model)
+            nxt = None
+            if i + 1 < cfg.rounds and options.advertise_ahead:
+                nxt = tuple(fed.cohort_of(start.round + 1).members) or None
+            outcome, clipped, saturated, trace = driver.run(fed, start, global_vec, config_json, next_members=nxt)
+            res = fed.finish_round(start, outcome, global_vec, clipped=clipped, saturated=saturated, t0=t0)
+            if outcome.total is not None:
+                totals[res.round] = np.asarray(outcome.total).copy()
+            results.append(res)
+            traces.append(trace)
+            if progress is not None:
+                _append(progress, {"event": "round", "round": res.round, "survivors": list(res.survivors)})
+            if on_round is not None:
+                on_round(res, fed)
+    finally:
+        fed.close()  # the ledger's lock
     record_dp = extra.get("_record_dp")
     if record_dp is not None:
         from fl_core.transport.flower.record import summarize
@@ -656,6 +713,7 @@ def run_privagg(grid: Any, cfg: RunConfig, options: FlowerOptions) -> RunReport:
         stopped=stopped,
         ledger=extra.get("ledger"),
         extra=summary,
+        model=fed.model,
     )
     if out_dir is not None:
         write_report(report, out_dir)
@@ -668,31 +726,3 @@ def write_report(report: RunReport, out_dir: Path) -> None:
     for r, total in report.totals.items():
         np.save(out_dir / f"sum-round-{r}.npy", total)
     (out_dir / "summary.json").write_text(json.dumps(report.to_json(), indent=2, default=str), encoding="utf-8")
-
-
-def main(grid: Any, context: Any) -> None:
-    """The ServerApp main: parse the run config, then run privagg (or the FedAvg baseline)."""
-    cfg, options = parse_run_config(dict(context.run_config))
-    if options.mode == "fedavg":
-        from fl_core.transport.flower.baseline import run_fedavg
-
-        res = run_fedavg(grid, cfg, timeout=options.train_timeout)
-        if options.output_dir:
-            out = Path(options.output_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            np.save(out / "final.npy", res.pop("final"))
-            (out / "summary.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
-        return
-    run_privagg(grid, cfg, options)
-
-
-def _make_app() -> Any:
-    from flwr.serverapp import ServerApp
-
-    app = ServerApp()
-    app.main()(main)
-    return app
-
-
-app = _make_app()
-"""The ServerApp object (``[tool.flwr.app.components] serverapp``)."""

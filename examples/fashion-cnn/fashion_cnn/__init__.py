@@ -1,0 +1,1 @@
+"""A Fashion-MNIST CNN trained with Flower, with or without privagg."""
