@@ -47,7 +47,7 @@ class AsyncBenchSpec:
     buffer: int = 20
     concurrency: int = 40
     sync_rounds: int = 60
-    noise_multiplier: float = 1.0
+    noise_multiplier: float = 2.0
     clip: float = 1.0
     dp: str = "distributed"
     secure_sum: str = "masking"

@@ -26,7 +26,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         buffer: int = typer.Option(20, help="K: updates per release (the async buffer and the sync cohort)."),
         concurrency: int = typer.Option(40, help="C: clients the async server keeps checked in at once."),
         sync_rounds: int = typer.Option(60, "--sync-rounds", help="Rounds of the synchronous run."),
-        noise_multiplier: float = typer.Option(1.0, "--noise-multiplier", help="DP noise multiplier of every release."),
+        noise_multiplier: float = typer.Option(2.0, "--noise-multiplier", help="DP noise multiplier of every release."),
         clip: float = typer.Option(1.0, help="L2 clip of each update."),
         dp: str = typer.Option("distributed", help="distributed, local, central or none."),
         secure_sum: str = typer.Option("masking", "--secure-sum", help="masking, paillier or plain."),

@@ -32,6 +32,12 @@ def test_run_mode_async_json_contract(tmp_path):
     assert out["mode"] == "async" and out["rounds"] == 3 and out["buffer"] == 5 and out["concurrency"] == 10
     assert out["simulated_time_s"] > 0 and out["epsilon_vs_server"] > 0
     assert out["async_stats"]["applied_updates"] == 15
+    # The ledger audits: one round per buffer, epsilon recomputed from the records alone agrees.
+    audit = runner.invoke(app, ["audit", str(tmp_path / "l.jsonl"), "--json"])
+    assert audit.exit_code == 0, audit.output
+    rep = _json_tail(audit.output)
+    assert rep["ok"] and rep["verified"] and rep["rounds"] == 3 and not rep["disagreements"]
+    assert rep["meta"]["mode"] == "async" and rep["meta"]["buffer"] == 5
 
 
 def test_a_synchronous_run_reports_simulated_time_too(tmp_path):
