@@ -9,13 +9,18 @@ appending one run's rounds to another run's ledger.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 __all__ = ["describe_model", "describe_run", "description_differences", "BUILTIN_ONLY_OPTIONS"]
+
+TASK_MODULE_PREFIX = "privagg_task_"
+"""Task files are imported as ``privagg_task_<hash of their path>`` (see :func:`fl_core.task.load_task`)."""
 
 BUILTIN_ONLY_OPTIONS = ("dataset", "model", "partition", "alpha", "lr", "local_epochs", "batch_size")
 """Options that configure privagg's own demo task only (a user's task brings its own)."""
@@ -27,6 +32,10 @@ _NOT_IDENTITY = ("ledger", "threads", "device", "max_consecutive_aborts", "task"
 def describe_model(model: nn.Module) -> dict[str, Any]:
     """Class (qualified name), parameter count and SHA-256 of the state_dict (names, dtypes, shapes, bytes)."""
     cls = type(model)
+    module = cls.__module__
+    if module.startswith(TASK_MODULE_PREFIX):  # a task file imported under a private name: use the file's
+        source = getattr(sys.modules.get(module), "__file__", None)
+        module = Path(source).stem if source else module
     h = hashlib.sha256()
     with torch.no_grad():
         for name, t in model.state_dict().items():
@@ -34,7 +43,7 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
             h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}|".encode())
             h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return {
-        "model_class": f"{cls.__module__}.{cls.__qualname__}",
+        "model_class": f"{module}.{cls.__qualname__}",
         "model_parameters": int(sum(p.numel() for p in model.parameters())),
         "model_sha256": h.hexdigest(),
     }

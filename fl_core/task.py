@@ -43,6 +43,7 @@ from typing import Any
 from torch import nn
 
 from fl_core.errors import DataError, TaskError
+from fl_core.provenance import TASK_MODULE_PREFIX
 
 __all__ = [
     "DataSignature",
@@ -190,7 +191,7 @@ def _import_file(path: Path) -> ModuleType:
     if not path.is_file():
         raise TaskError(f"task file {path} does not exist (give a path to a .py file or a dotted module name)")
     resolved = path.resolve()
-    name = "privagg_task_" + hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
+    name = TASK_MODULE_PREFIX + hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
     with _LOCK:
         if name in sys.modules:
             return sys.modules[name]

@@ -210,7 +210,7 @@ def test_cli_runs_a_task_file_with_node_config_and_loads_only_sampled_clients(tm
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["rounds_completed"] == 2 and out["rounds_aborted"] == 0
-    assert out["model_class"].endswith(".UserMLP") and out["model_parameters"] == 6 * 16 + 16 + 16 * 2 + 2
+    assert out["model_class"] == "task.UserMLP" and out["model_parameters"] == 6 * 16 + 16 + 16 * 2 + 2
     assert out["task"] == f"file:{task.resolve()}" and out["dataset"] is None
     assert 0.0 <= out["accuracy"] <= 1.0 and out["epsilon"] > 0
     opened = [json.loads(line) for line in log.read_text().splitlines()]
