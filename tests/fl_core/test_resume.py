@@ -410,3 +410,18 @@ def test_in_process_resume_restores_record_accountants_and_adaptive_clip(tmp_pat
     assert ja["epsilon"] == jb["epsilon"] and ja["per_round_accuracy"] == jb["per_round_accuracy"]
     if "record_level" in ja:
         assert ja["record_level"]["epsilon_max"] == jb["record_level"]["epsilon_max"]
+
+
+def test_restore_refuses_a_checkpoint_of_another_model_or_without_its_ledger(tmp_path):
+    from fl_core.checkpoint import federation_state, restore_federation
+    from fl_core.runner import build_federation
+
+    fed, _, _ = build_federation(_small(tmp_path))
+    fed.fit(1)
+    state = federation_state(fed)
+    fed.close()
+    other, _, _ = build_federation(_small(tmp_path, dp="none", ledger=None, model="mlp"))
+    with pytest.raises(CheckpointError, match="bound to a ledger but this run opened none"):
+        restore_federation(other, state)
+    with pytest.raises(CheckpointError, match="does not fit this run's model"):
+        restore_federation(other, {**state, "ledger_rounds": 0})

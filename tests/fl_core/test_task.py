@@ -491,3 +491,37 @@ def test_task_file_imports_its_sibling_module(tmp_path):
             return [1]
     """))
     assert isinstance(load_task(str(p)).make_model(), nn.Linear)
+
+
+def test_remaining_task_and_data_errors(tmp_path, monkeypatch):
+    from fl_core.task import check_client_data
+
+    odd = tmp_path / "task.txt"
+    odd.write_text("x = 1\n")
+    with pytest.raises(TaskError, match="not a Python source file"):
+        load_task(str(odd))
+    (tmp_path / "raising_task_mod.py").write_text("raise RuntimeError('no GPU here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TaskError, match="importing task module 'raising_task_mod' raised RuntimeError: no GPU here"):
+        load_task("raising_task_mod")
+    with pytest.raises(TaskError, match="evaluate is a int"):
+        Task.from_objects(TinyNet(), CountingLoop(), _client_sets(1), evaluate=3)  # type: ignore[arg-type]
+
+    class NoLength:
+        def __len__(self):
+            raise TypeError("unsized stream")
+
+        def __getitem__(self, i):
+            return i
+
+    with pytest.raises(DataError, match="returned a NoLength without a length"):
+        check_client_data(NoLength(), client=1, source="load_data")
+
+
+def test_run_config_errors_for_the_new_options():
+    from fl_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--max-consecutive-aborts must be a positive integer"):
+        RunConfig(max_consecutive_aborts=0)
+    with pytest.raises(ConfigError, match="--node-config configures a task's load_data: give --task too"):
+        RunConfig(node_config="data-dir=x")
