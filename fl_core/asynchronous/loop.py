@@ -165,6 +165,8 @@ class AsyncFederation:
         self._waiting_sealed: set[int] = set()
         self._session = 0
         self._applied: set[tuple[int, int]] = set()
+        self._retired: set[int] = set()
+        self._aborts_in_a_row = 0
         self._started = False
 
     # -- public API ---------------------------------------------------------------
@@ -201,7 +203,16 @@ class AsyncFederation:
                 res = self._run_session(tuple(payload))
                 if res is not None:
                     done += 1
+                    self._aborts_in_a_row = 0
                     yield res
+                else:
+                    self._aborts_in_a_row += 1
+                    if self._aborts_in_a_row >= self.options.max_consecutive_aborts:
+                        self.stop_reason = (
+                            f"{self._aborts_in_a_row} buffer sessions in a row released nothing "
+                            "(too many members missed them); the model is as the last applied buffer left it"
+                        )
+                        return
             self._fill()
 
     def fit(self, n: int, *, on_buffer: Callable[[BufferResult], None] | None = None) -> list[BufferResult]:
@@ -237,7 +248,7 @@ class AsyncFederation:
             idle = [
                 c
                 for c, cl in self.clients.items()
-                if not self._busy(c) and (cap is None or cl.contributions < cap)
+                if not self._busy(c) and c not in self._retired and (cap is None or cl.contributions < cap)
             ]
             if not idle:
                 return
@@ -314,6 +325,8 @@ class AsyncFederation:
                 vec, clip, w = cl.prepare_input(fed, session=sid, base_version=base)
             except ClientRefusal as exc:
                 self.stats.refused_by_client[exc.reason] += 1
+                if exc.reason in ("budget", "cap"):
+                    self._retired.add(c)  # its own limit is reached: never checked in again
                 cl.release()
                 continue
             inputs[c] = vec

@@ -33,6 +33,7 @@ class AsyncOptions:
             leaves it (simulation); it keeps its update and reports it again later.
         speed: the simulated clock's per-client speed model.
         max_time_s: stop once the simulated clock passes this (None: no limit).
+        max_consecutive_aborts: stop after this many buffer sessions in a row released nothing.
     """
 
     buffer: int = 10
@@ -44,6 +45,7 @@ class AsyncOptions:
     dropout: float = 0.0
     speed: SpeedModel = field(default_factory=SpeedModel.lognormal)
     max_time_s: float | None = None
+    max_consecutive_aborts: int = 10
 
     def __post_init__(self) -> None:
         for name in ("buffer", "concurrency"):
@@ -78,6 +80,10 @@ class AsyncOptions:
             isinstance(self.max_time_s, (int, float)) and math.isfinite(self.max_time_s) and self.max_time_s > 0
         ):
             raise ConfigError("max_time_s must be a finite number > 0", option="max_time_s")
+        if isinstance(self.max_consecutive_aborts, bool) or not (
+            isinstance(self.max_consecutive_aborts, int) and self.max_consecutive_aborts >= 1
+        ):
+            raise ConfigError("max_consecutive_aborts must be an integer >= 1", option="max_consecutive_aborts")
         if not isinstance(self.staleness, StalenessWeight):
             raise ConfigError("staleness must be a StalenessWeight", option="staleness")
         if not isinstance(self.speed, SpeedModel):

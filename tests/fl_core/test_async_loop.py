@@ -176,3 +176,30 @@ def test_paillier_buffers_are_the_exact_sum_of_their_ciphertexts():
         ring = sess["ring"]
         expected = ring.sum([sess["inputs"][c] for c in b.survivors], fed.plan.dim)
         assert sess["outcome"].total.tolist() == expected.tolist()
+
+
+def test_a_client_that_refused_at_its_own_limit_is_not_checked_in_again():
+    from dp.calibration import DPConfig
+    from dp.events import DPMode
+    from fl_core.privacy import DPPolicy
+    from fl_core.sampling import Sampler
+
+    dim = ParamCodec(user_model()).dim
+    cfg = DPConfig(mode=DPMode.DISTRIBUTED, noise_multiplier=1.0, clip_norm=1.0, expected_cohort=3, min_survivors=3)
+    policy = DPPolicy(cfg, sampler=Sampler.fixed_size(6, 3), dim=dim, delta=1e-5)
+    fed = make_fed(buffer=3, n_clients=6, secure_sum="masking", privacy=policy, min_survivors=None)
+    afed = make_async(fed=fed, buffer=3, concurrency=6, client_max_epsilon=6.0)  # room for one buffer each
+    afed.fit(50)
+    assert afed.stats.refused_by_client["budget"] >= 1
+    assert all(cl.epsilon_vs_server() <= 6.0 for cl in afed.clients.values())
+    assert afed.stop_reason is not None
+    # Each refusing client was retired after its first refusal.
+    assert afed.stats.refused_by_client["budget"] <= 6
+
+
+def test_a_run_whose_sessions_keep_aborting_stops_saying_why():
+    fed = make_fed(buffer=3, n_clients=8, secure_sum="masking", min_survivors=3)
+    afed = make_async(fed=fed, buffer=3, concurrency=6, dropout=0.9, max_consecutive_aborts=3)
+    out = afed.fit(20)
+    assert afed.stop_reason is not None and "in a row released nothing" in afed.stop_reason
+    assert afed.stats.aborted_sessions >= 3 and len(out) < 20

@@ -27,6 +27,7 @@ from fl_core.errors import ConfigError
         ({"buffer": 2, "concurrency": 3, "client_max_epsilon": 0.0}, "client_max_epsilon"),
         ({"buffer": 2, "concurrency": 3, "staleness": "fedbuff"}, "staleness"),
         ({"buffer": 2, "concurrency": 3, "speed": "fast"}, "speed"),
+        ({"buffer": 2, "concurrency": 3, "max_consecutive_aborts": 0}, "max_consecutive_aborts"),
     ],
 )
 def test_impossible_options_are_refused_typed(kw, option):
