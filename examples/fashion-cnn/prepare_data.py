@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     test_images = read_idx(args.source / "t10k-images-idx3-ubyte.gz")[: args.test]
     test_labels = read_idx(args.source / "t10k-labels-idx1-ubyte.gz")[: args.test]
     np.savez(args.out / "test.npz", images=test_images, labels=test_labels)
-    print(f"wrote {args.clients} shards of {args.per_client} examples and {len(test_labels)} test examples to {args.out}")
+    n_test = len(test_labels)
+    print(f"wrote {args.clients} shards of {args.per_client} examples and {n_test} test examples to {args.out}")
 
 
 if __name__ == "__main__":
