@@ -88,3 +88,25 @@ def test_one_message_pump() -> None:
         }
         assert "pump_stages" in calls, path
         assert "close_stage" not in calls, f"{path} closes stages itself instead of using secagg.pump"
+
+
+def test_the_readme_diff_is_the_example_apps_diff_and_is_small() -> None:
+    """README's "On Flower" diff shows exactly the lines that differ between the FedAvg and privagg apps."""
+    import difflib
+
+    repo = Path(__file__).resolve().parents[2]
+    app = repo / "examples" / "fashion-cnn" / "fashion_cnn"
+    changed: list[str] = []
+    for plain, private in (("fedavg_client_app.py", "client_app.py"), ("fedavg_server_app.py", "server_app.py")):
+        a = (app / plain).read_text(encoding="utf-8").splitlines()
+        b = (app / private).read_text(encoding="utf-8").splitlines()
+        changed += [
+            line
+            for line in difflib.unified_diff(a, b, lineterm="", n=0)
+            if line[:1] in ("+", "-") and not line.startswith(("+++", "---"))
+        ]
+    assert len(changed) <= 10, changed
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```diff\n", 1)[1].split("```", 1)[0]
+    shown = [line for line in block.splitlines() if line[:1] in ("+", "-") and not line.startswith(("+++", "---"))]
+    assert sorted(shown) == sorted(changed)
