@@ -1,11 +1,34 @@
 """Noise samplers: exact discrete Gaussian, Skellam, and a floating-point-safe Gaussian on a fine grid.
 
 Every sampler draws from an injected :class:`~dp.randomness.RandomSource`
-(``SystemRandomSource`` in production), never from numpy's global state.
-They are written here, vectorised with numpy, because no installed library
-samples these distributions exactly from a caller-supplied CSPRNG: numpy's
-generators use their own (non-cryptographic) bit generators and float
-arithmetic, which is what floating-point attacks exploit.
+(``SystemRandomSource`` in production), never from numpy's global state. Each
+call keys one AES-128-CTR stream with 16 bytes of that source
+(:meth:`~dp.randomness.RandomSource.generator`) and draws its coins from it in
+bulk, so the randomness is cryptographic and cheap.
+
+Which library does what, and why the rest is written here (measured on this
+project's machine, d = 101,770 draws, one core):
+
+* **randomgen** (NCSA/BSD-3) supplies the AES-128-CTR bit generator (AES-NI),
+  which numpy's vectorised samplers can draw from: a CSPRNG in bulk. It is used
+  for every coin below.
+* **numpy's Poisson sampler** (PTRS, Hormann 1993, in C) on that bit generator
+  draws the Skellam shares for lam <= 2^20, where its float64 acceptance test is
+  accurate (log-probability error about 1e-8): 3 ms per 10^5 draws against 10 ms
+  for the numpy-vectorised PTRS written here. Beyond 2^20 numpy's test, like
+  any direct ``-lam + k log lam - lgamma(k + 1)``, cancels catastrophically
+  (at lam = 3e12 its log-probabilities are off by about 0.03), so large lam uses
+  :func:`_poisson_offsets`, the same PTRS with the log-pmf written around the
+  mean (``delta - k log1p(delta/lam) - log(2 pi k)/2 - Stirling``): its error is
+  below 1e-6 for any lam, and it returns k - floor(lam), so Skellam shares of any
+  variance need no integer wider than 64 bits.
+* **OpenDP** (MIT) samples the exact discrete Gaussian too, but it draws from its
+  own OS-seeded generator (no injected source: no reproducible experiments and
+  no seeded tests) and took 1.0 s per 10^5 draws (opendp 0.16, vector domain,
+  ``then_gaussian``) against 0.05 s for :func:`discrete_gaussian`: it is not used.
+  The discrete Gaussian (and Laplace) stay hand-written (CKS20, integer
+  arithmetic only); nothing installed samples them exactly from a caller's
+  CSPRNG.
 
 Security:
     :func:`discrete_gaussian` is the exact sampler of Canonne, Kamath, Steinke
@@ -21,9 +44,10 @@ Security:
     moves each coordinate by at most g/2, which inflates the L2 sensitivity by
     at most ``g * sqrt(d)``; :mod:`dp.calibration` charges that.
     :func:`skellam` returns integers, so the float attack on supports does not
-    apply; its Poisson draws use float64 acceptance tests (PTRS, Hormann 1993),
-    exact up to float rounding of the acceptance probabilities (relative error
-    about 1e-15), which is a far smaller effect than the rounding inflation.
+    apply; its Poisson draws use float64 acceptance tests (PTRS, Hormann 1993)
+    whose log-probabilities are accurate to about 1e-8 (numpy, lam <= 2^20) or
+    1e-6 (the centred form, any lam): a pmf error of that relative size, far
+    below the rounding inflation the accountant charges.
 """
 
 from __future__ import annotations
@@ -48,6 +72,7 @@ __all__ = [
     "discrete_laplace",
     "gaussian_float",
     "gaussian_grid",
+    "log_poisson_pmf_centred",
     "poisson",
     "skellam",
     "snap_to_grid",
@@ -64,6 +89,30 @@ DEFAULT_GRID_BITS = 20
 
 
 # ---------------------------------------------------------------- integer coins
+
+
+class _Coins(RandomSource):
+    """The coins of one sampler call: AES-128-CTR keyed by 16 bytes of the injected source."""
+
+    def __init__(self, rng: RandomSource) -> None:
+        self.gen = rng.generator()
+        self._raw = self.gen.bit_generator.random_raw
+
+    def random_bytes(self, n: int) -> bytes:
+        return self.gen.bytes(n)
+
+    def spawn(self, label: str) -> RandomSource:
+        return _Coins(self)
+
+    def uint64(self, size: int) -> U64Array:
+        return np.asarray(self._raw(size), dtype=np.uint64)
+
+    def uniform(self, size: int) -> npt.NDArray[np.float64]:
+        return self.gen.random(size)
+
+
+def _coins(rng: RandomSource) -> _Coins:
+    return rng if isinstance(rng, _Coins) else _Coins(rng)
 
 
 def _uniform_below(m: int, count: int, rng: RandomSource) -> U64Array:
@@ -92,7 +141,8 @@ def _uniform_below(m: int, count: int, rng: RandomSource) -> U64Array:
 def _words(count: int, bits: int, rng: RandomSource) -> U64Array:
     if bits == 64:
         return rng.uint64(count)
-    return np.frombuffer(rng.random_bytes(4 * count), dtype="<u4").astype(np.uint64)
+    # Two 32-bit words from each 64-bit word (half the randomness of 64-bit moduli).
+    return rng.uint64((count + 1) // 2).view(np.uint32)[:count].astype(np.uint64)
 
 
 def _bern_exp_frac(num: U64Array, den: int, rng: RandomSource) -> npt.NDArray[np.bool_]:
@@ -160,6 +210,7 @@ def discrete_laplace(size: int, t: int, rng: RandomSource) -> Int64Array:
     if not (isinstance(t, (int, np.integer)) and 1 <= t < (1 << 40)):
         raise ConfigurationError(f"t must be an integer in [1, 2^40), got {t!r}")
     t = int(t)
+    rng = _coins(rng)
     out = np.empty(n, dtype=np.int64)
     filled = 0
     one = np.ones(1, dtype=np.uint64)
@@ -269,6 +320,7 @@ def discrete_gaussian(size: int, sigma: float | int | Fraction, rng: RandomSourc
     out = np.empty(n, dtype=np.int64)
     if n == 0:
         return out
+    rng = _coins(rng)
     fast = c.fd * _K_CAP < _LIMIT and c.fn < _LIMIT and c.t < (1 << 40)
     ycap = -1
     if fast:
@@ -395,30 +447,43 @@ def add_gaussian_noise(
 # -------------------------------------------------------------- Poisson and Skellam
 
 
-def _poisson_small(lam: float, n: int, rng: RandomSource) -> Int64Array:
-    """Inversion for lam < 10 (sequential search over the cdf)."""
-    u = rng.uniform(n)
-    k = np.zeros(n, dtype=np.int64)
-    p = math.exp(-lam)
-    cdf = p
-    live = np.nonzero(u > cdf)[0]
-    j = 0
-    while live.shape[0] > 0:
-        j += 1
-        p *= lam / j
-        cdf += p
-        k[live] = j
-        live = live[u[live] > cdf]
-        if p == 0.0 and live.shape[0] > 0:  # cdf saturated below u (float): redraw those
-            k[live] = _poisson_small(lam, live.shape[0], rng)
-            break
-    return k
+_NUMPY_LAM_MAX = float(1 << 20)
+"""Up to here numpy's PTRS (direct log-pmf in float64) is accurate to about 1e-8 in log-probability."""
+_POISSON_LAM_MAX = float(1 << 62)
+"""poisson() returns int64: its mean stays below this (skellam() has no such limit)."""
 
 
-def _poisson_ptrs(lam: float, n: int, rng: RandomSource) -> Int64Array:
-    """Transformed rejection with squeeze (Hormann 1993, PTRS) for lam >= 10."""
+def log_poisson_pmf_centred(
+    k: npt.NDArray[np.float64], delta: npt.NDArray[np.float64], lam: float
+) -> npt.NDArray[np.float64]:
+    """log P[Poisson(lam) = k] with ``delta = k - lam``, free of the cancellation of the direct form.
+
+    ``-lam + k log lam - lgamma(k + 1)`` subtracts terms of size lam * log(lam); written
+    around the mean it is ``delta - k log1p(delta / lam) - log(2 pi k) / 2 - s(k)`` with
+    s(k) = lgamma(k + 1) - (k log k - k + log(2 pi k) / 2) = 1/(12k) - 1/(360k^3) + 1/(1260k^5)
+    (Stirling; truncation error below 1e-10 for k >= 10). Entries with k < 10 use the
+    direct form, which is exact enough there.
+    """
+    k = np.asarray(k, dtype=np.float64)
+    out = np.full(k.shape, -np.inf)
+    big = k >= 10.0
+    kb, db = k[big], np.asarray(delta, dtype=np.float64)[big]
+    inv = 1.0 / kb
+    inv2 = inv * inv
+    stirling = inv * (1.0 / 12.0 - inv2 * (1.0 / 360.0 - inv2 / 1260.0))
+    out[big] = db - kb * np.log1p(db / lam) - 0.5 * np.log(2.0 * math.pi * kb) - stirling
+    small = (k >= 0.0) & ~big
+    ks = k[small]
+    out[small] = -lam + ks * math.log(lam) - gammaln(ks + 1.0)
+    return out
+
+
+def _poisson_offsets(lam: float, n: int, rng: RandomSource) -> Int64Array:
+    """``k - floor(lam)`` for n draws k ~ Poisson(lam), lam >= 10: PTRS (Hormann 1993) with the
+    centred log-pmf, so it stays accurate (and in int64) for any lam."""
     slam = math.sqrt(lam)
-    loglam = math.log(lam)
+    base = math.floor(lam)
+    frac = lam - base  # exact: both are floats of the same binade or below
     b = 0.931 + 2.53 * slam
     a = -0.059 + 0.02483 * b
     invalpha = 1.1239 + 1.1328 / (b - 3.4)
@@ -432,32 +497,44 @@ def _poisson_ptrs(lam: float, n: int, rng: RandomSource) -> Int64Array:
         v = rng.uniform(cnt)
         us = 0.5 - np.abs(u)
         with np.errstate(divide="ignore", invalid="ignore"):
-            kf = np.floor((2.0 * a / us + b) * u + lam + 0.43)
+            off = np.floor((2.0 * a / us + b) * u + frac + 0.43)  # k - base, a float integer
+            kf = off + base
             quick = (us >= 0.07) & (v <= vr)
-            bad = (kf < 0) | ((us < 0.013) & (v > us))
+            bad = (kf < 0) | ((us < 0.013) & (v > us)) | ~np.isfinite(off)
             lhs = np.log(v * invalpha / (a / (us * us) + b))
-            rhs = -lam + kf * loglam - gammaln(kf + 1.0)
+            rhs = np.full(cnt, -np.inf)
+            ok = ~bad & ~quick
+            rhs[ok] = log_poisson_pmf_centred(kf[ok], off[ok] - frac, lam)
             accept = quick | (~bad & (lhs <= rhs))
-        acc = kf[accept][:m].astype(np.int64)
+        acc = off[accept][:m].astype(np.int64)
         out[filled : filled + acc.shape[0]] = acc
         filled += acc.shape[0]
     return out
 
 
+def _check_lam(lam: float, name: str = "lam") -> float:
+    if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+        raise ConfigurationError(f"{name} must be finite and >= 0, got {lam!r}")
+    return float(lam)
+
+
 def poisson(size: int, lam: float, rng: RandomSource) -> Int64Array:
-    """Poisson(lam) samples from the injected source (inversion below 10, PTRS above).
+    """Poisson(lam) samples: numpy's sampler on the AES-CTR stream up to lam = 2^20, then the
+    centred PTRS (see the module docstring).
 
     Raises:
-        ConfigurationError: ``lam`` not finite and >= 0, or ``size`` < 0.
+        ConfigurationError: ``lam`` not finite and in [0, 2^62), or ``size`` < 0.
     """
     n = _check_size(size)
-    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-        raise ConfigurationError(f"lam must be finite and >= 0, got {lam!r}")
+    lam = _check_lam(lam)
+    if lam >= _POISSON_LAM_MAX:
+        raise ConfigurationError(f"lam must be below 2^62 (int64 samples), got {lam!r}; use skellam() for noise")
     if lam == 0 or n == 0:
         return np.zeros(n, dtype=np.int64)
-    if lam < 10.0:
-        return _poisson_small(float(lam), n, rng)
-    return _poisson_ptrs(float(lam), n, rng)
+    coins = _coins(rng)
+    if lam <= _NUMPY_LAM_MAX:
+        return np.asarray(coins.gen.poisson(lam, n), dtype=np.int64)
+    return _poisson_offsets(lam, n, coins) + np.int64(math.floor(lam))
 
 
 def skellam(size: int, variance: float, rng: RandomSource) -> Int64Array:
@@ -465,13 +542,19 @@ def skellam(size: int, variance: float, rng: RandomSource) -> Int64Array:
 
     Sums of independent symmetric Skellams are Skellam (variances add), which is
     why distributed noise shares summed inside the secure sum stay in the family
-    (Agarwal, Kairouz, Liu 2021).
+    (Agarwal, Kairouz, Liu 2021). For lam = variance/2 beyond 2^20 the two draws are
+    taken as offsets from floor(lam), whose difference is the same Skellam draw.
 
     Raises:
         ConfigurationError: ``variance`` not finite and >= 0, or ``size`` < 0.
     """
-    if not (isinstance(variance, (int, float)) and math.isfinite(variance) and variance >= 0):
-        raise ConfigurationError(f"variance must be finite and >= 0, got {variance!r}")
+    variance = _check_lam(variance, "variance")
     n = _check_size(size)
-    lam = float(variance) / 2.0
-    return poisson(n, lam, rng) - poisson(n, lam, rng)
+    lam = variance / 2.0
+    if lam == 0 or n == 0:
+        return np.zeros(n, dtype=np.int64)
+    coins = _coins(rng)
+    if lam <= _NUMPY_LAM_MAX:
+        gen = coins.gen
+        return np.asarray(gen.poisson(lam, n), dtype=np.int64) - np.asarray(gen.poisson(lam, n), dtype=np.int64)
+    return _poisson_offsets(lam, n, coins) - _poisson_offsets(lam, n, coins)
