@@ -56,3 +56,14 @@ def test_run_json_reports_cpu_by_phase(tmp_path: Path) -> None:
     phases = summary["cpu_s_by_phase"]
     assert {"train", "clip", "noise", "encode", "mask", "unmask", "decode", "account"} <= phases.keys()
     assert all(v >= 0.0 for v in phases.values())
+
+
+def test_run_limits_blas_threads_to_the_configured_threads() -> None:
+    """A multithreaded BLAS spins on a loaded machine: a run's numpy BLAS uses ``threads`` threads."""
+    from threadpoolctl import threadpool_info
+
+    from fl_core.config import RunConfig
+    from fl_core.runner import build_federation
+
+    build_federation(RunConfig(clients=10, rounds=1, dp="none", secure_sum="plain", threads=1))
+    assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
