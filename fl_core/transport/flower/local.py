@@ -81,6 +81,9 @@ class LocalDeployment:
             (e.g. its own ``data-dir``); they override ``node_config``.
         node_env: extra environment variables of one client SuperNode (and the ClientApp
             processes it starts), by partition id.
+        simulation: start the SuperLink with Flower's simulation runtime (``--simulation``):
+            no SuperNode processes are started (``nodes`` must be 0); :meth:`run` then asks
+            for ``num_supernodes`` virtual SuperNodes (``flwr[simulation]``, i.e. Ray).
     """
 
     nodes: int
@@ -91,6 +94,7 @@ class LocalDeployment:
     node_config: Mapping[str, Any] = field(default_factory=dict)
     node_configs: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
     node_env: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+    simulation: bool = False
     port: int = 0
     procs: list[_Proc] = field(default_factory=list)
     supernodes: dict[int, _Proc] = field(default_factory=dict)
@@ -146,6 +150,8 @@ class LocalDeployment:
         for exe in ("flower-superlink", "flower-supernode", "flwr"):
             if shutil.which(exe) is None:
                 raise DeploymentError(f"{exe} is not on PATH: pip install 'privagg[flower]'")
+        if self.simulation and (self.nodes or self.key_holders):
+            raise DeploymentError("a simulation deployment starts no SuperNode processes: give nodes=0")
         self.port = free_port()
         (self.home / "config.toml").write_text(
             '[superlink]\ndefault = "local"\n\n[superlink.local]\n'
@@ -162,6 +168,7 @@ class LocalDeployment:
                 "--port",
                 str(self.port),
                 "--disable-runtime-dependency-installation",
+                *(["--simulation"] if self.simulation else []),
             ],
         )
         self._wait_port(self.port, timeout=60.0)
@@ -224,12 +231,24 @@ class LocalDeployment:
             time.sleep(0.2)
         raise DeploymentError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
-    def run(self, app_dir: Path, run_config: Mapping[str, Any], *, timeout: float) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        app_dir: Path,
+        run_config: Mapping[str, Any],
+        *,
+        timeout: float,
+        num_supernodes: int | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """``flwr run APP local --stream --run-config ...``; waits at most ``timeout`` seconds.
 
+        ``num_supernodes``: the virtual SuperNodes of a simulation deployment.
+
         Raises:
-            DeploymentError: ``flwr run`` failed or did not finish in time.
+            DeploymentError: ``flwr run`` failed or did not finish in time, or
+                ``num_supernodes`` is missing for (or given to) a simulation (or another) deployment.
         """
+        if self.simulation != (num_supernodes is not None):
+            raise DeploymentError("num_supernodes is for (and needed by) a simulation deployment")
         argv = [
             "flwr",
             "run",
@@ -239,6 +258,8 @@ class LocalDeployment:
             "--run-config",
             format_run_config(run_config),
         ]
+        if num_supernodes is not None:
+            argv += ["--federation-config", f"num-supernodes={int(num_supernodes)}"]
         proc = subprocess.Popen(  # noqa: S603
             argv,
             stdout=subprocess.PIPE,
