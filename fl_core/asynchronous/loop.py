@@ -132,11 +132,14 @@ class AsyncFederation:
         self.floor = check_feasible(
             options, population=self.population, secure_sum=fed.secure_sum, min_survivors=fed.privacy.min_survivors
         )
+        # The masking clients enforce the threshold themselves; they must also refuse survivor lists
+        # below 2 (never one update alone) and below the DP minimum survivors.
         backend_floor = int(getattr(fed.secure_sum, "min_survivors", 1) or 1)
-        if getattr(fed.secure_sum, "name", "plain") == "masking" and backend_floor < self.floor:
+        needed = max(2, fed.privacy.min_survivors)
+        if getattr(fed.secure_sum, "name", "plain") == "masking" and backend_floor < needed:
             raise ConfigError(
                 f"the masking clients would help unmask a survivor list of {backend_floor}; build the secure sum "
-                f"with min_survivors >= {self.floor} (fl_core.asynchronous.build_async_federation does)",
+                f"with min_survivors >= {needed} (fl_core.asynchronous.build_async_federation does)",
                 option="min_survivors",
             )
         self.rng = rng if rng is not None else fed.rng.spawn("async")
