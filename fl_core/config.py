@@ -33,7 +33,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dp": ("none", "central", "distributed", "local"),
     "mechanism": ("skellam", "discrete_gaussian"),
     "buffers": ("local", "aggregate"),
-    "mode": ("sync", "async"),
+    "schedule": ("sync", "async"),
 }
 
 
@@ -85,8 +85,10 @@ class RunConfig:
     """Operator keys handed to the task's ``load_data`` (``"data-dir=shards/{partition-id}"``)."""
     device: str = "cpu"
     max_consecutive_aborts: int = 10
-    mode: str = "sync"
-    """``sync`` rounds, or ``async`` buffered asynchronous training (see :mod:`fl_core.asynchronous`)."""
+    schedule: str = "sync"
+    """``privagg run --mode``: ``sync`` rounds, or ``async`` buffered asynchronous training
+    (:mod:`fl_core.asynchronous`). Named ``schedule`` here because a Flower run configuration's
+    ``mode`` is the transport's (privagg or fedavg)."""
     buffer: int | None = None
     """Async: updates per applied buffer (K); checked with the other async options before a run."""
     concurrency: int | None = None

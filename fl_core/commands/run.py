@@ -200,7 +200,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 node_config=node_config,
                 device=device,
                 max_consecutive_aborts=max_consecutive_aborts,
-                mode=mode,
+                schedule=mode,
                 buffer=buffer,
                 concurrency=concurrency,
                 max_staleness=max_staleness,
@@ -243,7 +243,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     + ", ".join("--" + k.replace("_", "-") for k in demo_only)
                     + " configure privagg's demo only: drop them (set them in your task module)"
                 )
-        if cfg.mode == "async":
+        if cfg.schedule == "async":
             from fl_core.asynchronous.command import execute_async_command
 
             try:

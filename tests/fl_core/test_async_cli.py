@@ -37,7 +37,7 @@ def test_run_mode_async_json_contract(tmp_path):
     assert audit.exit_code == 0, audit.output
     rep = _json_tail(audit.output)
     assert rep["ok"] and rep["verified"] and rep["rounds"] == 3 and not rep["disagreements"]
-    assert rep["meta"]["mode"] == "async" and rep["meta"]["buffer"] == 5
+    assert rep["meta"]["schedule"] == "async" and rep["meta"]["buffer"] == 5
 
 
 def test_a_synchronous_run_reports_simulated_time_too(tmp_path):
@@ -123,3 +123,4 @@ def test_bench_async_json_contract_and_plot(tmp_path):
     sp = out["speedup_time_to_accuracy"]
     if sp is not None:
         assert sp == pytest.approx(out["sync"]["time_to_target_s"] / out["async"]["time_to_target_s"])
+
