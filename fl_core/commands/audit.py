@@ -1,10 +1,11 @@
-"""``privagg audit``: verify an epsilon ledger and recompute its epsilon, or run an empirical canary audit.
+"""``privagg audit``: verify an epsilon ledger (or a client's own record), recompute epsilon, or run a canary audit.
 
 Exit codes: 0 the ledger verifies and every recorded epsilon agrees with its
 recomputation (or the empirical audit found nothing); 1 the chain does not verify
 (the message names the first bad round); 3 the chain verifies but a recorded
 epsilon disagrees with the recomputation; 4 the empirical audit refutes the
-claimed epsilon; 2 usage errors.
+claimed epsilon; 2 usage errors. With ``--client-record FILE`` the same codes apply to a
+client's own hash-chained record (:mod:`dp.client_record`).
 """
 
 from __future__ import annotations
@@ -168,6 +169,32 @@ def _empirical_audit(*, canaries: int, epsilon: Optional[float], noise_multiplie
         raise typer.Exit(EXIT_EMPIRICAL_VIOLATION)
 
 
+def _client_record_audit(path: Path, *, as_json: bool, head: Optional[str]) -> None:
+    """Verify a client's hash-chained privacy record (``dp.client_record``) and recompute its epsilon."""
+    from dp.client_record import verify_client_record
+    from dp.errors import PrivacyError
+
+    try:
+        report = verify_client_record(path, expected_head=head)
+    except PrivacyError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        typer.echo(json.dumps({"kind": "client-record", **report.to_dict()}))
+    else:
+        state = "verified" if report.verified else "NOT verified"
+        typer.echo(
+            f"client record {path}: client {report.client}, {len(report.charges)} rounds charged, {state}; "
+            f"epsilon against the server {_fmt(report.epsilon_recomputed)} (delta={report.delta})"
+        )
+        if report.error:
+            typer.echo(f"error: {report.error}", err=True)
+    if report.error is not None or report.head_matches is False:
+        raise typer.Exit(EXIT_BROKEN_CHAIN)
+    if report.disagreements:
+        raise typer.Exit(EXIT_DISAGREEMENT)
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("audit")
     def audit(
@@ -194,6 +221,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(
             None, help="Empirical: seed (reproducible; default OS randomness)."),
         plant_bug: str = typer.Option("none", "--plant-bug", hidden=True),
+        client_record: Optional[Path] = typer.Option(
+            None, "--client-record",
+            help="Verify a client's own privacy record (e.g. a Flower node's privacy-record file)."),
     ) -> None:
         """Verify a ledger's hash chain and recompute its epsilon, or audit empirically with canaries."""
         if accountant not in ("pld", "rdp"):
@@ -209,8 +239,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                              clip=clip, dim=dim, delta=delta, seed=seed, mode=mode,
                              as_json=as_json, plant_bug=plant_bug)
             return
+        if client_record is not None:
+            if ledger is not None:
+                _fail("give a LEDGER or --client-record, not both")
+            if not client_record.exists():
+                _fail(f"no such client record: {client_record}")
+            _client_record_audit(client_record, as_json=as_json, head=head)
+            return
         if ledger is None:
-            _fail("give a LEDGER to verify, or --empirical")
+            _fail("give a LEDGER to verify, --client-record, or --empirical")
             return
         if not ledger.exists():
             _fail(f"no such ledger: {ledger}")
