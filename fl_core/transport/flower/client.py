@@ -314,7 +314,7 @@ def handle_round(
         FlowerCodecError: the packet lacks the model, the configuration or (Paillier) the key.
         ConfigError, FLError: invalid configuration or a failing ``train_fn``.
     """
-    reply, session, _record = _open_round(packet, node_config, ahead, record, on_record, task)
+    reply, session, _record, _privacy = _open_round(packet, node_config, ahead, record, on_record, task)
     return reply, session
 
 
@@ -325,8 +325,11 @@ def _open_round(
     record: RecordState | None,
     on_record: Callable[[RecordState], None] | None,
     task: TaskSpec = None,
-) -> tuple[StagePacket, NodeSession | None, RecordState | None]:
+    privacy: bytes | None = None,
+    on_privacy: Callable[[bytes], None] | None = None,
+) -> tuple[StagePacket, NodeSession | None, RecordState | None, bytes | None]:
     from fl_core.transport.flower import record as record_state
+    from fl_core.transport.flower.budget import node_budget
 
     client = client_id_of(node_config)
     f = packet.fields
@@ -357,6 +360,17 @@ def _open_round(
     # The round's clip, the survivors the noise share is sized for, the round's epsilon: checked
     # against the floor before training; from here on the node clips at exactly the announced clip.
     terms = check_round_terms(fed, floor, clip=f.get(CLIP_FIELD)).session
+    # The node's own budget: checked before training, charged once the input is ready and
+    # before any reply leaves (Federation.client_contribution calls the guard).
+    kept = {"privacy": privacy}
+
+    def charged(client_record: Any) -> None:
+        blob = client_record.to_bytes()
+        kept["privacy"] = blob
+        if on_privacy is not None:
+            on_privacy(blob)
+
+    fed.client_guard = node_budget(fed, node_config, client, privacy, on_charge=charged)
     if packet.messages and ahead is None:
         raise ClientStateError(
             f"the opening message of round {r} continues a session run ahead, but this node ran none "
@@ -376,7 +390,7 @@ def _open_round(
         seeded = cfg.seed is not None
         seed = b"" if seeded else os.urandom(32)
         out = fed.secure_sum.client(client, r, session_rng(cfg, client, r, seed, seeded)).start(vec)
-        return StagePacket(r, TRAIN_STAGE, tuple(out), fields), None, record
+        return StagePacket(r, TRAIN_STAGE, tuple(out), fields), None, record, kept["privacy"]
     if packet.messages and ahead is not None:  # (messages without an ahead session were refused above)
         seed, seeded = ahead.session_seed, ahead.seeded
         own = AheadParams(r, str(f["config"]), terms.ring_bits, terms.dim, terms.max_clients, terms.min_survivors)
@@ -404,7 +418,7 @@ def _open_round(
         history=(ahead.history if packet.messages and ahead is not None else ()) + tuple(packet.messages),
     )
     reply = StagePacket(r, TRAIN_STAGE, tuple(out), fields)
-    return reply, state, record
+    return reply, state, record, kept["privacy"]
 
 
 def handle_stage(packet: StagePacket, state: NodeSession | None) -> tuple[StagePacket, NodeSession]:
@@ -487,13 +501,16 @@ class NodeState:
     """Everything a node keeps between messages.
 
     The open round's session, the next round's session run ahead, (record-level DP) the
-    node's Opacus accountant, which outlives rounds, and the session terms it checked.
+    node's Opacus accountant, which outlives rounds, the session terms it checked, and its
+    own privacy record (which outlives runs).
     """
 
     session: NodeSession | None = None
     ahead: AheadSession | None = None
     record: RecordState | None = None
     terms: KeptTerms | None = None
+    privacy: bytes | None = None
+    """The node's own privacy record (:mod:`fl_core.transport.flower.budget`), when kept in memory."""
 
 
 def _terms_for(
@@ -518,13 +535,15 @@ def handle_packet(
     *,
     on_record: Callable[[RecordState], None] | None = None,
     task: TaskSpec = None,
+    on_privacy: Callable[[bytes], None] | None = None,
 ) -> tuple[StagePacket, NodeState]:
     """Answer one privagg packet (a round's opening, a stage, or a standalone advertise request).
 
     A packet may also ask the node to run the next round's next input-free stage
     (:mod:`fl_core.transport.flower.ahead`); its messages ride on the reply.
 
-    ``on_record`` (record-level DP) and ``task``: see :func:`handle_round`.
+    ``on_record`` (record-level DP) and ``task``: see :func:`handle_round`. ``on_privacy``
+    receives the node's privacy record (bytes) as soon as a round is charged to it.
 
     Raises:
         The errors of :func:`handle_round`, :func:`handle_stage` and
@@ -532,14 +551,16 @@ def handle_packet(
     """
     if packet.stage == TRAIN_STAGE:
         ahead = state.ahead if state.ahead is not None and state.ahead.params.round_id == packet.round_id else None
-        reply, session, record = _open_round(packet, node_config, ahead, state.record, on_record, task)
+        reply, session, record, privacy = _open_round(
+            packet, node_config, ahead, state.record, on_record, task, state.privacy, on_privacy
+        )
         terms = state.terms
         if session is not None:
             terms = KeptTerms(
                 session.config_json,
                 SessionTerms(session.ring_bits, session.dim, session.max_clients, session.min_survivors),
             )
-        new = NodeState(session, None, record, terms)
+        new = NodeState(session, None, record, terms, privacy)
     elif packet.stage == AHEAD_STAGE:
         reply, new = StagePacket(packet.round_id, AHEAD_STAGE), state
     else:

@@ -74,6 +74,7 @@ __all__ = ["is_privagg_message", "privagg_mod"]
 _STATE = "privagg.session"
 _AHEAD = "privagg.ahead"
 _TERMS = "privagg.terms"
+_PRIVACY = "privagg.client_record"
 
 
 def is_privagg_message(msg: Any) -> bool:
@@ -88,11 +89,13 @@ def load_state(context: Any) -> NodeState:
     rec = context.state.config_records.get(_STATE)
     arec = context.state.config_records.get(_AHEAD)
     trec = context.state.config_records.get(_TERMS)
+    prec = context.state.config_records.get(_PRIVACY)
     return NodeState(
         NodeSession.from_record(rec) if rec is not None else None,
         AheadSession.from_record(arec) if arec is not None else None,
         record.load_state(context),
         KeptTerms.from_record(trec) if trec is not None else None,
+        bytes(prec["record"]) if prec is not None else None,
     )
 
 
@@ -107,6 +110,10 @@ def save_state(context: Any, state: NodeState) -> None:
             context.state.config_records[key] = value.to_record()
     if state.record is not None:
         record.save_state(context, state.record)
+    if state.privacy is not None:  # the node's own privacy record outlives rounds and runs: never dropped
+        from flwr.app import ConfigRecord
+
+        context.state.config_records[_PRIVACY] = ConfigRecord({"record": state.privacy})
 
 
 def _not_a_client(what: str) -> ClientStateError:
@@ -132,17 +139,29 @@ def answer(packet: StagePacket, context: Any, task: TaskSpec = None) -> StagePac
     if holder:
         raise _not_a_client("training round" if packet.stage == TRAIN_STAGE else "protocol stage")
     state = load_state(context)
-    on_record: Callable[[RecordState], None] | None = None
-    if packet.stage == TRAIN_STAGE:
+    kept: dict[str, Any] = {"record": state.record, "privacy": state.privacy}
+
+    def keep_record(record: RecordState) -> None:  # saved as soon as training charged the accountant
+        kept["record"] = record
+        save_state(context, NodeState(record=record, terms=state.terms, privacy=kept["privacy"]))
+
+    def keep_privacy(privacy: bytes) -> None:  # saved as soon as the round is charged, before the reply
+        kept["privacy"] = privacy
+        save_state(context, NodeState(record=kept["record"], terms=state.terms, privacy=privacy))
+
+    opening = packet.stage == TRAIN_STAGE
+    if opening:
         # A new round discards whatever the node held, even if it fails; the record-DP
-        # accountant and the checked terms are kept (the accountant is saved as soon as
-        # training has charged it).
-        save_state(context, NodeState(record=state.record, terms=state.terms))
-
-        def on_record(record: RecordState) -> None:
-            save_state(context, NodeState(record=record, terms=state.terms))
-
-    reply, new = handle_packet(packet, context.node_config, state, on_record=on_record, task=task)
+        # accountant, the checked terms and the node's privacy record are kept.
+        save_state(context, NodeState(record=state.record, terms=state.terms, privacy=state.privacy))
+    reply, new = handle_packet(
+        packet,
+        context.node_config,
+        state,
+        on_record=keep_record if opening else None,
+        task=task,
+        on_privacy=keep_privacy if opening else None,
+    )
     save_state(context, new)
     return reply
 

@@ -40,7 +40,7 @@ class FlowerOptions:
             injecting a failure at an exact protocol point; empty in normal runs.
         resume_file: see ``pause_after``.
         mode: ``"privagg"`` (private aggregation) or ``"fedavg"`` (Flower's own FedAvg
-            strategy on the same model and data, for comparison).
+            strategy on the same model and data, for comparison; the demo app's switch).
         advertise_ahead: the next round's cohort advertises its keys during the current
             round's final exchange, saving one Flower exchange per round
             (:mod:`fl_core.transport.flower.ahead`); off: every round starts from scratch.

@@ -98,7 +98,7 @@ class PrivAgg:
                 strategies call it.
 
         Raises:
-            ConfigError: a train or evaluate configuration was given.
+            ConfigError: a train or evaluate configuration was given, or ``schedule`` is not ``sync``.
             TaskError: ``initial_arrays`` does not fit the task's model.
             fl_core.transport.flower.server.NodeUnavailableError: the nodes did not all start.
             fl_core.errors.RoundFailedError: a round aborted (the model and ledger keep the
@@ -117,6 +117,12 @@ class PrivAgg:
                     "put per-run settings in the task module",
                     option=name,
                 )
+        if self.config.schedule != "sync":
+            raise ConfigError(
+                f"schedule={self.config.schedule!r}: on Flower privagg runs synchronous rounds only "
+                "(asynchronous buffers run in `privagg run --mode async`)",
+                option="schedule",
+            )
         cfg = self.config if num_rounds is None else self.config.replace(rounds=int(num_rounds))
         options = self.options
         if timeout is not None:
