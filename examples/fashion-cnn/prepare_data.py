@@ -35,8 +35,8 @@ def read_idx(path: Path) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clients", type=int, default=10)
-    ap.add_argument("--per-client", type=int, default=300, help="training examples per client")
+    ap.add_argument("--clients", type=int, default=1000, help="shards to write (privagg run's default population)")
+    ap.add_argument("--per-client", type=int, default=50, help="training examples per client")
     ap.add_argument("--test", type=int, default=1000, help="examples in the server's test set")
     ap.add_argument("--source", type=Path, default=SOURCE, help="folder of the four *-idx*-ubyte.gz files")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "data")
