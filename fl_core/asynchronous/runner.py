@@ -17,7 +17,7 @@ from fl_core.data import FederatedData
 from fl_core.errors import ConfigError
 from fl_core.runner import RunSummary, build_federation, remove_if_header_only
 
-__all__ = ["build_async_federation", "execute_async", "async_summary_fields"]
+__all__ = ["async_summary_fields", "build_async_federation", "execute_async", "with_session_floor"]
 
 
 def build_async_federation(
@@ -47,18 +47,7 @@ def build_async_federation(
     sync_cfg = cfg.replace(per_round=options.buffer, sampling_rate=None, dropout=options.dropout)
     fed, data, extra = build_federation(sync_cfg, data, open_ledger=open_ledger)
     try:
-        floor = session_floor(fed.secure_sum, options.buffer, fed.privacy.min_survivors)
-        if int(getattr(fed.secure_sum, "min_survivors", 1) or 1) < floor and cfg.secure_sum != "plain":
-            fed.secure_sum = build_secure_sum(
-                cfg.secure_sum,
-                BackendRequest(
-                    ring=fed.plan.ring,
-                    dim=fed.plan.dim,
-                    max_clients=options.buffer,
-                    rng=fed.rng.spawn("secure-sum-setup/async"),
-                    options={"graph": cfg.graph, "min_survivors": floor},
-                ),
-            )
+        with_session_floor(fed, cfg, options.buffer)
         afed = AsyncFederation(fed, options)
     except BaseException:
         fed.close()
@@ -67,6 +56,28 @@ def build_async_federation(
             remove_if_header_only(ledger.path)  # refused before any round: leave nothing behind
         raise
     return afed, data, extra
+
+
+def with_session_floor(fed: Any, cfg: RunConfig, buffer: int) -> int:
+    """Give ``fed``'s masking clients the session floor as their ``min_survivors``; returns the floor.
+
+    The secure sum is rebuilt (same ring, dimension and graph) when its clients would help
+    unmask fewer inputs than the floor: never one update alone, never fewer than the DP
+    minimum survivors.
+    """
+    floor = session_floor(fed.secure_sum, buffer, fed.privacy.min_survivors)
+    if int(getattr(fed.secure_sum, "min_survivors", 1) or 1) < floor and cfg.secure_sum != "plain":
+        fed.secure_sum = build_secure_sum(
+            cfg.secure_sum,
+            BackendRequest(
+                ring=fed.plan.ring,
+                dim=fed.plan.dim,
+                max_clients=buffer,
+                rng=fed.rng.spawn("secure-sum-setup/async"),
+                options={"graph": cfg.graph, "min_survivors": floor},
+            ),
+        )
+    return floor
 
 
 def execute_async(

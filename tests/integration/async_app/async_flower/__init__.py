@@ -1,0 +1,1 @@
+"""Test app for privagg's asynchronous mode on Flower."""
