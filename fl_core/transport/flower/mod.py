@@ -41,6 +41,12 @@ from collections.abc import Callable
 from typing import Any
 
 from fl_core.transport.flower.ahead import AheadSession
+from fl_core.transport.flower.async_node import (
+    ASYNC_TRAIN_STAGE,
+    handle_async_open,
+    handle_async_train,
+    is_async_opening,
+)
 from fl_core.transport.flower.client import (
     ClientStateError,
     KeptTerms,
@@ -139,6 +145,16 @@ def answer(packet: StagePacket, context: Any, task: TaskSpec = None) -> StagePac
     if holder:
         raise _not_a_client("training round" if packet.stage == TRAIN_STAGE else "protocol stage")
     state = load_state(context)
+    if packet.stage == ASYNC_TRAIN_STAGE:  # asynchronous mode (fl_core.transport.flower.async_node)
+        return handle_async_train(packet, context, task, privacy=state.privacy)
+    if is_async_opening(packet):
+
+        def keep(blob: bytes) -> None:  # the node's privacy record, saved as soon as the buffer is charged
+            save_state(context, NodeState(record=state.record, terms=state.terms, privacy=blob))
+
+        reply, session, privacy = handle_async_open(packet, context, task, privacy=state.privacy, on_privacy=keep)
+        save_state(context, NodeState(session=session, record=state.record, terms=state.terms, privacy=privacy))
+        return reply
     kept: dict[str, Any] = {"record": state.record, "privacy": state.privacy}
 
     def keep_record(record: RecordState) -> None:  # saved as soon as training charged the accountant

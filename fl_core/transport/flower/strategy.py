@@ -98,7 +98,8 @@ class PrivAgg:
                 strategies call it.
 
         Raises:
-            ConfigError: a train or evaluate configuration was given, or ``schedule`` is not ``sync``.
+            ConfigError: a train or evaluate configuration was given (or, with ``schedule = "async"``,
+                an impossible asynchronous setting; :mod:`fl_core.transport.flower.async_server`).
             TaskError: ``initial_arrays`` does not fit the task's model.
             fl_core.transport.flower.server.NodeUnavailableError: the nodes did not all start.
             fl_core.errors.RoundFailedError: a round aborted (the model and ledger keep the
@@ -117,12 +118,6 @@ class PrivAgg:
                     "put per-run settings in the task module",
                     option=name,
                 )
-        if self.config.schedule != "sync":
-            raise ConfigError(
-                f"schedule={self.config.schedule!r}: on Flower privagg runs synchronous rounds only "
-                "(asynchronous buffers run in `privagg run --mode async`)",
-                option="schedule",
-            )
         cfg = self.config if num_rounds is None else self.config.replace(rounds=int(num_rounds))
         options = self.options
         if timeout is not None:
@@ -146,6 +141,8 @@ class PrivAgg:
                 )
             evaluate(res.round, fed.model)
 
+        if cfg.schedule == "async":  # buffered asynchronous training (fl_core.transport.flower.async_server)
+            from fl_core.transport.flower.async_server import run_privagg_async as run_privagg
         self.report = run_privagg(
             grid, cfg, options, task=task, on_round=on_round, on_start=lambda fed: evaluate(0, fed.model)
         )
