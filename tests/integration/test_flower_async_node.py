@@ -136,3 +136,23 @@ def test_the_weight_scales_the_clipped_update_not_the_noise() -> None:
         v = fed.encoder.decode(x)
         assert reply.fields["weight"] == pytest.approx(w)
         assert np.linalg.norm(v) == pytest.approx(0.01 * w, abs=np.sqrt(v.size) / fed.plan.scale)
+
+
+def test_the_node_charges_its_own_record_per_buffer_and_refuses_past_its_limit() -> None:
+    from dp.client_record import ClientRecord
+    from dp.errors import ClientBudgetExceededError
+    from fl_core.transport.flower.mod import load_state
+
+    cfg = _cfg(dp="distributed", noise_multiplier=1.0, clip=1.0, buffer=3, per_round=3)
+    fed = _server_fed(cfg)
+    ctx = _Context(1)
+    _train(ctx, cfg, fed, version=0)
+    _open(ctx, cfg, fed, r=1, base=0)
+    record = ClientRecord.from_bytes(load_state(ctx).privacy, client="1")
+    assert len(record.charges) == 1 and record.epsilon_vs_server() > 0  # charged when its session opened
+    one = record.epsilon_vs_server()
+    tight = _Context(2, **{"max-epsilon": one * 1.01})  # room for one buffer, not two
+    _train(tight, cfg, fed, version=0)
+    _open(tight, cfg, fed, r=1, base=0)
+    with pytest.raises(ClientBudgetExceededError):
+        _train(tight, cfg, fed, version=1)  # refused before it trains for a second buffer

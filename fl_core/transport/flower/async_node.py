@@ -121,11 +121,17 @@ def _own_bound(node_config: Any, key: str) -> int | None:
     return v
 
 
-def handle_async_train(packet: StagePacket, context: Any, task: Any = None) -> StagePacket:
+def handle_async_train(
+    packet: StagePacket, context: Any, task: Any = None, *, privacy: bytes | None = None
+) -> StagePacket:
     """Fetch the version in ``packet``, train on this node's own data, keep the update; answer done.
+
+    ``privacy`` is the node's own privacy record (:mod:`fl_core.transport.flower.budget`): a
+    node that could not join another buffer without passing its limit refuses before training.
 
     Raises:
         NodePolicyError: the run is weaker than the node's floor (nothing is trained).
+        dp.errors.ClientBudgetExceededError: one more buffer would pass the node's own limit.
         FlowerCodecError: the packet lacks the model, its version or the configuration.
         ClientStateError: the server addressed another client.
     """
@@ -146,6 +152,9 @@ def handle_async_train(packet: StagePacket, context: Any, task: Any = None) -> S
     fed, _record = _client_build(cfg, task=task, node_config=context.node_config)
     if fed.dim != f["dim"]:
         raise FlowerCodecError(f"the server's model has {f['dim']} values, this node's has {fed.dim}")
+    from fl_core.transport.flower.budget import node_budget
+
+    node_budget(fed, context.node_config, client, privacy).check(client, packet.round_id + 1)
     global_vec = vector_from_bytes(bytes(f["global"]), np.float32, fed.dim)
     delta = compute_update(
         fed.model, global_vec, fed.codec, fed.train_fn, fed.source.get(client), client_id=client, device=fed.device
@@ -163,10 +172,25 @@ def handle_async_train(packet: StagePacket, context: Any, task: Any = None) -> S
     return StagePacket(packet.round_id, ASYNC_TRAIN_STAGE, (), {"trained": True, VERSION_FIELD: held.version})
 
 
-def handle_async_open(packet: StagePacket, context: Any, task: Any = None) -> tuple[StagePacket, Any]:
-    """Open this node's session of a buffer with its held update; returns the reply and the session to keep.
+def handle_async_open(
+    packet: StagePacket,
+    context: Any,
+    task: Any = None,
+    *,
+    privacy: bytes | None = None,
+    on_privacy: Any = None,
+) -> tuple[StagePacket, Any, bytes | None]:
+    """Open this node's session of a buffer with its held update.
+
+    ``privacy`` is the node's own privacy record: the buffer is checked against its limit
+    before the update is touched and charged before anything derived from it leaves
+    (``on_privacy(record bytes)`` keeps it at once).
+
+    Returns:
+        The reply, the session to keep, and the node's privacy record after the charge.
 
     Raises:
+        dp.errors.ClientBudgetExceededError: the buffer would pass the node's own limit.
         ClientStateError: no update held, or it was already spent in an earlier session.
         NodePolicyError: a version from the future, staleness or contributions beyond the
             node's own ``max-staleness`` / ``max-contributions``, or the run below its floor.
@@ -217,20 +241,32 @@ def handle_async_open(packet: StagePacket, context: Any, task: Any = None) -> tu
     if fed.dim != f["dim"] or held.dim != fed.dim:
         raise FlowerCodecError(f"model sizes differ: server {f['dim']}, node {fed.dim}, held update {held.dim}")
     terms = check_round_terms(fed, floor, clip=f.get(CLIP_FIELD)).session
+    from fl_core.transport.flower.budget import node_budget
+
+    kept = {"privacy": privacy}
+
+    def charged(client_record: Any) -> None:
+        kept["privacy"] = client_record.to_bytes()
+        if on_privacy is not None:
+            on_privacy(kept["privacy"])
+
+    guard = node_budget(fed, context.node_config, client, privacy, on_charge=charged)
+    guard.check(client, packet.round_id)
     weight = parse_staleness(cfg.staleness or "fedbuff")(staleness)
     r = packet.round_id
     delta = vector_from_bytes(held.delta, np.float32, held.dim)
     pipeline = ClientPipeline(StalenessWeighted(fed.privacy, weight), fed.encoder, fed.sampler)
     vec, clip = pipeline.run(delta, fed.rng.spawn(f"async/client/{client}/session/{r}"))
-    # Spent from here on, before anything derived from the update leaves the node.
+    # Spent and charged from here on, before anything derived from the update leaves the node.
     _save(context, AsyncHeld(held.version, held.task, held.delta, held.dim, True, held.contributions + 1))
+    guard.charge(client, r)
     min_survivors = max(2, terms.min_survivors)  # never help unmask one update alone
     ss = secure_sum_for(cfg, terms.ring_bits, terms.dim, terms.max_clients, min_survivors)
     seeded = cfg.seed is not None
     seed = b"" if seeded else os.urandom(32)
     session = ss.client(client, r, session_rng(cfg, client, r, seed, seeded))
     out = session.start(vec)
-    kept = NodeSession(
+    session_kept = NodeSession(
         round_id=r,
         client=client,
         config_json=str(f["config"]),
@@ -245,4 +281,4 @@ def handle_async_open(packet: StagePacket, context: Any, task: Any = None) -> tu
     )
     fields = {"clipped": bool(clip.clipped), "saturated": int(clip.saturated), "weight": float(weight),
               "staleness": int(staleness)}
-    return StagePacket(r, TRAIN_STAGE, tuple(out), fields), kept
+    return StagePacket(r, TRAIN_STAGE, tuple(out), fields), session_kept, kept["privacy"]
