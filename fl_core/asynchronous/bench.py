@@ -55,8 +55,8 @@ class AsyncBenchSpec:
     lr: float = 0.5
     server_lr: float = 1.0
     server_momentum: float = 0.5
-    staleness: StalenessWeight = field(default_factory=StalenessWeight)
-    speed: SpeedModel = field(default_factory=lambda: SpeedModel.lognormal(median_s=10.0, sigma=1.0))
+    staleness: StalenessWeight = field(default_factory=lambda: StalenessWeight("constant"))
+    speed: SpeedModel = field(default_factory=lambda: SpeedModel.lognormal(median_s=10.0, sigma=1.25))
     window: int = 5
     seed: int = 0
     delta: float = 1e-5

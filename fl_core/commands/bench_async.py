@@ -30,9 +30,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         clip: float = typer.Option(1.0, help="L2 clip of each update."),
         dp: str = typer.Option("distributed", help="distributed, local, central or none."),
         secure_sum: str = typer.Option("masking", "--secure-sum", help="masking, paillier or plain."),
-        staleness: str = typer.Option("fedbuff", help="fedbuff (1/sqrt(1+s)), constant, polynomial:A, hinge:A:B."),
+        staleness: str = typer.Option(
+            "constant", help="constant (default here: see README), fedbuff (1/sqrt(1+s)), polynomial:A, hinge:A:B."
+        ),
         speed_median: float = typer.Option(10.0, "--speed-median", help="Median simulated seconds per client task."),
-        speed_sigma: float = typer.Option(1.0, "--speed-sigma", help="Log-normal sigma across clients (tail weight)."),
+        speed_sigma: float = typer.Option(
+            1.25, "--speed-sigma", help="Log-normal sigma across clients (tail weight; 1.25: p99 = 18x the median)."
+        ),
         jitter_sigma: float = typer.Option(0.25, "--jitter-sigma", help="Log-normal sigma of each task's jitter."),
         stage_s: float = typer.Option(0.5, "--stage-s", help="Simulated seconds per secure-sum exchange."),
         client_max_epsilon: Optional[float] = typer.Option(
