@@ -28,7 +28,7 @@ __all__ = [
     "load_federated_data",
 ]
 
-PartitionName = Literal["iid", "dirichlet", "shards"]
+PartitionName = Literal["iid", "dirichlet", "dirichlet-balanced", "shards"]
 
 FASHION_MNIST_DIR = Path(os.environ.get("PRIVAGG_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 _FASHION_HELP = (
@@ -155,9 +155,11 @@ def partition_labels(
 ) -> list[npt.NDArray[np.int64]]:
     """Split example indices among ``num_clients`` clients.
 
-    Schemes: ``iid`` (uniform shuffle, near-equal sizes); ``dirichlet`` (label skew:
-    each class split by proportions ~ Dirichlet(alpha), redrawn up to 20 times until
-    no client is empty); ``shards`` (sort by label,
+    Schemes: ``iid`` (uniform shuffle, near-equal sizes); ``dirichlet`` (label and
+    size skew: each class split by proportions ~ Dirichlet(alpha), redrawn up to 20
+    times until no client is empty); ``dirichlet-balanced`` (label skew at equal
+    sizes, see :func:`_dirichlet_balanced`: it works for many small clients, e.g.
+    6,000 x 10, where ``dirichlet`` leaves clients empty); ``shards`` (sort by label,
     cut into ``num_clients * shards_per_client`` shards, deal each client some).
 
     Raises:
@@ -187,6 +189,10 @@ def partition_labels(
             if all(buckets):
                 break
         parts = [np.asarray(sorted(b), dtype=np.int64) for b in buckets]
+    elif scheme == "dirichlet-balanced":
+        if not alpha > 0:
+            raise ConfigError(f"dirichlet alpha must be > 0, got {alpha}", option="alpha")
+        parts = _dirichlet_balanced(labels, num_clients, alpha, rng)
     elif scheme == "shards":
         if shards_per_client < 1:
             raise ConfigError("shards_per_client must be >= 1", option="shards_per_client")
@@ -198,7 +204,9 @@ def partition_labels(
         deal = rng.permutation(n_shards).reshape(num_clients, shards_per_client)
         parts = [np.concatenate([shards[s] for s in row]) for row in deal]
     else:
-        raise ConfigError(f"unknown partition {scheme!r}; choose iid, dirichlet or shards", option="partition")
+        raise ConfigError(
+            f"unknown partition {scheme!r}; choose iid, dirichlet, dirichlet-balanced or shards", option="partition"
+        )
     out = [np.asarray(p, dtype=np.int64) for p in parts]
     empty = [i + 1 for i, p in enumerate(out) if len(p) == 0]
     if empty:
@@ -207,6 +215,44 @@ def partition_labels(
             "raise alpha, use fewer clients, or choose iid"
         )
     return out
+
+
+def _dirichlet_balanced(
+    labels: npt.NDArray[np.int64], num_clients: int, alpha: float, rng: np.random.Generator
+) -> list[npt.NDArray[np.int64]]:
+    """Equal-size clients (sizes differ by at most one) whose label mix is ~ Dirichlet(alpha).
+
+    Hsu, Qi and Brown (2019), "Measuring the effects of non-identical data distribution
+    for federated visual classification", Section 3: each client draws class proportions
+    ``p ~ Dir(alpha * prior)`` (``prior``: the label frequencies) and fills its quota from
+    them, drawing without replacement from what is left; a class that runs out is
+    dropped from ``p`` and the rest renormalised. Clients are filled in a random order,
+    so no client id is favoured when classes run out. Every example is used once.
+    """
+    classes, counts = np.unique(labels, return_counts=True)
+    prior = counts / counts.sum()
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    left = counts.astype(np.int64).copy()
+    used = np.zeros(len(classes), dtype=np.int64)
+    quotas = np.array([len(a) for a in np.array_split(np.arange(len(labels)), num_clients)], dtype=np.int64)
+    parts: list[npt.NDArray[np.int64]] = [np.empty(0, dtype=np.int64)] * num_clients
+    for client in rng.permutation(num_clients):
+        p = rng.dirichlet(alpha * prior * len(classes))
+        need = int(quotas[client])
+        take = np.zeros(len(classes), dtype=np.int64)
+        while need > 0:
+            avail = left - take
+            w = np.where(avail > 0, p, 0.0)
+            if not w.sum() > 0:  # every class this client favours is exhausted: draw from what is left
+                w = (avail > 0).astype(np.float64)
+            draw = np.minimum(rng.multinomial(need, w / w.sum()), avail)
+            take += draw
+            need -= int(draw.sum())
+        chunks = [pools[k][used[k] : used[k] + take[k]] for k in range(len(classes)) if take[k]]
+        used += take
+        left -= take
+        parts[client] = np.sort(np.concatenate(chunks)) if chunks else np.empty(0, dtype=np.int64)
+    return parts
 
 
 def federate(
