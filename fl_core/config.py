@@ -26,7 +26,7 @@ DEFAULT_SAMPLING_RATE = 0.1
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": ("digits", "fashion-mnist"),
-    "partition": ("iid", "dirichlet", "shards"),
+    "partition": ("iid", "dirichlet", "dirichlet-balanced", "shards"),
     "model": ("logreg", "mlp", "cnn"),
     "secure_sum": ("plain", "masking", "paillier"),
     "graph": ("complete", "sparse"),
