@@ -39,8 +39,10 @@ Security:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from enum import Enum
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -65,6 +67,8 @@ __all__ = [
     "epsilon_vs_public",
     "epsilon_vs_server",
     "epsilon_vs_server_per_client",
+    "ServerAccount",
+    "epsilon_vs_server_curve",
     "server_view",
     "unbounded_reason",
 ]
@@ -138,6 +142,165 @@ def _check_delta(delta: float) -> None:
         raise ConfigurationError(f"delta must be in (0, 1), got {delta!r}")
 
 
+@lru_cache(maxsize=65536)
+def _gdp_epsilon(mu2: float, delta: float) -> float:
+    """Exact epsilon of a mu-GDP mechanism, mu^2 = ``mu2`` (composed Gaussian rounds)."""
+    return 0.0 if mu2 <= 0.0 else analytic_gaussian_epsilon([mu2**-0.5], delta)
+
+
+class ServerAccount:
+    """Epsilon against the server, kept per client and updated one round at a time.
+
+    The per-client state is what composition needs: with only Gaussian rounds, the
+    sum of z^-2 (exact: the composition is mu-GDP); otherwise the Renyi-DP curve at
+    :data:`dp.accountants.rdp.INTEGER_ORDERS`. The first non-Gaussian round switches
+    the account to RDP (every round so far is re-composed), so the result always
+    equals :func:`epsilon_vs_server_per_client` on the same events.
+
+    Args:
+        delta: the delta epsilon is stated at.
+
+    Raises:
+        ConfigurationError: delta outside (0, 1).
+    """
+
+    def __init__(self, delta: float) -> None:
+        _check_delta(delta)
+        self.delta = float(delta)
+        self._events: list[RoundEvent] = []
+        self._gaussian = True
+        self._state: dict[int, npt.NDArray[np.float64]] = {}
+        self._common: npt.NDArray[np.float64] = np.zeros(1)
+        self._nonprivate: set[int] = set()
+        self._everyone_nonprivate = False
+        self._eps: dict[int, float] = {}
+        self._max = 0.0
+
+    # -- reading
+
+    @property
+    def events(self) -> list[RoundEvent]:
+        return list(self._events)
+
+    def epsilon(self) -> float:
+        """The largest epsilon over clients (0 before any charged round)."""
+        return self._max
+
+    def per_client(self) -> dict[int, float]:
+        """Every charged client's epsilon (:data:`ANY_CLIENT`: a client in every round that names no ids)."""
+        return dict(self._eps)
+
+    def epsilon_of(self, client: int) -> float:
+        """The epsilon of ``client`` (one never charged has only the rounds that name no ids)."""
+        if client in self._eps:
+            return self._eps[client]
+        return self._eps.get(ANY_CLIENT, 0.0)
+
+    # -- updating
+
+    def _row(self, event: RoundEvent) -> tuple[str, npt.NDArray[np.float64]]:
+        c = charge_of(server_view(event))
+        if c.kind is ChargeKind.FREE:
+            return "free", np.zeros(1)
+        if c.kind is ChargeKind.NON_PRIVATE:
+            return "nonprivate", np.zeros(1)
+        if self._gaussian and c.kind is ChargeKind.GAUSSIAN_POISSON and c.q == 1.0:
+            return "gaussian", np.array([c.z**-2], dtype=np.float64)
+        return "rdp", np.asarray(_rdp_matrix([c])[0], dtype=np.float64)
+
+    def _eps_rows(self, rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        if self._gaussian:
+            return np.array([_gdp_epsilon(float(m2), self.delta) for m2 in rows[:, 0]], dtype=np.float64)
+        return np.asarray(_rdp_eps_from_total(rows, self.delta), dtype=np.float64).reshape(-1)
+
+    def _refresh(self, clients: Sequence[int]) -> None:
+        if not clients:
+            return
+        rows = np.stack([self._state.get(c, np.zeros_like(self._common)) + self._common for c in clients])
+        vals = self._eps_rows(rows)
+        for c, v in zip(clients, vals, strict=True):
+            v = float(v)
+            if self._everyone_nonprivate or c in self._nonprivate:
+                v = math.inf
+            self._eps[c] = v
+            self._max = max(self._max, v)
+
+    def _switch_to_rdp(self) -> None:
+        events = self._events
+        self.__init__(self.delta)  # type: ignore[misc]
+        self._gaussian = False
+        for e in events:
+            self.add(e)
+
+    def add(self, event: RoundEvent) -> float:
+        """Charge ``event`` to its clients (:func:`charged_clients`); returns the new maximum."""
+        kind, row = self._row(event)
+        if kind == "rdp" and self._gaussian:
+            self._events.append(event)
+            self._switch_to_rdp()
+            return self._max
+        self._events.append(event)
+        if kind == "free":
+            return self._max
+        ids = charged_clients(event)
+        if self._common.shape != row.shape:
+            self._common = np.zeros_like(row)
+        if ids == (ANY_CLIENT,):
+            if kind == "nonprivate":
+                self._everyone_nonprivate = True
+            else:
+                self._common = self._common + row
+            self._refresh([*self._state, ANY_CLIENT])
+            return self._max
+        for c in ids:
+            if kind == "nonprivate":
+                self._nonprivate.add(c)
+                self._state.setdefault(c, np.zeros_like(row))
+            else:
+                self._state[c] = self._state.get(c, np.zeros_like(row)) + row
+        self._refresh(list(ids))
+        return self._max
+
+    def extend(self, events: Sequence[RoundEvent]) -> ServerAccount:
+        for e in events:
+            self.add(e)
+        return self
+
+    def epsilon_if(self, event: RoundEvent) -> float:
+        """The largest epsilon over clients if ``event`` were charged next (nothing is changed)."""
+        kind, _ = self._row(event)
+        if kind == "rdp" and self._gaussian:  # it would switch the engine: recompose everything
+            return ServerAccount(self.delta).extend([*self._events, event]).epsilon()
+        return self._epsilon_if_same_engine(event)
+
+    def _epsilon_if_same_engine(self, event: RoundEvent) -> float:
+        kind, row = self._row(event)
+        if kind == "free":
+            return self._max
+        ids = charged_clients(event)
+        if kind == "nonprivate":
+            return math.inf
+        common = self._common if self._common.shape == row.shape else np.zeros_like(row)
+        if ids == (ANY_CLIENT,):
+            clients = [*self._state, ANY_CLIENT]
+            extra_common = row
+            extra_each = np.zeros_like(row)
+        else:
+            clients = list(ids)
+            extra_common = np.zeros_like(row)
+            extra_each = row
+        rows = np.stack(
+            [self._state.get(c, np.zeros_like(row)) + common + extra_common + extra_each for c in clients]
+        )
+        vals = self._eps_rows(rows)
+        worst = self._max
+        for c, v in zip(clients, vals, strict=True):
+            if self._everyone_nonprivate or c in self._nonprivate:
+                return math.inf
+            worst = max(worst, float(v))
+        return worst
+
+
 def epsilon_vs_server_per_client(events: Sequence[RoundEvent], delta: float) -> dict[int, float]:
     """Each client's epsilon against the server: the rounds it was charged for, composed without amplification.
 
@@ -149,55 +312,22 @@ def epsilon_vs_server_per_client(events: Sequence[RoundEvent], delta: float) -> 
         ConfigurationError: delta outside (0, 1).
         AccountingError: an event no accountant can bound.
     """
-    _check_delta(delta)
-    views = [server_view(e) for e in events]
-    charges = [charge_of(v) for v in views]
-    active = [i for i, c in enumerate(charges) if c.kind is not ChargeKind.FREE]
-    if not active:
-        return {}
-    unnamed = [i for i in active if charged_clients(events[i]) == (ANY_CLIENT,)]
-    clients = sorted({c for i in active for c in charged_clients(events[i]) if c != ANY_CLIENT})
-    if unnamed:
-        clients.append(ANY_CLIENT)
-    index = {c: k for k, c in enumerate(clients)}
-    incidence = np.zeros((len(clients), len(active)), dtype=np.float64)
-    for j, i in enumerate(active):
-        ids = charged_clients(events[i])
-        if ids == (ANY_CLIENT,):
-            incidence[:, j] = 1.0
-        else:
-            incidence[[index[c] for c in ids], j] = 1.0
-    act = [charges[i] for i in active]
-    nonpriv = np.array([c.kind is ChargeKind.NON_PRIVATE for c in act])
-    out: npt.NDArray[np.float64]
-    if nonpriv.any():
-        hit = incidence[:, nonpriv].sum(axis=1) > 0
-    else:
-        hit = np.zeros(len(clients), dtype=bool)
-    if all(c.kind is ChargeKind.GAUSSIAN_POISSON and c.q == 1.0 for c in act if c.kind is not ChargeKind.NON_PRIVATE):
-        # Gaussian rounds compose exactly: mu^2 = sum of z^-2 over the client's rounds.
-        inv_z2 = np.array([0.0 if c.kind is ChargeKind.NON_PRIVATE else c.z**-2 for c in act])
-        mu2 = incidence @ inv_z2
-        cache: dict[float, float] = {}
-        vals = []
-        for m2 in mu2:
-            key = float(m2)
-            if key not in cache:
-                cache[key] = 0.0 if key <= 0.0 else analytic_gaussian_epsilon([key**-0.5], delta)
-            vals.append(cache[key])
-        out = np.array(vals, dtype=np.float64)
-    else:
-        rows = _rdp_matrix(act)
-        rows = np.where(np.isinf(rows), 0.0, rows)  # non-private rows are handled by ``hit``
-        out = np.asarray(_rdp_eps_from_total(incidence @ rows, delta), dtype=np.float64)
-    out = np.where(hit, np.inf, out)
-    return {c: float(v) for c, v in zip(clients, out, strict=True)}
+    return ServerAccount(delta).extend(events).per_client()
 
 
 def epsilon_vs_server(events: Sequence[RoundEvent], delta: float) -> float:
     """The largest epsilon against the server over all clients (``math.inf`` in central mode)."""
-    per = epsilon_vs_server_per_client(events, delta)
-    return max(per.values(), default=0.0)
+    return ServerAccount(delta).extend(events).epsilon()
+
+
+def epsilon_vs_server_curve(events: Sequence[RoundEvent], delta: float) -> list[float]:
+    """Cumulative epsilon against the server after each event (entry k = :func:`epsilon_vs_server` of events[:k+1])."""
+    acc = ServerAccount(delta)
+    out = []
+    for e in events:
+        acc.add(e)
+        out.append(acc.epsilon())
+    return out
 
 
 def epsilon_vs_public(events: Sequence[RoundEvent], delta: float, *, accountant: str = "pld") -> float:

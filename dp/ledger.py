@@ -20,14 +20,25 @@ and every later line is a round record::
                    "noise_variance": ..., "noise_multiplier": ..., "clip_norm": ...,
                    "clip_query_noise_multiplier": ..., "dim": ...},
      "prev_hash": P, "round": n, "sampling": {"scheme": ..., "rate": q, "population": N},
-     "survivors": S, "time": "2026-01-01T00:00:00.000000Z", "v": 1}
+     "survivors": S, "time": "2026-01-01T00:00:00.000000Z", "v": 1,
+     "cohort_ids": [...], "survivor_ids": [...], "epsilon_vs_server": E_s}
+
+(``epsilon_vs_server`` only when the writer accounted it).
 
 ``hash`` is the lowercase hex SHA-256 of the canonical JSON of the record without
 its ``hash`` key; ``prev_hash`` is the previous line's ``hash`` (the header's
 ``prev_hash`` is :data:`GENESIS_HASH`, so the first hash binds the ledger id, the
 creation time and the run metadata). ``epsilon`` is the cumulative epsilon after
-this round at ``delta`` (the string ``"inf"`` once a round had no finite
-guarantee); every record of a ledger has the same ``delta``.
+this round at ``delta`` against those who only see the released models (the string
+``"inf"`` once a round had no finite guarantee); ``epsilon_vs_server`` is the
+cumulative epsilon against the server (the largest over clients, each composing the
+rounds it survived in without amplification; ``"inf"`` in central mode, see
+:mod:`dp.adversary`). ``cohort_ids`` and ``survivor_ids`` name the clients asked and
+the clients whose update is in the released sum (the server knows both), so that
+both numbers are recomputable from the ledger alone. Records written before these
+three keys existed are still read (their ids are unknown, so accounting against the
+server charges those rounds to every client). Every record of a ledger has the
+same ``delta``.
 
 Torn tails: a record is written with one ``write`` of the whole line and then
 ``fsync``'d; the caller publishes the new model only after :meth:`Ledger.append`
@@ -127,13 +138,15 @@ class LedgerRecord:
         round: the round number of the event.
         time: RFC 3339 UTC timestamp when the record was written.
         event: the privacy event, rebuilt from the record.
-        epsilon: cumulative epsilon after this round, as recorded.
+        epsilon: cumulative epsilon after this round against model users, as recorded.
         delta: the delta ``epsilon`` is stated at.
         accountant: name of the accountant that produced ``epsilon``.
         accountant_version: its version string.
         prev_hash: hash of the previous line.
         hash: this record's hash.
         line: 1-based line number in the file (the header is line 1).
+        epsilon_vs_server: cumulative epsilon against the server, as recorded (None in a
+            record written before it was recorded).
     """
 
     round: int
@@ -146,6 +159,7 @@ class LedgerRecord:
     prev_hash: str
     hash: str
     line: int
+    epsilon_vs_server: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,8 +227,13 @@ class LedgerReport:
 
     @property
     def epsilon(self) -> float:
-        """Recorded cumulative epsilon after the last verified round (0 with no rounds)."""
+        """Recorded cumulative epsilon (against model users) after the last verified round (0 with no rounds)."""
         return self.records[-1].epsilon if self.records else 0.0
+
+    @property
+    def epsilon_vs_server(self) -> float | None:
+        """Recorded cumulative epsilon against the server after the last verified round (None if not recorded)."""
+        return self.records[-1].epsilon_vs_server if self.records else 0.0
 
 
 # --------------------------------------------------------------------------- records
@@ -224,8 +243,13 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _eps_json(x: float) -> float | str:
+    return "inf" if math.isinf(x) else float(x)
+
+
 def _round_dict(event: RoundEvent, *, epsilon: float, delta: float, accountant: str,
-                accountant_version: str, prev_hash: str, time: str) -> dict[str, Any]:
+                accountant_version: str, prev_hash: str, time: str,
+                epsilon_vs_server: float | None) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "v": LEDGER_VERSION,
         "kind": "round",
@@ -250,11 +274,15 @@ def _round_dict(event: RoundEvent, *, epsilon: float, delta: float, accountant: 
         "cohort": int(event.cohort),
         "survivors": int(event.survivors),
         "colluders": int(event.colluders),
+        "cohort_ids": [int(i) for i in event.cohort_ids],
+        "survivor_ids": [int(i) for i in event.survivor_ids],
         "delta": float(delta),
-        "epsilon": "inf" if math.isinf(epsilon) else float(epsilon),
+        "epsilon": _eps_json(epsilon),
         "accountant": {"name": accountant, "version": accountant_version},
         "prev_hash": prev_hash,
     }
+    if epsilon_vs_server is not None:
+        rec["epsilon_vs_server"] = _eps_json(epsilon_vs_server)
     rec["hash"] = record_hash(rec)
     return rec
 
@@ -278,6 +306,8 @@ def _event_from_record(rec: Mapping[str, Any]) -> RoundEvent:
         clip_query_noise_multiplier=_as_float(mech["clip_query_noise_multiplier"]),
         colluders=_as_int(rec["colluders"]),
         dim=_as_int(mech["dim"]),
+        cohort_ids=_as_ids(rec.get("cohort_ids", [])),
+        survivor_ids=_as_ids(rec.get("survivor_ids", [])),
     )
     nm = _as_float(mech["noise_multiplier"])
     if not math.isclose(nm, event.noise_multiplier, rel_tol=1e-12, abs_tol=1e-300):
@@ -290,6 +320,16 @@ def _as_int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise TypeError(f"expected an integer, got {v!r}")
     return v
+
+
+def _as_ids(v: Any) -> tuple[int, ...]:
+    if not isinstance(v, list):
+        raise TypeError(f"expected a list of client ids, got {v!r}")
+    return tuple(_as_int(i) for i in v)
+
+
+def _as_eps(v: Any) -> float:
+    return math.inf if v == "inf" else _as_float(v)
 
 
 def _as_float(v: Any) -> float:
@@ -383,7 +423,8 @@ def _inspect_bytes(data: bytes, path: str, *, expected_head: str | None) -> Ledg
                     raise _Stop(f"line {lineno} is not a round record", bad_round)
                 try:
                     event = _event_from_record(rec)
-                    eps = math.inf if rec["epsilon"] == "inf" else _as_float(rec["epsilon"])
+                    eps = _as_eps(rec["epsilon"])
+                    eps_server = _as_eps(rec["epsilon_vs_server"]) if "epsilon_vs_server" in rec else None
                     delta = _as_float(rec["delta"])
                     acc = rec["accountant"]
                     acc_name, acc_ver = acc["name"], acc["version"]
@@ -399,10 +440,10 @@ def _inspect_bytes(data: bytes, path: str, *, expected_head: str | None) -> Ledg
                 if records and delta != records[0].delta:
                     raise _Stop(f"line {lineno}: delta {delta} differs from the ledger's "
                                 f"{records[0].delta}", bad_round)
-                if not (0.0 <= eps and 0.0 < delta < 1.0):
+                if not (0.0 <= eps and 0.0 < delta < 1.0 and (eps_server is None or eps_server >= 0.0)):
                     raise _Stop(f"line {lineno}: epsilon/delta out of range", bad_round)
                 records.append(LedgerRecord(event.round, when, event, eps, delta, acc_name,
-                                            acc_ver, head, rec["hash"], lineno))
+                                            acc_ver, head, rec["hash"], lineno, eps_server))
             head = rec["hash"]
             hashes[head] = 0 if idx == 0 else records[-1].round
     except _Stop as stop:
@@ -615,7 +656,8 @@ class Ledger:
 
     def append(self, event: RoundEvent, *, epsilon: float, delta: float,
                accountant: str | None = None,
-               accountant_version: str | None = None) -> LedgerRecord:
+               accountant_version: str | None = None,
+               epsilon_vs_server: float | None = None) -> LedgerRecord:
         """Append the record of ``event`` and make it durable before returning.
 
         Publish the new model only after this returns (then a crash can never leave
@@ -623,8 +665,11 @@ class Ledger:
 
         Args:
             event: the round's privacy event; its round must exceed the last one.
-            epsilon: cumulative epsilon after this round, at ``delta``.
+            epsilon: cumulative epsilon after this round against model users, at ``delta``.
             delta: the run's delta (the same for every record).
+            epsilon_vs_server: cumulative epsilon against the server (``math.inf`` in
+                central mode); None (a caller that accounts one view) leaves it out of the
+                record, and the audit then recomputes it without comparing.
             accountant: overrides the accountant name given to :meth:`open`.
             accountant_version: overrides its version.
 
@@ -649,6 +694,11 @@ class Ledger:
                                      f"got {epsilon!r}")
         if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
             raise ConfigurationError(f"delta must be in (0, 1), got {delta!r}")
+        eps_server = epsilon_vs_server
+        if eps_server is not None and not (
+            isinstance(eps_server, (int, float)) and not math.isnan(eps_server) and eps_server >= 0
+        ):
+            raise ConfigurationError(f"epsilon_vs_server must be >= 0 (inf: unbounded), got {eps_server!r}")
         if self._records:
             if float(delta) != self._records[0].delta:
                 raise ConfigurationError(f"delta {delta} differs from the ledger's delta "
@@ -657,10 +707,15 @@ class Ledger:
             if epsilon < prev * (1.0 - EPSILON_MONOTONE_RTOL):
                 raise ConfigurationError(f"cumulative epsilon {epsilon} is below the previous "
                                          f"{prev}; pass the cumulative value")
+            prev_s = self._records[-1].epsilon_vs_server
+            if prev_s is not None and eps_server is not None and eps_server < prev_s * (1.0 - EPSILON_MONOTONE_RTOL):
+                raise ConfigurationError(f"cumulative epsilon against the server {eps_server} is below the "
+                                         f"previous {prev_s}; pass the cumulative value")
         name = self._accountant if accountant is None else accountant
         version = self._accountant_version if accountant_version is None else accountant_version
         rec = _round_dict(event, epsilon=float(epsilon), delta=float(delta), accountant=name,
-                          accountant_version=version, prev_hash=self._head, time=_now())
+                          accountant_version=version, prev_hash=self._head, time=_now(),
+                          epsilon_vs_server=None if eps_server is None else float(eps_server))
         line = canonical_json(rec) + b"\n"
         try:
             _write_all(self._fd, line)
@@ -674,7 +729,8 @@ class Ledger:
                               "do not publish this round's model", round=event.round) from exc
         self._size += len(line)
         record = LedgerRecord(event.round, rec["time"], event, float(epsilon), float(delta), name,
-                              version, self._head, rec["hash"], len(self._records) + 2)
+                              version, self._head, rec["hash"], len(self._records) + 2,
+                              None if eps_server is None else float(eps_server))
         self._records.append(record)
         self._head = rec["hash"]
         return record

@@ -6,8 +6,11 @@ Security:
     hash chain (see :mod:`dp.ledger`) and every recorded cumulative epsilon equals,
     within :data:`AUDIT_RTOL` relative, what the recorded accountant gives for
     the recorded events; an epsilon that was under-reported (or over-reported)
-    beyond that tolerance is listed in ``disagreements``. The recomputation uses
-    nothing but the records, so a reader needs no access to the training run.
+    beyond that tolerance is listed in ``disagreements``. The recomputation uses nothing but
+    the records, so a reader needs no access to the training run. Both views are
+    audited: ``epsilon`` (against model users, amplified, capped by the server's)
+    and ``epsilon_vs_server`` (per client, no amplification; :mod:`dp.adversary`),
+    the latter recomputed from the survivor ids each record carries.
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ class RoundAudit:
         increment: per-round epsilon: cumulative minus the previous cumulative, per accountant.
         survivors: survivors of the round.
         noise_multiplier: noise multiplier of the noise present.
+        recorded_vs_server: cumulative epsilon against the server written in the ledger
+            (None in records that predate it).
+        vs_server: cumulative epsilon against the server recomputed (None without recomputation).
     """
 
     round: int
@@ -81,6 +87,8 @@ class RoundAudit:
     increment: dict[str, float]
     survivors: int
     noise_multiplier: float
+    recorded_vs_server: float | None = None
+    vs_server: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +97,8 @@ class Disagreement:
 
     Attributes:
         round: the round.
-        accountant: the accountant named in the record (the one recomputed).
+        accountant: the accountant named in the record (the one recomputed), or
+            ``"server"`` for the epsilon against the server.
         recorded: epsilon in the ledger.
         recomputed: epsilon from the events, same accountant, same delta.
         relative_error: (recorded - recomputed) / recomputed (negative: under-reported).
@@ -123,6 +132,9 @@ class AuditReport:
     anchor_round: int | None
     accountant_notes: tuple[str, ...] = field(default_factory=tuple)
     rtol: float = AUDIT_RTOL
+    epsilon_vs_server: float | None = None
+    recomputed_vs_server: float | None = None
+    vs_server_reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -154,6 +166,10 @@ class AuditReport:
             "delta": self.delta,
             "epsilon": num(self.epsilon),
             "recomputed": {k: num(v) for k, v in self.recomputed.items()},
+            "epsilon_vs_public": num(self.epsilon),
+            "epsilon_vs_server": num(self.epsilon_vs_server),
+            "epsilon_vs_server_recomputed": num(self.recomputed_vs_server),
+            "epsilon_vs_server_reason": self.vs_server_reason,
             "rtol": self.rtol,
             "disagreements": [
                 {"round": d.round, "accountant": d.accountant, "recorded": num(d.recorded),
@@ -164,7 +180,8 @@ class AuditReport:
                 {"round": r.round, "recorded": num(r.recorded),
                  "cumulative": {k: num(v) for k, v in r.cumulative.items()},
                  "increment": {k: num(v) for k, v in r.increment.items()},
-                 "survivors": r.survivors, "noise_multiplier": r.noise_multiplier}
+                 "survivors": r.survivors, "noise_multiplier": r.noise_multiplier,
+                 "recorded_vs_server": num(r.recorded_vs_server), "vs_server": num(r.vs_server)}
                 for r in self.per_round
             ],
             "torn_tail": None if self.torn_tail is None else {
@@ -239,9 +256,18 @@ def audit_ledger(
     cums: dict[str, dict[int, float]] = {}  # accountant -> record index -> cumulative epsilon
     notes: list[str] = []
     disagreements: list[Disagreement] = []
+    server: list[float] = []
+    reason: str | None = None
     wanted = list(dict.fromkeys([*accountants, *(r.accountant for r in rep.records
                                                  if r.accountant in ("pld", "rdp"))]))
     if recompute and n and delta is not None:
+        from dp.adversary import epsilon_vs_server_curve, unbounded_reason
+
+        try:
+            server = epsilon_vs_server_curve(events, delta)
+            reason = unbounded_reason(events)
+        except AccountingError as exc:
+            notes.append(f"server: cannot account these events: {exc}")
         vers = versions if versions is not None else _default_versions()
         for a in wanted:
             try:
@@ -261,11 +287,20 @@ def audit_ledger(
             if name not in ("pld", "rdp"):
                 notes.append(f"records name an unknown accountant {name!r}; not compared")
         for i, rec in enumerate(rep.records):
+            # Records that carry epsilon_vs_server state epsilon against model users capped by
+            # it (a model user sees nothing the server does not); older records do not.
+            cap = server[i] if (server and rec.epsilon_vs_server is not None) else math.inf
+            if server and rec.epsilon_vs_server is not None and not _close(rec.epsilon_vs_server, server[i], rtol):
+                s_rel = ((rec.epsilon_vs_server - server[i]) / server[i]
+                         if server[i] not in (0.0, math.inf) else math.inf)
+                disagreements.append(Disagreement(rec.round, "server", rec.epsilon_vs_server, server[i], s_rel))
             name = rec.accountant
             got = cums.get(name, {}).get(i)
+            if got is not None:
+                got = min(got, cap)
             if got is None or _close(rec.epsilon, got, rtol):
                 continue
-            exact = got if name != "rdp" else single_fn(events[: i + 1], delta, name)
+            exact = got if name != "rdp" else min(single_fn(events[: i + 1], delta, name), cap)
             if _close(rec.epsilon, exact, rtol):
                 continue
             rel = (rec.epsilon - exact) / exact if exact not in (0.0, math.inf) else math.inf
@@ -278,7 +313,8 @@ def audit_ledger(
                for a, v in cum.items() if a == "rdp" or checkpoints is None}
         prev.update(cum)
         per_round.append(RoundAudit(rec.round, rec.epsilon, cum, inc, rec.event.survivors,
-                                    rec.event.noise_multiplier))
+                                    rec.event.noise_multiplier, rec.epsilon_vs_server,
+                                    server[i] if server else None))
     recomputed = {a: v for a, v in recomputed.items() if a in accountants}
     return AuditReport(
         path=str(path), verified=rep.verified, error=rep.error, first_bad_round=rep.first_bad_round,
@@ -286,4 +322,6 @@ def audit_ledger(
         epsilon=rep.epsilon, recomputed=recomputed, per_round=tuple(per_round),
         disagreements=tuple(disagreements), torn_tail=rep.torn_tail, head_hash=rep.head_hash,
         anchor_round=rep.anchor_round, accountant_notes=tuple(notes), rtol=rtol,
+        epsilon_vs_server=rep.records[-1].epsilon_vs_server if rep.records else None,
+        recomputed_vs_server=server[-1] if server else None, vs_server_reason=reason,
     )
