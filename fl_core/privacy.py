@@ -242,7 +242,7 @@ class DPPolicy:
             cohort=len(cohort.members),
             survivors=survivors,
             dim=dim + self.extra_coordinates,
-            scale=scale if self.config.mode is DPMode.DISTRIBUTED else None,
+            scale=scale if self.config.mode in (DPMode.DISTRIBUTED, DPMode.CENTRAL) else None,
             clip_norm=self.clip_norm,
         )
         ids = () if planned or survivor_ids is None else tuple(sorted(survivor_ids))
