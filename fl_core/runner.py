@@ -601,6 +601,9 @@ def _summarize(
     stop_reason: str | None,
 ) -> RunSummary:
     extra = dict(extra)
+    from fl_core.accounting import epsilon_report
+
+    extra.update(epsilon_report(fed))  # epsilon per adversary, and which one the budget holds against
     record = extra.pop("_record_dp", None)
     if record is not None:
         rep = record.report()["record_level"]
