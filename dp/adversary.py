@@ -273,6 +273,21 @@ class ServerAccount:
             return ServerAccount(self.delta).extend([*self._events, event]).epsilon()
         return self._epsilon_if_same_engine(event)
 
+    def client_epsilon_if(self, client: int, event: RoundEvent) -> float:
+        """``client``'s epsilon if ``event`` were charged to it next (nothing is changed)."""
+        kind, row = self._row(event)
+        if kind == "free":
+            return self.epsilon_of(client)
+        if kind == "nonprivate" or self._everyone_nonprivate or client in self._nonprivate:
+            return math.inf
+        if kind == "rdp" and self._gaussian:
+            trial = ServerAccount(self.delta).extend(self._events)
+            trial._switch_to_rdp()
+            return trial.client_epsilon_if(client, event)
+        common = self._common if self._common.shape == row.shape else np.zeros_like(row)
+        total = self._state.get(client, np.zeros_like(row)) + common + row
+        return float(self._eps_rows(total[None, :])[0])
+
     def _epsilon_if_same_engine(self, event: RoundEvent) -> float:
         kind, row = self._row(event)
         if kind == "free":

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
+from scipy.stats import binom
 from torch import nn
 
-from dp.accountants import ACCOUNTANT_VERSIONS, compute_epsilon
-from dp.budget import Budget
+from dp.accountants import ACCOUNTANT_VERSIONS
+from dp.adversary import Adversary, epsilon_vs_public, epsilon_vs_server
 from dp.calibration import (
     AdaptiveClipConfig,
     DPConfig,
@@ -38,37 +40,42 @@ from dp.calibration import (
     make_round_event,
     server_noise_std,
 )
+from dp.client_record import DEFAULT_CLIENT_MAX_EPSILON, client_round_event
 from dp.clipping import AdaptiveClip, clip_l2
 from dp.events import DPMode, Mechanism, Sampling
 from dp.ledger import Ledger
 from dp.noise import add_gaussian_noise, discrete_gaussian, skellam
 from dp.randomness import RandomSource as DPRandomSource
+from fl_core.accounting import LedgerBooks, RunAccounting
+from fl_core.client_guard import ClientGuard
 from fl_core.config import RunConfig
 from fl_core.errors import ConfigError
-from fl_core.pipeline import ClipOutcome, NoPrivacy
+from fl_core.noise_sizing import (
+    MAX_AVERAGE_NOISE,
+    calibrate_noise_multiplier,
+    default_min_survivors,
+    noise_share,
+    participation_cap,
+)
+from fl_core.pipeline import ClipOutcome, NoPrivacy, plan_for
 from fl_core.sampling import Cohort, Sampler, SamplingScheme
 from secagg import RandomSource
 
-__all__ = ["DPPolicy", "build_privacy", "default_min_survivors"]
+__all__ = ["DPPolicy", "NoiseSizingWarning", "build_privacy", "default_min_survivors"]
 
 _SAMPLING = {
     SamplingScheme.POISSON: Sampling.POISSON,
     SamplingScheme.FIXED_SIZE: Sampling.FIXED_SIZE,
     SamplingScheme.FULL: Sampling.FULL,
 }
+
+
+class NoiseSizingWarning(UserWarning):
+    """A DP configuration that runs, at a cost the message states (e.g. clients carrying extra noise)."""
+
+
 # Headroom for local noise in the encoding: P(|N(0,1)| > 12) < 2^-100 per coordinate.
 _LOCAL_TAIL = 12.0
-
-
-def default_min_survivors(sampler: Sampler, dropout: float = 0.0) -> int:
-    """The fewest survivors a DP round may release with: a low quantile of the cohort size.
-
-    Poisson: mean - 3 sd (cohorts are smaller with probability ~0.1%: those rounds abort);
-    fixed size and full: the cohort size. Both scaled by (1 - dropout) for planned dropouts.
-    """
-    e = sampler.expected_cohort()
-    low = e - 3.0 * math.sqrt(e) if sampler.scheme is SamplingScheme.POISSON else e
-    return max(1, int(math.floor(low * (1.0 - dropout))))
 
 
 class DPPolicy:
@@ -309,6 +316,34 @@ class DPPolicy:
         return infl
 
 
+def _enforced_adversary(cfg: RunConfig, mode: DPMode) -> Adversary:
+    if cfg.budget_against is not None:
+        against = Adversary(cfg.budget_against)
+    else:
+        against = Adversary.PUBLIC if mode is DPMode.CENTRAL else Adversary.SERVER
+    if mode is DPMode.CENTRAL and against is Adversary.SERVER:
+        raise ConfigError(
+            "--budget-against server cannot hold in central mode: the server sees the exact sum, so epsilon "
+            "against it is unbounded. Use --dp distributed (clients noise inside the secure sum), or "
+            "--budget-against public",
+            option="budget_against",
+        )
+    return against
+
+
+def _client_limit(cfg: RunConfig, mode: DPMode) -> float | None:
+    """Each in-process client's own limit (None: no guard, central mode)."""
+    if mode is DPMode.CENTRAL:
+        if cfg.client_max_epsilon is not None and math.isfinite(cfg.client_max_epsilon):
+            raise ConfigError(
+                "--client-max-epsilon cannot hold in central mode: each client's update reaches the server "
+                "un-noised. Use --dp distributed or --dp local for a limit the clients enforce themselves",
+                option="client_max_epsilon",
+            )
+        return None
+    return cfg.client_max_epsilon if cfg.client_max_epsilon is not None else DEFAULT_CLIENT_MAX_EPSILON
+
+
 def build_privacy(
     cfg: RunConfig,
     sampler: Sampler,
@@ -319,10 +354,22 @@ def build_privacy(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (Federation keyword arguments, extra summary fields) for ``cfg``'s DP mode.
 
+    The noise multiplier is ``cfg.noise_multiplier`` when given. Otherwise it is
+    calibrated: for ``cfg.target_epsilon`` against the enforced adversary, or, without a
+    target, for the clients' own limit against the server (distributed and local modes;
+    central mode falls back to 1.0). Against the server the calibration also fixes a
+    participation cap (:func:`fl_core.noise_sizing.participation_cap`) that the round
+    loop enforces by leaving capped clients out of later cohorts. Every route that
+    builds a run from a :class:`RunConfig` (CLI, user objects, Flower) goes through here.
+
     ``open_ledger=False`` is for parties that never charge rounds (e.g. a client node of a
-    networked run): no ledger file is opened or created. ``run_description``: what the run
+    networked run): no ledger file is opened or created, and no in-process client guard
+    is installed (a node keeps its own record). ``run_description``: what the run
     actually is (:func:`fl_core.provenance.describe_run`), written as the header of a new
     ledger; without it the header holds ``cfg``'s options.
+
+    Raises:
+        ConfigError: an inconsistent or unusable configuration; the message names the fix.
     """
     if cfg.dp == "none":
         return {"privacy": NoPrivacy(clip_norm=cfg.clip if cfg.clip is not None else 10.0)}, {}
@@ -330,8 +377,9 @@ def build_privacy(
 
     dim = ParamCodec(model, buffers=cfg.buffers).dim  # type: ignore[arg-type]
     mode = DPMode(cfg.dp)
-    z = cfg.noise_multiplier if cfg.noise_multiplier is not None else 1.0
-    if z <= 0:
+    enforced = _enforced_adversary(cfg, mode)
+    client_limit = _client_limit(cfg, mode)
+    if cfg.noise_multiplier is not None and cfg.noise_multiplier <= 0:
         raise ConfigError("--noise-multiplier must be > 0 with DP on", option="noise_multiplier")
     expected = max(1, int(round(sampler.expected_cohort())))
     min_surv = cfg.min_survivors if cfg.min_survivors is not None else default_min_survivors(sampler, cfg.dropout)
@@ -341,43 +389,152 @@ def build_privacy(
             "raise the cohort size or lower --colluders",
             option="colluders",
         )
-    adaptive = None
-    if cfg.adaptive_clip:
-        if mode is DPMode.LOCAL:
-            raise ConfigError(
-                "--adaptive-clip needs an aggregate count: not available with --dp local", option="adaptive_clip"
+    if cfg.adaptive_clip and mode is DPMode.LOCAL:
+        raise ConfigError(
+            "--adaptive-clip needs an aggregate count: not available with --dp local", option="adaptive_clip"
+        )
+    extra_coords = 1 if cfg.adaptive_clip else 0
+
+    def build(z: float) -> tuple[DPConfig, DPPolicy, float]:
+        adaptive = None
+        if cfg.adaptive_clip:
+            sigma_b = cfg.count_noise_std if cfg.count_noise_std is not None else max(expected / 20.0, 0.5 * z + 1e-3)
+            adaptive = AdaptiveClipConfig(
+                count_noise_std=sigma_b, target_quantile=cfg.target_quantile, learning_rate=cfg.clip_lr
             )
-        sigma_b = cfg.count_noise_std if cfg.count_noise_std is not None else max(expected / 20.0, 0.5 * z + 1e-3)
-        adaptive = AdaptiveClipConfig(
-            count_noise_std=sigma_b, target_quantile=cfg.target_quantile, learning_rate=cfg.clip_lr
+        try:
+            config = DPConfig(
+                mode=mode,
+                noise_multiplier=z,
+                clip_norm=cfg.clip if cfg.clip is not None else 1.0,
+                expected_cohort=max(expected, min_surv),
+                min_survivors=min_surv,
+                colluders=cfg.colluders,
+                adaptive=adaptive,
+                mechanism=Mechanism(cfg.mechanism) if mode is DPMode.DISTRIBUTED else None,
+            )
+        except Exception as exc:
+            raise ConfigError(f"invalid DP configuration: {exc}", option="dp") from exc
+        policy = DPPolicy(config, sampler=sampler, dim=dim, delta=cfg.delta)
+        return config, policy, plan_for(policy, sampler, dim, cfg.bits).scale
+
+    cap = cfg.max_participation
+    calibration: dict[str, Any] = {"source": "given"}
+    if cfg.noise_multiplier is not None:
+        z = float(cfg.noise_multiplier)
+    else:
+        target, on = cfg.target_epsilon, enforced
+        if target is None and client_limit is not None and math.isfinite(client_limit):
+            target, on = client_limit, Adversary.SERVER  # the clients' own limit sizes the noise
+        if target is None:
+            z = 1.0
+            calibration = {"source": "default"}
+        elif on is Adversary.SERVER:
+            k = cap if cap is not None else participation_cap(sampler.population, sampler.rate, cfg.rounds)
+
+            def eps_server(zz: float) -> float:
+                # A client that joins k rounds: k - 1 typical ones (the expected cohort survives) and
+                # a last one admitted on the worst case (min_survivors); admission refuses beyond it.
+                config, policy, scale = build(zz)
+                worst = client_round_event(config, round=1, dim=dim + extra_coords, scale=scale)
+                typical_cohort = Cohort(tuple(range(1, expected + 1)), sampler.scheme, sampler.rate, sampler.population)
+                typical = policy.round_event(
+                    round=1, cohort=typical_cohort, survivors=expected, scale=scale, dim=dim, planned=False
+                )
+                return epsilon_vs_server([dataclasses.replace(typical, cohort_ids=(), survivor_ids=())] * (k - 1)
+                                         + [worst], cfg.delta)
+
+            z, predicted = calibrate_noise_multiplier(eps_server, target)
+            cap = k
+            calibration = {"source": "calibrated", "against": "server", "target_epsilon": target,
+                           "predicted_epsilon": predicted, "participation_cap": k}
+        else:
+
+            def eps_public(zz: float) -> float:
+                _config, policy, scale = build(zz)
+                cohort = Cohort(tuple(range(1, expected + 1)), sampler.scheme, sampler.rate, sampler.population)
+                events = [
+                    policy.round_event(round=r, cohort=cohort, survivors=expected, scale=scale, dim=dim, planned=True)
+                    for r in range(1, cfg.rounds + 1)
+                ]
+                return epsilon_vs_public(events, cfg.delta)
+
+            z, predicted = calibrate_noise_multiplier(eps_public, target)
+            calibration = {"source": "calibrated", "against": "public", "target_epsilon": target,
+                           "predicted_epsilon": predicted}
+    config, policy, scale = build(z)
+    warnings_out: list[str] = []
+    share = noise_share(mode.value, noise_multiplier=z, expected=expected, min_survivors=min_surv,
+                        colluders=cfg.colluders)
+    message = share.overhead_message()
+    if message is not None:
+        warnings_out.append(message)
+    if calibration["source"] == "calibrated" and share.average_noise > MAX_AVERAGE_NOISE:
+        raise ConfigError(
+            f"the noise that meets epsilon <= {calibration['target_epsilon']:g} against "
+            f"{'the server' if calibration['against'] == 'server' else 'model users'} (noise multiplier {z:.3g}"
+            + (f", each client in at most {cap} rounds" if calibration["against"] == "server" else "")
+            + f") would leave noise of {share.average_noise:.3g} x the clip per coordinate on each round's "
+            f"average of about {expected} updates (above {MAX_AVERAGE_NOISE}): this federation is too small for "
+            "that guarantee and the model would not learn. Fix: more clients per round (--clients, "
+            "--sampling-rate, --per-round), fewer --rounds, a larger --target-epsilon or --client-max-epsilon, "
+            "or choose --noise-multiplier yourself (clients are then left out once they reach their limit)",
+            option="noise_multiplier" if cfg.target_epsilon is None else "target_epsilon",
         )
-    try:
-        config = DPConfig(
-            mode=mode,
-            noise_multiplier=z,
-            clip_norm=cfg.clip if cfg.clip is not None else 1.0,
-            expected_cohort=max(expected, min_surv),
-            min_survivors=min_surv,
-            colluders=cfg.colluders,
-            adaptive=adaptive,
-            mechanism=Mechanism(cfg.mechanism) if mode is DPMode.DISTRIBUTED else None,
+    guard = None
+    if client_limit is not None and open_ledger:
+        guard = ClientGuard(
+            config,
+            dim=dim + extra_coords,
+            scale=scale,
+            delta=cfg.delta,
+            max_epsilon=client_limit,
+            clip_norm=lambda: policy.clip_norm,
         )
-    except Exception as exc:
-        raise ConfigError(f"invalid DP configuration: {exc}", option="dp") from exc
-    policy = DPPolicy(config, sampler=sampler, dim=dim, delta=cfg.delta)
+    if client_limit is not None and math.isfinite(client_limit):
+        probe = guard or ClientGuard(config, dim=dim + extra_coords, scale=scale, delta=cfg.delta,
+                                     max_epsilon=client_limit)
+        within = probe.rounds_within_limit(cap=cfg.rounds + 1)
+        if within == 0:
+            raise ConfigError(
+                f"at noise multiplier {z:g} one round already takes a client past its own limit "
+                f"(epsilon <= {client_limit:g} against the server): every client would refuse. Raise "
+                "--noise-multiplier (or drop it: privagg then sizes the noise for the limit), or raise "
+                "--client-max-epsilon",
+                option="noise_multiplier",
+            )
+        if within <= cfg.rounds:
+            cap = within if cap is None else min(cap, within)
+    if cap is not None and sampler.rate < 1.0:
+        joins = cfg.rounds * sampler.rate
+        last = sampler.population * sampler.rate * float(binom.cdf(cap - 1, max(cfg.rounds - 1, 1), sampler.rate))
+        if joins > cap and last < min_surv:
+            warnings_out.append(
+                f"each client may join at most {cap} rounds (its limit), but the plan has it join "
+                f"{joins:.1f} on average: cohorts shrink to about {last:.0f} by the last round, below "
+                f"min-survivors {min_surv}, and such rounds abort. Fix: drop --noise-multiplier (privagg then "
+                "sizes the noise for the limit), fewer --rounds, more --clients, or --client-max-epsilon"
+            )
     accountant = "pld"
-
-    def epsilon_fn(events: Any) -> float:
-        return compute_epsilon(events, cfg.delta, accountant=accountant)
-
-    budget = Budget(cfg.target_epsilon, cfg.delta, accountant=accountant) if cfg.target_epsilon is not None else None
+    accounting = RunAccounting(
+        delta=cfg.delta,
+        enforced=enforced,
+        target=cfg.target_epsilon,
+        accountant=accountant,
+        cap=cap,
+        min_cohort=policy.min_survivors,
+        planned=lambda r, cohort: policy.round_event(
+            round=r, cohort=cohort, survivors=len(cohort.members), scale=scale, dim=dim, planned=True
+        ),
+    )
     ledger = None
+    books = None
     ledger_path = Path(cfg.ledger) if cfg.ledger is not None else _default_ledger_path()
     if open_ledger:
         ledger_path.parent.mkdir(parents=True, exist_ok=True)
         ledger = Ledger.open(
             ledger_path,
-            create_meta=(
+            create_meta=_json_safe(
                 dict(run_description)
                 if run_description is not None
                 else {k: v for k, v in cfg.to_dict().items() if k != "ledger"}
@@ -385,16 +542,38 @@ def build_privacy(
             accountant=accountant,
             accountant_version=ACCOUNTANT_VERSIONS.get(accountant, ""),
         )
+        accounting.resume(ledger.events)
+        books = LedgerBooks(ledger, accounting)
+    for w in warnings_out:
+        warnings.warn(w, NoiseSizingWarning, stacklevel=2)
     extra = {
-        "adaptive_clip": adaptive is not None,
+        "adaptive_clip": config.adaptive is not None,
         "mechanism": config.resolved_mechanism.value,
         "ledger": str(ledger_path) if ledger is not None else None,
         "noise_multiplier": z,
+        "noise_calibration": calibration,
+        "noise_share": share.to_dict(),
         "clip": config.clip_norm,
         "min_survivors": min_surv,
         "accountant": accountant,
+        "epsilon_enforced_on": enforced.value,
+        "participation_cap": cap,
+        "warnings": warnings_out,
     }
-    return {"privacy": policy, "epsilon_fn": epsilon_fn, "budget": budget, "ledger": ledger}, extra
+    kwargs: dict[str, Any] = {
+        "privacy": policy,
+        "epsilon_fn": accounting.epsilon,
+        "budget": accounting,
+        "ledger": books,
+        "admit": accounting.admit,
+        "client_guard": guard,
+    }
+    return kwargs, extra
+
+
+def _json_safe(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with infinite floats written as the string ``"inf"`` (canonical JSON has no Infinity)."""
+    return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in meta.items()}
 
 
 def _default_ledger_path() -> Path:

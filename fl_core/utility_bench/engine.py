@@ -93,6 +93,9 @@ def _cell_config(spec: SweepSpec, mode: Mode, model: str, seed: int, hyper: Hype
         secure_sum=secure_sum,
         graph="sparse",
         dp=mode.value if mode in (Mode.CENTRAL, Mode.DISTRIBUTED, Mode.LOCAL) else "none",
+        # A sweep measures utility at the guarantee it calibrates for: no client-held limit
+        # leaves clients out of its cohorts (both epsilons are reported per row).
+        client_max_epsilon=math.inf if mode in (Mode.DISTRIBUTED, Mode.LOCAL) else None,
         clip=hyper.clip,
         adaptive_clip=hyper.adaptive_clip and mode is not Mode.NONE,
         delta=spec.delta,
