@@ -278,6 +278,8 @@ class Federation:
                 if len(self.aborts) == seen:  # raised outside the loop's own bookkeeping
                     self.attempts[exc.round] = self.attempts.get(exc.round, 0) + 1
                     self.aborts.append(self._aborted(exc, None, {}))
+                    if self.on_abort is not None:  # e.g. begin_round refused a cohort too small to release
+                        self.on_abort(self.aborts[-1])
                 res = self.aborts[-1]
                 consecutive += 1
                 yield res

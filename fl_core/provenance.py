@@ -9,6 +9,7 @@ appending one run's rounds to another run's ledger.
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,7 +63,7 @@ def describe_run(cfg: Any, *, task_origin: str, task_sha256: str | None, builtin
     for k, v in cfg.to_dict().items():
         if k in _NOT_IDENTITY or (not builtin and k in BUILTIN_ONLY_OPTIONS):
             continue
-        out[k] = v
+        out[k] = "inf" if isinstance(v, float) and math.isinf(v) else v  # canonical JSON has no Infinity
     if builtin and data_name is not None:
         out["dataset"] = data_name
     out["task"] = task_origin
