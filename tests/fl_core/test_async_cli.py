@@ -74,7 +74,8 @@ def test_a_synchronous_run_reports_simulated_time_too(tmp_path):
 def test_impossible_async_settings_exit_2_before_anything_runs(tmp_path, args, message):
     ledger = tmp_path / "l.jsonl"
     res = runner.invoke(
-        app, ["run", "--mode", "async", "--clients", "40", "--rounds", "2", "--ledger", str(ledger), "--json", *args]
+        app, ["run", "--mode", "async", "--clients", "40", "--rounds", "2", "--noise-multiplier", "1",
+              "--ledger", str(ledger), "--json", *args]
     )
     assert res.exit_code == 2, res.output
     assert message in res.output

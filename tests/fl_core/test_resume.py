@@ -86,6 +86,7 @@ def _env() -> dict[str, str]:
 def _argv(task: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "fl_core.cli", "run", "--task", str(task), "--clients", "12", "--per-round", "4",
             "--rounds", str(ROUNDS), "--seed", "11", "--server-momentum", "0.7", "--clip", "2.0",
+            "--noise-multiplier", "1", "--client-max-epsilon", "inf",
             "--out", str(out), "--json"]
 
 
@@ -327,7 +328,8 @@ def test_a_ledger_of_another_configuration_is_refused_naming_the_keys(tmp_path):
     assert e.value.differences["dp"] == ("central", "distributed")
     assert (tmp_path / "l.jsonl").read_bytes() == before  # nothing appended
     res = CliRunner().invoke(app, ["run", "--clients", "10", "--per-round", "4", "--rounds", "1", "--dp",
-                                   "local", "--secure-sum", "plain", "--seed", "5", "--clip", "1.0", "--ledger",
+                                   "local", "--secure-sum", "plain", "--seed", "5", "--clip", "1.0",
+                                   "--noise-multiplier", "1", "--ledger",
                                    str(tmp_path / "l.jsonl")])
     assert res.exit_code == 2 and "belongs to another run" in res.output and "dp (ledger: 'central'" in res.output
 
@@ -366,7 +368,7 @@ def test_ledger_path_under_a_file_and_ledger_without_dp_are_refused(tmp_path):
 def test_out_folder_contract(tmp_path):
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["run", "--clients", "10", "--per-round", "4", "--rounds", "3", "--seed", "2",
-                                   "--out", str(out), "--json"])
+                                   "--noise-multiplier", "1", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["rounds_completed"] == 3 and summary["rounds_aborted"] == 0 and summary["out"] == str(out)

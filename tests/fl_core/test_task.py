@@ -203,7 +203,7 @@ def test_cli_runs_a_task_file_with_node_config_and_loads_only_sampled_clients(tm
     log = tmp_path / "opened.jsonl"
     proc = subprocess.run(
         [sys.executable, "-m", "fl_core.cli", "run", "--task", str(task), "--clients", "10", "--per-round", "3",
-         "--rounds", "2", "--seed", "4", "--json", "--node-config",
+         "--rounds", "2", "--seed", "4", "--noise-multiplier", "1", "--json", "--node-config",
          f"data-dir={tmp_path}/shards/client-{{partition-id}}", "--ledger", str(tmp_path / "l.jsonl")],
         capture_output=True, text=True, env=_env(TASK_OPEN_LOG=str(log)), cwd=tmp_path, timeout=300,
     )
