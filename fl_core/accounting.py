@@ -35,6 +35,7 @@ from dp.adversary import Adversary, ServerAccount, unbounded_reason
 from dp.errors import BudgetExceededError
 from dp.events import RoundEvent
 from dp.ledger import Ledger, LedgerRecord
+from fl_core.errors import RoundFailedError
 from fl_core.sampling import Cohort
 
 __all__ = ["LedgerBooks", "RunAccounting", "epsilon_report"]
@@ -50,8 +51,8 @@ class RunAccounting:
         accountant: ``"pld"`` or ``"rdp"`` for the epsilon against model users.
         cap: the most rounds a client may be admitted to (None: no cap).
         min_cohort: a drawn cohort (after the cap) smaller than this cannot release (the
-            noise is sized for ``min_survivors``): it is replaced by an empty cohort, so the
-            round is skipped before any client touches its data or is charged.
+            noise is sized for ``min_survivors``): :meth:`check` aborts the attempt before any
+            client touches its data or is charged, and the round loop redraws.
         planned: ``planned(round, cohort) -> RoundEvent``, the worst case of a round that
             can still release (``min_survivors`` honest shares). With a target enforced against
             the server, a client is admitted only if that event would keep its own epsilon
@@ -117,8 +118,16 @@ class RunAccounting:
         """Epsilon (enforced) if ``planned`` runs; raise before it runs if that exceeds the target.
 
         Raises:
+            RoundFailedError: the cohort is smaller than ``min_cohort`` (an abort: nothing ran).
             BudgetExceededError: the round would take the enforced epsilon past the target.
         """
+        if 0 < planned.cohort < self.min_cohort:
+            self.too_small.append(planned.round)
+            raise RoundFailedError(
+                f"round {planned.round}: the drawn cohort has {planned.cohort} clients, fewer than the "
+                f"{self.min_cohort} survivors the noise is sized for; nothing ran, the round is redrawn",
+                round=planned.round,
+            )
         if self.enforced is Adversary.SERVER:
             eps = self._sync(events).epsilon_if(planned)
         else:
@@ -139,8 +148,8 @@ class RunAccounting:
     def admit(self, round_id: int, cohort: Cohort) -> Cohort:
         """Leave out of ``cohort`` the clients already admitted ``cap`` times; count the rest.
 
-        A cohort left with fewer than ``min_cohort`` members could not release: it is
-        returned empty (the round is skipped, nobody is charged).
+        Clients admitted to an attempt that then aborts stay counted (their own records
+        charge them too, conservatively).
         """
         kept = cohort.members
         if self.cap is not None:
@@ -153,14 +162,28 @@ class RunAccounting:
         ):
             event = self._planned(round_id, cohort)
             kept = tuple(c for c in kept if self._server.client_epsilon_if(c, event) <= self.target)
+            if not kept:
+                self._stop_if_exhausted(event, cohort.population)
         out = tuple(c for c in cohort.members if c not in set(kept))
         if out:
             self.left_out[round_id] = tuple(sorted(set(self.left_out.get(round_id, ())) | set(out)))
-        if kept and len(kept) < self.min_cohort:
-            self.too_small.append(round_id)
-            kept = ()
         self.admissions.update(kept)
         return cohort if kept == cohort.members else dataclasses.replace(cohort, members=kept)
+
+    def _stop_if_exhausted(self, event: RoundEvent, population: int) -> None:
+        """Raise when no client of the population could join another round within the target."""
+        worst = math.inf
+        for c in range(1, population + 1):
+            worst = min(worst, self._server.client_epsilon_if(c, event))
+            if worst <= (self.target or 0.0):
+                return
+        raise BudgetExceededError(
+            f"round {event.round}: every client would take its epsilon against the server past the target "
+            f"{self.target:.4g} (the least it would reach is {worst:.4g}, delta={self.delta:g}); stopping before "
+            "it runs. Raise --target-epsilon, raise the noise multiplier, or run fewer rounds.",
+            epsilon_if_run=worst,
+            target_epsilon=float(self.target or 0.0),
+        )
 
     def resume(self, events: Sequence[RoundEvent]) -> None:
         """Count the admissions of a resumed ledger's rounds (their cohorts) toward the cap."""
@@ -251,7 +274,7 @@ def epsilon_report(fed: Any) -> dict[str, Any]:
         "target_epsilon": acc.target,
         "participation_cap": acc.cap,
         "clients_left_out": sum(len(v) for v in acc.left_out.values()),
-        "rounds_skipped_small_cohort": len(acc.too_small),
+        "attempts_too_small": len(acc.too_small),
     }
     if math.isinf(server):
         out["epsilon_vs_server_reason"] = unbounded_reason(events) or "no finite guarantee"

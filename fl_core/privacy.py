@@ -432,19 +432,31 @@ def build_privacy(
         elif on is Adversary.SERVER:
             k = cap if cap is not None else participation_cap(sampler.population, sampler.rate, cfg.rounds)
 
-            def eps_server(zz: float) -> float:
-                # A client that joins k rounds: k - 1 typical ones (the expected cohort survives) and
-                # a last one admitted on the worst case (min_survivors); admission refuses beyond it.
+            limit = client_limit if client_limit is not None else math.inf
+
+            def views(zz: float) -> tuple[float, float]:
+                # The server's books: a client that joins k rounds, k - 1 typical ones (the expected
+                # cohort survives) and a last one admitted on the worst case (min_survivors).
+                # The client's own record: k rounds, each charged at its floor's worst case.
                 config, policy, scale = build(zz)
                 worst = client_round_event(config, round=1, dim=dim + extra_coords, scale=scale)
-                typical_cohort = Cohort(tuple(range(1, expected + 1)), sampler.scheme, sampler.rate, sampler.population)
+                typical_cohort = Cohort(
+                    tuple(range(1, expected + 1)), sampler.scheme, sampler.rate, sampler.population
+                )
                 typical = policy.round_event(
                     round=1, cohort=typical_cohort, survivors=expected, scale=scale, dim=dim, planned=False
                 )
-                return epsilon_vs_server([dataclasses.replace(typical, cohort_ids=(), survivor_ids=())] * (k - 1)
-                                         + [worst], cfg.delta)
+                typical = dataclasses.replace(typical, cohort_ids=(), survivor_ids=())
+                books = epsilon_vs_server([typical] * (k - 1) + [worst], cfg.delta)
+                own = epsilon_vs_server([worst] * k, cfg.delta) if math.isfinite(limit) else 0.0
+                return books, own
 
-            z, predicted = calibrate_noise_multiplier(eps_server, target)
+            def eps_server(zz: float) -> float:
+                books, own = views(zz)
+                return target * max(books / target, own / limit)  # both within their bound iff <= target
+
+            z, _ = calibrate_noise_multiplier(eps_server, target)
+            predicted = views(z)[0]
             cap = k
             calibration = {"source": "calibrated", "against": "server", "target_epsilon": target,
                            "predicted_epsilon": predicted, "participation_cap": k}
@@ -469,7 +481,7 @@ def build_privacy(
     message = share.overhead_message()
     if message is not None:
         warnings_out.append(message)
-    if calibration["source"] == "calibrated" and share.average_noise > MAX_AVERAGE_NOISE:
+    if open_ledger and calibration["source"] == "calibrated" and share.average_noise > MAX_AVERAGE_NOISE:
         raise ConfigError(
             f"the noise that meets epsilon <= {calibration['target_epsilon']:g} against "
             f"{'the server' if calibration['against'] == 'server' else 'model users'} (noise multiplier {z:.3g}"

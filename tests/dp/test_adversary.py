@@ -168,14 +168,15 @@ def test_epsilon_for_and_budget_against() -> None:
 
 
 def _slow_server_epsilon(events: list[RoundEvent], delta: float) -> float:
-    """Reference: for every client, compose its own rounds from scratch with the accountants."""
+    """Reference: for every client, compose its own rounds from scratch with the accountants
+    (exact Gaussian DP when every round of the run is Gaussian, Renyi DP otherwise)."""
     from dp.adversary import charged_clients as charged
 
     clients = {c for e in events for c in charged(e)}
+    gaussian = all(e.mechanism is Mechanism.GAUSSIAN for e in events)
     worst = 0.0
     for c in clients:
         mine = [server_view(e) for e in events if c in charged(e) or charged(e) == (ANY_CLIENT,)]
-        gaussian = all(e.mechanism is Mechanism.GAUSSIAN for e in mine)
         if gaussian:
             zs = [e.noise_multiplier for e in mine if e.survivors > 0]
             eps = analytic_gaussian_epsilon(zs, delta) if zs else 0.0

@@ -248,7 +248,7 @@ def test_target_epsilon_against_model_users(tmp_path: Path) -> None:
     cfg = RunConfig(dp="local", clients=40, per_round=10, rounds=3, target_epsilon=3.0, clip=1.0, seed=4,
                     secure_sum="plain", budget_against="public", client_max_epsilon=math.inf)
     with pytest.raises(ConfigError, match="too small"):
-        build_privacy(cfg, Sampler.fixed_size(40, 10), UserModel(), open_ledger=False)
+        build_privacy(cfg.replace(ledger=str(tmp_path / "refused.jsonl")), Sampler.fixed_size(40, 10), UserModel())
     cfg = cfg.replace(dp="central", client_max_epsilon=None, per_round=None)
     fed, extra = _federation(tmp_path, cfg, Sampler.full(40))
     assert extra["noise_calibration"]["against"] == "public"
