@@ -125,3 +125,21 @@ def test_bench_async_json_contract_and_plot(tmp_path):
     if sp is not None:
         assert sp == pytest.approx(out["sync"]["time_to_target_s"] / out["async"]["time_to_target_s"])
 
+
+
+def test_readme_async_example_runs():
+    """The README's asynchronous example runs as written, with a model, train_fn and data the test defines."""
+    import re
+    from pathlib import Path
+
+    from test_async_support import user_data, user_model, user_train_fn
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index("## Asynchronous training")
+    end = text.find("\n## ", start + 1)
+    block = re.findall(r"```python\n(.*?)```", text[start:end], re.S)[0].replace("afed.buffers(30)", "afed.buffers(2)")
+    printed = []
+    env = {"model": user_model(), "train_fn": user_train_fn, "client_datasets": user_data(24),
+           "print": lambda *a: printed.append(a)}
+    exec(compile(block, "README.md", "exec"), env)
+    assert [p[0] for p in printed] == [1, 2] and printed[1][1] > printed[0][1] > 0
