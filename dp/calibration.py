@@ -107,6 +107,10 @@ class DPConfig:
         colluders: clients assumed to collude with the server; their noise is not counted.
         adaptive: adaptive-clip settings, or None for a fixed clip.
         grid_bits: resolution of the float-safe Gaussian (see :func:`dp.noise.gaussian_grid`).
+        rounding_beta: distributed mode: None charges the rounding as C * scale + sqrt(d)
+            (plain stochastic rounding); a beta in (0, 1) charges Kairouz, Liu, Steinke
+            2021's bound (:func:`rounding_l2_bound`), which the encoder must then enforce
+            by conditional rounding (``FixedPointEncoder.encode(max_norm=...)``).
     """
 
     mode: DPMode
@@ -118,6 +122,7 @@ class DPConfig:
     colluders: int = 0
     adaptive: AdaptiveClipConfig | None = None
     grid_bits: int = DEFAULT_GRID_BITS
+    rounding_beta: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, DPMode):
@@ -129,6 +134,10 @@ class DPConfig:
                 f"use one of {sorted(m.value for m in _ALLOWED[self.mode])}"
             )
         _finite_pos("clip_norm", self.clip_norm)
+        if self.rounding_beta is not None and not (
+            isinstance(self.rounding_beta, float) and 0.0 < self.rounding_beta < 1.0
+        ):
+            raise ConfigurationError(f"rounding_beta must be a float in (0, 1), got {self.rounding_beta!r}")
         if self.mode is DPMode.NONE:
             return
         _finite_pos("noise_multiplier", self.noise_multiplier)
@@ -273,7 +282,7 @@ def distributed_noise(config: DPConfig, *, scale: float, dim: int, clip_norm: fl
         raise ConfigurationError(f"distributed_noise is for distributed mode, config is {config.mode.value}")
     _finite_pos("scale", scale)
     c = _clip(config, clip_norm) * scale
-    l2 = rounding_l2_bound(c, dim)
+    l2 = rounding_l2_bound(c, dim, conditional_beta=config.rounding_beta)
     l1 = min(l2 * l2, math.sqrt(dim) * l2)
     honest = config.survivors_planned - config.colluders
     z = config.update_noise_multiplier

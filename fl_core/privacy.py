@@ -38,6 +38,7 @@ from dp.calibration import (
     distributed_noise,
     local_noise_std,
     make_round_event,
+    rounding_l2_bound,
     server_noise_std,
 )
 from dp.client_record import DEFAULT_CLIENT_MAX_EPSILON, client_round_event
@@ -74,6 +75,9 @@ class NoiseSizingWarning(UserWarning):
     """A DP configuration that runs, at a cost the message states (e.g. clients carrying extra noise)."""
 
 
+# Conditional rounding: a rounding exceeds the charged norm bound with probability <= this
+# (the encoder then rounds again), so about one client in a thousand rounds twice.
+ROUNDING_BETA = 2.0**-10
 # Headroom for local noise in the encoding: P(|N(0,1)| > 12) < 2^-100 per coordinate.
 _LOCAL_TAIL = 12.0
 
@@ -195,6 +199,14 @@ class DPPolicy:
             count = skellam(extra, dn.count_variance_per_client * (c * scale) ** 2, cast(DPRandomSource, rng))
             noise = np.concatenate([noise, count])
         return noise
+
+    def rounding_norm_bound(self, scale: float, dim: int) -> float | None:
+        """Distributed mode with ``rounding_beta``: the conditional-rounding bound the accountant
+        charges (Kairouz, Liu, Steinke 2021, Thm. 1), which the encoder enforces; else None."""
+        beta = self.config.rounding_beta
+        if self.config.mode is not DPMode.DISTRIBUTED or beta is None:
+            return None
+        return rounding_l2_bound(self.clip_norm * scale, dim, conditional_beta=beta)
 
     def server_release(
         self, total: npt.NDArray[np.float64], sampler: Sampler, rng: RandomSource
@@ -412,6 +424,9 @@ def build_privacy(
                 colluders=cfg.colluders,
                 adaptive=adaptive,
                 mechanism=Mechanism(cfg.mechanism) if mode is DPMode.DISTRIBUTED else None,
+                # Distributed: the encoder rounds conditionally and the accountant charges the
+                # tighter bound (Kairouz, Liu, Steinke 2021), so narrow rings lose ~0.4%, not ~15%.
+                rounding_beta=ROUNDING_BETA if mode is DPMode.DISTRIBUTED else None,
             )
         except Exception as exc:
             raise ConfigError(f"invalid DP configuration: {exc}", option="dp") from exc

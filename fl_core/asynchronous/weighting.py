@@ -85,6 +85,9 @@ class StalenessWeighted:
     ) -> npt.NDArray[np.float64]:
         return self.policy.server_release(total, sampler, rng)
 
+    def rounding_norm_bound(self, scale: float, dim: int) -> float | None:
+        return self.policy.rounding_norm_bound(scale, dim)
+
     def round_event(
         self,
         *,
