@@ -56,7 +56,7 @@ class RunConfig:
     server_momentum: float = 0.5
     secure_sum: str = "masking"
     graph: str = "sparse"
-    bits: int = 32
+    bits: int | None = None
     dp: str = "distributed"
     mechanism: str = "skellam"
     clip: float | None = None

@@ -126,7 +126,8 @@ class Federation:
         sampler: how cohorts are drawn (default: every client every round).
         privacy: the DP policy (default :class:`NoPrivacy`, clip 10).
         server_lr, server_momentum: the server optimizer (FedAvg / FedAvgM).
-        bits: ring width of the encoding.
+        bits: ring width of the encoding (None: the narrowest that cannot overflow, see
+            :func:`fl_core.pipeline.plan_for`).
         eval_fn: called on the global model after each round; its dict lands in ``metrics``.
         rng: the random source (OS CSPRNG in production; seeded for reproducible runs).
         dropout: fraction of each cohort that drops out (simulation) after key setup and just
@@ -166,7 +167,7 @@ class Federation:
         privacy: PrivacyPolicy | None = None,
         server_lr: float = 1.0,
         server_momentum: float = 0.0,
-        bits: int = 32,
+        bits: int | None = 32,
         eval_fn: EvalFn | None = None,
         dropout: float = 0.0,
         buffers: BufferPolicy = "local",

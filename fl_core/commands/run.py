@@ -41,7 +41,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         graph: Optional[str] = typer.Option(
             None, help="Masking graph: sparse (SecAgg+, default) or complete (SecAgg)."
         ),
-        bits: Optional[int] = typer.Option(None, help="Ring width of the encoding \\[32]."),
+        bits: Optional[int] = typer.Option(
+            None, help="Ring width of the encoding [auto: the narrowest ring that cannot overflow; 32 without DP]."
+        ),
         dp: Optional[str] = typer.Option(None, help="distributed (default), central, local or none."),
         mechanism: Optional[str] = typer.Option(None, help="Distributed noise: skellam or discrete_gaussian."),
         clip: Optional[float] = typer.Option(
