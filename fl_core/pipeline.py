@@ -1,7 +1,13 @@
 """The per-round pipeline stages between a client's float update and the server's average.
 
-client:  delta -> clip -> (+ local noise) -> encode into Z_2^b -> (+ integer noise share) -> secure sum
-server:  ring sum -> decode -> (+ central noise) -> divide by the denominator -> average update
+client:  delta -> clip -> (+ local noise) -> (rotate) -> encode into Z_2^b -> (+ integer noise share) -> secure sum
+server:  ring sum -> decode -> (+ central noise) -> (rotate back) -> divide by the denominator -> average update
+
+:func:`plan_for` sizes the ring: with ``bits=None`` it picks the narrowest ring that
+provably cannot overflow for the run's clip, dimension, largest cohort, noise (sized for
+the planned survivors minus colluders) and keeps the rounding inflation of the
+sensitivity within 1%; in central and distributed mode it rotates updates with a public
+randomised Hadamard transform first, so each coordinate needs far less headroom.
 
 Each DP-dependent step is delegated to a :class:`PrivacyPolicy`; :class:`NoPrivacy`
 is the non-private policy (it still clips, because the encoding needs a bound).
@@ -10,6 +16,7 @@ Both pipelines charge their process CPU to a :class:`CpuTimer`, per phase.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +29,8 @@ import numpy.typing as npt
 from fl_core.errors import ConfigError
 from fl_core.sampling import Cohort, Sampler, SamplingScheme
 from secagg import EncodingPlan, FixedPointEncoder, RandomSource, RingVector, plan_encoding
+from secagg.encoding import smallest_plan
+from secagg.rotation import HadamardRotation
 
 __all__ = [
     "PHASES",
@@ -32,7 +41,14 @@ __all__ = [
     "ClientPipeline",
     "ServerPipeline",
     "l2_clip",
+    "plan_for",
 ]
+
+MAX_INFLATION = 0.01
+"""The rounding inflation of the L2 sensitivity :func:`plan_for` accepts when it picks the ring."""
+ROTATION_CLAMP_PROB = 2.0**-20
+"""Per update, the probability (over the public signs) that some rotated coordinate exceeds
+the bound the ring is sized for (the client then clamps it and reports it)."""
 
 PHASES = ("train", "clip", "noise", "encode", "mask", "unmask", "decode", "account", "eval")
 """The phases a round's CPU is charged to: ``mask`` is the clients' secure-sum sessions (key
@@ -117,6 +133,11 @@ class PrivacyPolicy(Protocol):
         self, dim: int, scale: float, sampler: Sampler, rng: RandomSource
     ) -> npt.NDArray[np.int64] | None: ...
 
+    def rounding_norm_bound(self, scale: float, dim: int) -> float | None:
+        """The L2 bound, in ring units, that the encoding of the first ``dim`` coordinates must round
+        within (conditional rounding, charged by the accountant), or None for plain stochastic rounding."""
+        ...
+
     def server_release(
         self, total: npt.NDArray[np.float64], sampler: Sampler, rng: RandomSource
     ) -> npt.NDArray[np.float64]:
@@ -196,6 +217,9 @@ class NoPrivacy:
     def client_integer_noise(self, dim: int, scale: float, sampler: Sampler, rng: RandomSource) -> None:
         return None
 
+    def rounding_norm_bound(self, scale: float, dim: int) -> float | None:
+        return None
+
     def server_release(
         self, total: npt.NDArray[np.float64], sampler: Sampler, rng: RandomSource
     ) -> npt.NDArray[np.float64]:
@@ -220,7 +244,7 @@ class NoPrivacy:
 
 @dataclass
 class ClientPipeline:
-    """clip -> local noise -> encode -> integer noise, for one client's update."""
+    """clip -> local noise -> rotate -> encode -> integer noise, for one client's update."""
 
     policy: PrivacyPolicy
     encoder: FixedPointEncoder
@@ -229,25 +253,34 @@ class ClientPipeline:
 
     def run(self, delta: npt.NDArray[np.float32], rng: RandomSource) -> tuple[RingVector, ClipOutcome]:
         timer = self.timer
+        plan = self.encoder.plan
         with timer.phase("clip"):
             clip = self.policy.clip(delta)
         with timer.phase("noise"):
             v = self.policy.local_noise(clip.vector, rng.spawn("local-noise"))
-        bound = self.encoder.plan.bound
-        saturated = int(np.count_nonzero(np.abs(v) > bound))
-        if saturated:
-            # Only local noise can push a clipped update past the bound (the plan leaves
-            # a 2^-40 tail for it); the clamp is post-processing and it is counted.
-            v = np.clip(v, -bound, bound)
-            clip = ClipOutcome(clip.vector, clip.norm, clip.clipped, saturated)
         with timer.phase("encode"):
+            if plan.rotation is not None:
+                # Orthogonal: the norm is unchanged up to float rounding, which the re-clip removes.
+                v = l2_clip(plan.rotation.forward(v), self.policy.clip_norm).vector
+            bound = plan.bound
+            saturated = int(np.count_nonzero(np.abs(v) > bound))
+            if saturated:
+                # Only local noise or a rotated coordinate beyond its high-probability bound can
+                # pass the bound (each planned with a small failure probability); the clamp moves
+                # coordinates towards zero (the norm only shrinks) and it is counted.
+                v = np.clip(v, -bound, bound)
+                clip = ClipOutcome(clip.vector, clip.norm, clip.clipped, saturated)
+            n_update = v.shape[0]
             if self.policy.extra_coordinates:
                 v = np.concatenate([v, self.policy.client_extra(clip)])
-            ring_vec = self.encoder.encode(v, rng.spawn("rounding"))
-        with timer.phase("noise"):
-            noise = self.policy.client_integer_noise(
-                v.shape[0], self.encoder.plan.scale, self.sampler, rng.spawn("integer-noise")
+            ring_vec = self.encoder.encode(
+                v,
+                rng.spawn("rounding"),
+                max_norm=self.policy.rounding_norm_bound(plan.scale, n_update),
+                norm_coordinates=n_update,
             )
+        with timer.phase("noise"):
+            noise = self.policy.client_integer_noise(v.shape[0], plan.scale, self.sampler, rng.spawn("integer-noise"))
         if noise is not None:
             with timer.phase("encode"):
                 self.encoder.ring.add_into(ring_vec, self.encoder.encode_integers(noise))
@@ -283,15 +316,52 @@ class ServerPipeline:
             if extra:
                 self.policy.observe_extra(s[-extra:])
                 s = s[:-extra]
+            rotation = self.encoder.plan.rotation
+            if rotation is not None:
+                s = rotation.inverse(s)
             return s / self.denominator(survivors)
 
 
-def plan_for(policy: PrivacyPolicy, sampler: Sampler, dim: int, bits: int) -> EncodingPlan:
-    """Size the fixed-point encoding for this run; typed error if it could overflow."""
-    return plan_encoding(
-        clip_norm=policy.encoding_bound(),
-        dim=dim + policy.extra_coordinates,
+def _min_scale(policy: PrivacyPolicy, dim: int) -> float:
+    """The smallest power-of-two scale whose rounding inflation of the sensitivity is <= MAX_INFLATION."""
+    c = policy.clip_norm
+    scale = 2.0**-30
+    while scale < 2.0**62:
+        bound = policy.rounding_norm_bound(scale, dim)
+        l2 = bound if bound is not None else c * scale + math.sqrt(dim)
+        if l2 <= (1.0 + MAX_INFLATION) * c * scale:
+            return scale
+        scale *= 2.0
+    return scale
+
+
+def plan_for(policy: PrivacyPolicy, sampler: Sampler, dim: int, bits: int | None) -> EncodingPlan:
+    """Size the fixed-point encoding for this run; typed error if it could overflow.
+
+    ``bits=None``: in central and distributed mode, the narrowest ring (8, 16, 32 or 64
+    bits) that cannot overflow and keeps the rounding inflation within
+    :data:`MAX_INFLATION`; otherwise 32 bits. Central and distributed updates are rotated
+    (:class:`secagg.rotation.HadamardRotation`) when that lowers the per-coordinate bound.
+    """
+    d = dim + policy.extra_coordinates
+    bound = policy.encoding_bound()
+    rotation = None
+    coordinate_bound = None
+    if policy.mode in ("central", "distributed") and dim >= 2:
+        rot = HadamardRotation(dim)
+        rb = rot.coordinate_bound(bound, ROTATION_CLAMP_PROB)
+        if policy.extra_coordinates:
+            rb = max(rb, bound / 2.0)  # the appended count is (bit - 1/2) * C
+        if rb < bound:
+            rotation, coordinate_bound = rot, rb
+    common: dict[str, Any] = dict(
+        clip_norm=bound,
+        dim=d,
         max_clients=sampler.max_cohort(),
-        bits=bits,
         noise_std=policy.encoding_noise_std(sampler),
+        coordinate_bound=coordinate_bound,
+        rotation=rotation,
     )
+    if bits is None and policy.mode in ("central", "distributed"):
+        return smallest_plan(min_scale=_min_scale(policy, dim), **common)
+    return plan_encoding(bits=32 if bits is None else bits, **common)

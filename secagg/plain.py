@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from secagg.errors import LocalProtocolError, RemoteProtocolError, TooFewSurvivorsError
-from secagg.protocol import SERVER, ClientId, Message, RandomSource
+from secagg.protocol import SERVER, ClientId, DeferredInput, Message, RandomSource, resolve_input
 from secagg.ring import RingSpec, RingVector
 
 __all__ = ["PlainSum"]
@@ -49,10 +49,10 @@ class _PlainClient:
         self._round = round_id
         self._started = False
 
-    def start(self, x: RingVector) -> list[Message]:
+    def start(self, x: RingVector | DeferredInput) -> list[Message]:
         if self._started:
             raise LocalProtocolError("start() called twice")
-        self._spec.ring.check(x, self._spec.dim, what="client input")
+        x = self._spec.ring.check(resolve_input(x), self._spec.dim, what="client input")
         self._started = True
         payload = bytes([_VERSION]) + self._spec.ring.to_bytes(x)
         return [Message(self._me, SERVER, self._round, _STAGE, payload)]

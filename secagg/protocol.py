@@ -6,7 +6,7 @@ threads); transports only move :class:`Message` objects between parties.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -18,6 +18,7 @@ from secagg.ring import RingSpec, RingVector
 __all__ = [
     "SERVER",
     "ClientId",
+    "DeferredInput",
     "Message",
     "RandomSource",
     "SecureSum",
@@ -69,8 +70,21 @@ class RandomSource(Protocol):
         ...
 
 
+DeferredInput = Callable[[], RingVector]
+"""An input produced on demand: a session calls it once, when it first needs the input (the
+masking client at its masked-input stage), and drops it right after. A simulation that
+passes these holds no client's input for longer than that client's own stage."""
+
+
+def resolve_input(x: RingVector | DeferredInput) -> RingVector:
+    """The input itself: ``x``, or what the deferred input produces."""
+    return x() if callable(x) else x
+
+
 class ClientSession(Protocol):
-    def start(self, x: RingVector) -> list[Message]: ...
+    def start(self, x: RingVector | DeferredInput) -> list[Message]:
+        """Begin the round with the input (or a :data:`DeferredInput`)."""
+        ...
 
     def receive(self, msg: Message) -> list[Message]:
         """Process one message; raises RemoteProtocolError on bad peer input."""

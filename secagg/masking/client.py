@@ -28,7 +28,7 @@ from secagg.masking import wire
 from secagg.masking._derive import pairwise_seed, self_mask_commitment, self_mask_seed, share_key
 from secagg.masking.states import ClientState, Stage
 from secagg.primitives import PrimitiveError, aead, key_agreement, prg, shamir, signatures
-from secagg.protocol import SERVER, ClientId, Message, RandomSource
+from secagg.protocol import SERVER, ClientId, DeferredInput, Message, RandomSource
 from secagg.ring import RingVector
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class MaskingClient:
         self._signing_key = signing_key
         self._table = spec.transitions
         self._state = ClientState.INIT
-        self._x: RingVector | None = None
+        self._x: RingVector | DeferredInput | None = None
         self._c: key_agreement.KeyPair | None = None
         self._s: key_agreement.KeyPair | None = None
         self._b = b""
@@ -88,11 +88,13 @@ class MaskingClient:
     def _msg(self, stage: Stage, payload: bytes) -> Message:
         return Message(self._me, SERVER, self._round, stage.value, payload)
 
-    def start(self, x: RingVector) -> list[Message]:
-        """Take the input and advertise two fresh X25519 public keys (stage AdvertiseKeys)."""
+    def start(self, x: RingVector | DeferredInput) -> list[Message]:
+        """Take the input (or a deferred input, produced at the masked-input stage) and advertise
+        two fresh X25519 public keys (stage AdvertiseKeys)."""
         if self._state is not ClientState.INIT:
             raise LocalProtocolError("start() called twice")
-        self._spec.ring.check(x, self._spec.dim, what="client input")
+        if not callable(x):
+            self._spec.ring.check(x, self._spec.dim, what="client input")
         self._c = key_agreement.generate_keypair(self._rng)
         self._s = key_agreement.generate_keypair(self._rng)
         self._b = self._rng.random_bytes(shamir.SECRET_BYTES)
@@ -229,6 +231,7 @@ class MaskingClient:
         _, s = self._keys()
         if self._x is None:  # pragma: no cover - the transition table makes this unreachable
             raise LocalProtocolError("input already consumed")
+        x = self._spec.ring.check(self._x() if callable(self._x) else self._x, self._spec.dim, what="client input")
         held: dict[int, wire.SharePlaintext] = {}
         for u, ct in sealed:
             ad = aead.associated_data(version=wire.VERSION, round_id=self._round, sender=u, recipient=self._me)
@@ -247,7 +250,8 @@ class MaskingClient:
             except PrimitiveError as exc:
                 raise RemoteProtocolError(f"client {v}'s mask key: {exc}", peer=SERVER) from exc
             masks.append((seed, "add" if self._me < v else "sub"))
-        y = prg.add_masks_into(self._x.copy(), masks, ring)
+        y = prg.add_masks_into(x.copy(), masks, ring)
+        del x
         commitment = self_mask_commitment(self._b, round_id=self._round, owner=self._me)
         # Little-endian hosts hand the vector's own buffer to the encoder: one copy, not two.
         body = y.data.cast("B") if sys.byteorder == "little" else ring.to_bytes(y)

@@ -77,7 +77,7 @@ from secagg.primitives.paillier_threshold import (
     prove,
     verify,
 )
-from secagg.protocol import SERVER, ClientId, Message, RandomSource
+from secagg.protocol import SERVER, ClientId, DeferredInput, Message, RandomSource, resolve_input
 from secagg.ring import RingSpec, RingVector
 
 __all__ = [
@@ -652,11 +652,11 @@ class PaillierClientSession:
         self._rng = rng
         self._started = False
 
-    def start(self, x: RingVector) -> list[Message]:
+    def start(self, x: RingVector | DeferredInput) -> list[Message]:
         spec = self._spec
         if self._started:
             raise LocalProtocolError("start() called twice")
-        spec.ring.check(x, spec.dim, what="client input")
+        x = spec.ring.check(resolve_input(x), spec.dim, what="client input")
         self._started = True
         cts = spec.encryptor.encrypt_many(spec.plan.pack(x), self._rng)
         payload = wire.encode(

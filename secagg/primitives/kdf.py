@@ -23,6 +23,7 @@ __all__ = [
     "LABEL_SHARE_ENCRYPTION",
     "LABEL_GRAPH",
     "LABEL_SELF_MASK_COMMITMENT",
+    "LABEL_ROTATION",
     "LABELS",
     "hkdf_sha256",
     "derive",
@@ -38,6 +39,8 @@ LABEL_GRAPH = b"privagg/secagg/v1/graph"
 """Seed of the SecAgg+ neighbour graph, from public round data only."""
 LABEL_SELF_MASK_COMMITMENT = b"privagg/secagg/v1/self-mask-commitment"
 """Commitment to b_u sent with the masked input, checked after reconstruction."""
+LABEL_ROTATION = b"privagg/secagg/v1/rotation"
+"""Seed of the public random signs of the encoding's Hadamard rotation, from public data only."""
 
 LABELS: tuple[bytes, ...] = (
     LABEL_PAIRWISE_MASK,
@@ -45,6 +48,7 @@ LABELS: tuple[bytes, ...] = (
     LABEL_SHARE_ENCRYPTION,
     LABEL_GRAPH,
     LABEL_SELF_MASK_COMMITMENT,
+    LABEL_ROTATION,
 )
 
 

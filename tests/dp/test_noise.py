@@ -313,3 +313,36 @@ def test_seeded_determinism() -> None:
 def test_errors(call: object, match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         call(SeededRandomSource(0))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("variance", [3.0, 84_000.0])
+def test_skellam_table_pmf_matches_high_precision(variance: float) -> None:
+    """The table's pmf (scipy ive) against mpmath's exp(-v) I_k(v) at 30 digits, bulk and tail,
+    and its cdf against the exact cumulative sum."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 30
+    cdf, _ = noise._skellam_table(variance)
+    s = math.sqrt(variance)
+
+    def exact(k: int) -> float:
+        return float(mpmath.exp(-variance) * mpmath.besseli(k, variance, maxterms=10**7))
+
+    for k in sorted({0, 1, int(s), int(3 * s), int(8 * s)}):
+        assert float(noise.ive(k, variance)) == pytest.approx(exact(k), rel=1e-12), k
+    if variance < 100:
+        ks = range(int(4 * s) + 1)
+        exact_cdf = np.cumsum([exact(k) * (1 if k == 0 else 2) for k in ks])
+        assert np.allclose(cdf[: len(exact_cdf)], exact_cdf, rtol=0, atol=1e-14)
+
+
+def test_skellam_table_lookup_is_the_inverse_cdf() -> None:
+    """White box: the guide-table lookup returns exactly np.searchsorted's inverse cdf."""
+    variance = 84_000.0
+    cdf, guide = noise._skellam_table(variance)
+    u = np.concatenate([SeededRandomSource("u").uniform(50_000), [0.0, cdf[0], np.nextafter(1.0, 0.0)]])
+    idx = guide[(u * guide.shape[0]).astype(np.intp)]
+    for _ in range(3):
+        idx += cdf[idx] <= u
+    rest = np.flatnonzero(cdf[idx] <= u)
+    idx[rest] = np.searchsorted(cdf, u[rest], side="right")
+    assert np.array_equal(idx, np.searchsorted(cdf, u, side="right"))

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from dp.randomness import SeededRandomSource
@@ -123,3 +123,75 @@ def test_decode_checks_the_vector():
     with pytest.raises(LocalProtocolError):
         FixedPointEncoder(plan).decode(np.zeros(3, dtype=np.uint64))
     assert RingSpec(32).dtype == plan.ring.dtype
+
+
+# -- the ring solver and conditional rounding ---------------------------------------------
+
+
+def test_smallest_plan_picks_the_narrowest_ring_that_reaches_the_scale() -> None:
+    from secagg.encoding import smallest_plan
+
+    common = dict(clip_norm=1.0, dim=101_770, max_clients=50, noise_std=1.05 / math.sqrt(50), coordinate_bound=0.0283)
+    plan = smallest_plan(min_scale=1024.0, **common)
+    assert plan.ring.bits == 16 and plan.scale >= 1024.0 and plan.worst_case() <= plan.limit
+    assert smallest_plan(min_scale=2.0**20, **common).ring.bits == 32
+    with pytest.raises(EncodingOverflowError) as exc:
+        smallest_plan(min_scale=2.0**80, **common)
+    assert exc.value.knob == "bits"
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    clip=st.floats(0.01, 100.0),
+    dim=st.integers(1, 10**6),
+    clients=st.integers(1, 5000),
+    noise=st.floats(0.0, 10.0),
+    min_scale=st.floats(1e-3, 1e6),
+)
+def test_smallest_plan_never_accepts_a_wrapping_configuration(clip, dim, clients, noise, min_scale) -> None:
+    from secagg.encoding import smallest_plan
+
+    try:
+        plan = smallest_plan(clip_norm=clip, dim=dim, max_clients=clients, noise_std=noise, min_scale=min_scale)
+    except EncodingOverflowError as exc:
+        assert exc.knob == "bits"
+        return
+    assert plan.worst_case() <= plan.limit and plan.scale >= min_scale
+    narrower = [b for b in (8, 16, 32, 64) if b < plan.ring.bits]
+    for bits in narrower:  # no narrower ring would have done
+        try:
+            other = plan_encoding(
+                clip_norm=clip, dim=dim, max_clients=clients, noise_std=noise, bits=bits, min_levels=1
+            )
+        except EncodingOverflowError:
+            continue
+        assert other.scale < min_scale
+
+
+def test_conditional_rounding_keeps_every_output_within_the_norm_bound() -> None:
+    """Kairouz, Liu, Steinke 2021, Sec. 4.1: re-round until the rounded norm is within the bound; every
+    output then satisfies it (the DP layer charges that bound), and each coordinate stays within a quantum."""
+    dim, c = 4096, 40.0
+    plan = plan_encoding(clip_norm=1.0, dim=dim, max_clients=4, bits=32, scale=c)
+    enc = FixedPointEncoder(plan)
+    g = np.random.default_rng(3)
+    x = g.standard_normal(dim)
+    x /= np.linalg.norm(x)
+    beta = 0.5
+    bound = math.sqrt(c * c + dim / 4 + math.sqrt(2 * math.log(1 / beta)) * (c + math.sqrt(dim) / 2))
+    tight = math.sqrt(c * c + dim / 4)  # below the typical norm: forces re-rounding often
+    rng = SeededRandomSource("cond")
+    for max_norm in (bound, tight * 1.002):
+        for _ in range(20):
+            ints = plan.ring.to_signed(enc.encode(x, rng, max_norm=max_norm)).astype(np.float64)
+            assert float(ints @ ints) <= max_norm * max_norm
+            assert np.all(np.abs(ints - x * c) < 1.0)
+    with pytest.raises(EncodingOverflowError, match="conditional rounding"):
+        enc.encode(x, rng, max_norm=c * 0.5)  # below the vector's own scaled norm: impossible
+
+
+def test_conditional_rounding_checks_only_the_named_prefix() -> None:
+    plan = plan_encoding(clip_norm=1.0, dim=3, max_clients=2, bits=32, scale=8.0)
+    enc = FixedPointEncoder(plan)
+    out = enc.encode(np.array([0.0, 0.0, 1.0]), SeededRandomSource(1), max_norm=0.5, norm_coordinates=2)
+    assert plan.ring.to_signed(out).tolist() == [0, 0, 8]

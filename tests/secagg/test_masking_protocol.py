@@ -247,3 +247,29 @@ def test_session_misuse_is_local_error() -> None:
     server = spec.server([1, 2, 3], 0)
     with pytest.raises(LocalProtocolError, match="result"):
         server.result()
+
+
+def test_deferred_inputs_are_produced_once_at_the_masked_input_stage_and_summed() -> None:
+    """A simulation can pass inputs that are produced on demand: each client makes its input when it
+    masks it (so no round holds every input at once); clients that drop before never make theirs."""
+    ring = RingSpec(32)
+    spec = MaskingSecureSum(ring, 16, graph="complete")
+    ids = list(range(1, 9))
+    made: list[int] = []
+    values = make_inputs(ring, 16, ids, 3)
+
+    def deferred(c: int):  # type: ignore[no-untyped-def]
+        def produce() -> np.ndarray:
+            made.append(c)
+            return values[c]
+
+        return produce
+
+    drops = {2: 2, 5: 1}  # 2 leaves after sharing keys, 5 after advertising: neither masks an input
+    out = run_round(spec, {c: deferred(c) for c in ids}, round_id=3, rng_for=rngs(1), stages_completed=drops)
+    assert out.error is None and sorted(made) == sorted(out.survivors) == [1, 3, 4, 6, 7, 8]
+    assert np.array_equal(out.total, slow_sum(ring, values, sorted(out.survivors)))
+    bad = {c: deferred(c) for c in ids}
+    bad[1] = lambda: np.zeros(3, dtype=np.uint32)  # the caller's producer returns a wrong vector
+    with pytest.raises(LocalProtocolError, match="client input has length 3"):
+        run_round(spec, bad, round_id=4, rng_for=rngs(1))

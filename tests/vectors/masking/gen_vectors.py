@@ -86,6 +86,7 @@ LABELS = [
     "privagg/secagg/v1/share-encryption",
     "privagg/secagg/v1/graph",
     "privagg/secagg/v1/self-mask-commitment",
+    "privagg/secagg/v1/rotation",
 ]
 
 
