@@ -207,7 +207,8 @@ def test_ahead_requests_cannot_change_the_nodes_session_terms() -> None:
     own = AheadParams(1, config_to_json(cfg), fed.plan.ring.bits, fed.plan.dim, 3, 3)
     fields, _kept = advance(own, (), 1, {"partition-id": 0}, None, terms=_own_terms)
     assert fields["ahead_msg_payload"]
-    for lie in ({"min_survivors": 1}, {"max_clients": 2}, {"ring_bits": 16}):
+    other_ring = 8 if own.ring_bits != 8 else 16  # any ring but the node's own (auto-sized) one
+    for lie in ({"min_survivors": 1}, {"max_clients": 2}, {"ring_bits": other_ring}):
         with pytest.raises(AheadError, match="differ from this node's own"):
             advance(dataclasses.replace(own, **lie), (), 1, {"partition-id": 0}, None, terms=_own_terms)
 
