@@ -195,6 +195,9 @@ class LedgerReport:
         first_bad_round: the first round that cannot be verified (0 = the header), or None.
         anchor_round: the round whose hash equals ``expected_head``, when one was given
             and found (0 = the header).
+        head_mismatch: an ``expected_head`` was given, every complete line verified, and the
+            head is not in the chain: the ledger is intact as far as it goes, but records were
+            removed from its end or the head belongs to another ledger (``error`` says so).
     """
 
     path: str
@@ -207,6 +210,7 @@ class LedgerReport:
     error: str | None
     first_bad_round: int | None
     anchor_round: int | None = None
+    head_mismatch: bool = False
 
     @property
     def verified(self) -> bool:
@@ -453,16 +457,19 @@ def _inspect_bytes(data: bytes, path: str, *, expected_head: str | None) -> Ledg
         nxt = records[-1].round + 1 if records else (1 if lines else 0)
         torn = TornTail(offset=complete_end, length=len(tail), line=len(lines) + 1, round=nxt)
     anchor_round = None
+    head_mismatch = False
     if expected_head is not None:
         if expected_head in hashes:
             anchor_round = hashes[expected_head]
         elif error is None:
+            head_mismatch = True
             error = (f"expected head {expected_head[:16]}... is not in the verified chain "
                      "(records removed from the end, or the anchor belongs to another ledger)")
             first_bad = records[-1].round + 1 if records else 1
     return LedgerReport(path=path, ledger_id=ledger_id, meta=meta, created=created,
                         records=tuple(records), head_hash=head, torn_tail=torn, error=error,
-                        first_bad_round=first_bad, anchor_round=anchor_round)
+                        first_bad_round=first_bad, anchor_round=anchor_round,
+                        head_mismatch=head_mismatch)
 
 
 def verify_ledger(

@@ -135,7 +135,12 @@ class AuditReport:
     epsilon_vs_server: float | None = None
     recomputed_vs_server: float | None = None
     vs_server_reason: str | None = None
+    head_mismatch: bool = False
 
+    @property
+    def chain_verified(self) -> bool:
+        """Every complete line verified (True also when only the given head was not found)."""
+        return self.verified or self.head_mismatch
     @property
     def ok(self) -> bool:
         """Chain verified and every recorded epsilon agrees with its recomputation."""
@@ -157,6 +162,8 @@ class AuditReport:
         return {
             "path": self.path,
             "verified": self.verified,
+            "chain_verified": self.chain_verified,
+            "head_matches": None if self.anchor_round is None and not self.head_mismatch else not self.head_mismatch,
             "ok": self.ok,
             "error": self.error,
             "first_bad_round": self.first_bad_round,
@@ -324,4 +331,5 @@ def audit_ledger(
         anchor_round=rep.anchor_round, accountant_notes=tuple(notes), rtol=rtol,
         epsilon_vs_server=rep.records[-1].epsilon_vs_server if rep.records else None,
         recomputed_vs_server=server[-1] if server else None, vs_server_reason=reason,
+        head_mismatch=rep.head_mismatch,
     )

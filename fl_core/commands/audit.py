@@ -88,11 +88,21 @@ def _ledger_audit(ledger: Path, *, as_json: bool, plot: Optional[Path], accounta
             d["plot"] = str(plot)
         typer.echo(json.dumps(d, sort_keys=True))
     else:
-        status = "VERIFIED" if report.verified else f"BROKEN at round {report.first_bad_round}"
+        if report.head_mismatch:
+            status = f"HEAD DOES NOT MATCH (the chain itself is intact: {report.rounds} rounds)"
+        elif report.verified:
+            status = "VERIFIED"
+        else:
+            status = f"BROKEN at round {report.first_bad_round}"
         typer.echo(f"ledger {ledger} ({report.ledger_id}): {status}")
         typer.echo(f"  rounds verified: {report.rounds}   delta: {report.delta}")
-        typer.echo(f"  recorded epsilon: {_fmt(report.epsilon)}   recomputed: "
+        typer.echo(f"  epsilon against model users: recorded {_fmt(report.epsilon)}   recomputed: "
                    + "   ".join(f"{a} {_fmt(v)}" for a, v in report.recomputed.items()))
+        if report.vs_server_reason is not None:
+            typer.echo(f"  epsilon against the server: unbounded ({report.vs_server_reason})")
+        elif report.recomputed_vs_server is not None or report.epsilon_vs_server is not None:
+            typer.echo(f"  epsilon against the server (largest over clients, no amplification): recorded "
+                       f"{_fmt(report.epsilon_vs_server)}   recomputed {_fmt(report.recomputed_vs_server)}")
         if report.anchor_round is not None:
             typer.echo(f"  anchor (published model) at round {report.anchor_round}; charged but "
                        f"unpublished rounds: {list(report.unpublished_rounds)}")
@@ -109,6 +119,11 @@ def _ledger_audit(ledger: Path, *, as_json: bool, plot: Optional[Path], accounta
         typer.echo(f"warning: the last line (round {report.torn_tail.round}, "
                    f"{report.torn_tail.length} bytes) is torn by a crash mid-write; it is not "
                    "counted (its model update was never published)", err=True)
+    if report.head_mismatch:
+        typer.echo(f"error: the head given with --head is not in this ledger, which is intact as far as it "
+                   f"goes ({report.rounds} rounds): either records after round {report.rounds} were removed, or "
+                   "the head belongs to another ledger", err=True)
+        raise typer.Exit(EXIT_BROKEN_CHAIN)
     if not report.verified:
         typer.echo(f"error: ledger does not verify at round {report.first_bad_round}: "
                    f"{report.error}", err=True)

@@ -152,7 +152,24 @@ def test_head_anchor_reports_unpublished_rounds(tmp_path: Path) -> None:
     res = runner.invoke(app, ["audit", str(p), "--head", h3, "--verify-only"])
     assert res.exit_code == 0 and "unpublished rounds: [4]" in res.output
     res = runner.invoke(app, ["audit", str(p), "--head", "ab" * 32, "--verify-only", "--json"])
-    assert res.exit_code == 1 and json.loads(res.stdout)["first_bad_round"] == 5
+    out = json.loads(res.stdout)
+    assert res.exit_code == 1 and out["chain_verified"] and out["head_matches"] is False and out["rounds"] == 4
+
+
+def test_a_wrong_head_on_an_intact_ledger_is_reported_as_such(tmp_path: Path) -> None:
+    """Issue 15: a wrong --head on an intact 12-round ledger was reported as "BROKEN at round 13"."""
+    p = tmp_path / "l.jsonl"
+    write(p, [ev(r) for r in range(1, 13)])
+    res = runner.invoke(app, ["audit", str(p), "--head", "ab" * 32])
+    assert res.exit_code == 1
+    assert "BROKEN" not in res.output and "HEAD DOES NOT MATCH" in res.output
+    assert "intact" in res.output and "12 rounds" in res.output
+    # A chain broken in the middle is still reported as broken, with its first bad round.
+    lines = p.read_bytes().split(b"\n")
+    lines[5] = lines[5].replace(b'"survivors":48', b'"survivors":47')
+    p.write_bytes(b"\n".join(lines))
+    res = runner.invoke(app, ["audit", str(p), "--head", "ab" * 32])
+    assert res.exit_code == 1 and "BROKEN at round 5" in res.output and "HEAD DOES NOT MATCH" not in res.output
 
 
 def test_verify_only_skips_recomputation(tmp_path: Path) -> None:
