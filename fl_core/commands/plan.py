@@ -1,4 +1,14 @@
-"""``privagg plan``: epsilon for a noise multiplier, or the noise multiplier for a target epsilon."""
+"""``privagg plan``: epsilon for a noise multiplier, or the noise multiplier for a target epsilon, per adversary.
+
+Both numbers of a run are planned: against model users (amplified by the Poisson
+sampling at rate q over the T rounds) and against the server (no amplification: the
+rounds one client joins, composed; at most ``--max-participation`` of them, by default
+the participation cap for ``--clients`` or, without it, every round). A target is met
+against ``--against`` (default: the server for ``skellam``, the distributed mode; model
+users for ``gaussian``, the central mode, where epsilon against the server is unbounded).
+With ``--clients`` the plan also shows each client's noise share
+(:mod:`fl_core.noise_sizing`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +20,7 @@ from typing import Any, Optional
 import typer
 
 from dp.accountants import ACCOUNTANT_VERSIONS, account
+from dp.adversary import epsilon_vs_server
 from dp.errors import PrivacyError
 from dp.events import DPMode, Mechanism, RoundEvent, Sampling
 
@@ -24,6 +35,16 @@ class PlanMechanism(str, Enum):
 class PlanAccountant(str, Enum):
     pld = "pld"
     rdp = "rdp"
+
+
+class PlanAdversary(str, Enum):
+    server = "server"
+    public = "public"
+
+
+def default_adversary(mechanism: PlanMechanism) -> PlanAdversary:
+    """As ``privagg run``: the server for distributed noise (skellam), model users for central (gaussian)."""
+    return PlanAdversary.server if mechanism is PlanMechanism.skellam else PlanAdversary.public
 
 
 def _events(
@@ -66,15 +87,45 @@ def plan_epsilon(
     clip: float = 1.0,
     scale: float = 2.0**16,
     dim: int = 10_000,
+    participation: int | None = None,
+    against: PlanAdversary | None = None,
 ) -> dict[str, Any]:
-    """Epsilon (tight accountant and RDP) of ``rounds`` identical Poisson-sampled rounds."""
+    """Epsilon of ``rounds`` identical Poisson-sampled rounds, against model users and against the server.
+
+    ``epsilon_vs_public``: the tight accountant over all rounds, amplified by sampling
+    (``epsilon_rdp``: the RDP cross-check). ``epsilon_vs_server``: ``participation``
+    rounds (default: all) composed without amplification (central mode, gaussian:
+    unbounded, ``None``). ``epsilon`` is the one against ``against`` (default:
+    :func:`default_adversary`).
+    """
     evs = _events(
         z=noise_multiplier, q=sampling_rate, rounds=rounds, mechanism=mechanism, clip=clip, scale=scale, dim=dim
     )
     tight = account(evs, delta, accountant=accountant.value)
     rdp = account(evs, delta, accountant="rdp")
+    k = rounds if participation is None else min(participation, rounds)
+    adversary = against if against is not None else default_adversary(mechanism)
+    if mechanism is PlanMechanism.gaussian:
+        # The plan's Gaussian is the central mode: the server holds the exact sum.
+        server = None
+        server_as_distributed = epsilon_vs_server(evs[:k], delta)
+    else:
+        server = epsilon_vs_server(evs[:k], delta)
+        server_as_distributed = server
+    if adversary is PlanAdversary.server and server is None:
+        raise typer.BadParameter(
+            "the gaussian mechanism plans central mode, where epsilon against the server is unbounded; "
+            "use --mechanism skellam (distributed) or --against public",
+            param_hint="--against",
+        )
+    public = min(tight.epsilon, server_as_distributed)
     out: dict[str, Any] = {
-        "epsilon": tight.epsilon,
+        "epsilon": server if adversary is PlanAdversary.server else public,
+        "epsilon_enforced_on": adversary.value,
+        "epsilon_vs_public": public,
+        "epsilon_vs_server": server,
+        "epsilon_vs_server_rounds": k,
+        "epsilon_vs_server_if_noised_by_clients": None if server is not None else server_as_distributed,
         "epsilon_rdp": rdp.epsilon,
         "delta": delta,
         "noise_multiplier": noise_multiplier,
@@ -102,8 +153,10 @@ def plan_noise_multiplier(
     scale: float = 2.0**16,
     dim: int = 10_000,
     rel_tol: float = 1e-3,
+    participation: int | None = None,
+    against: PlanAdversary | None = None,
 ) -> dict[str, Any]:
-    """Smallest noise multiplier (to ``rel_tol``) whose epsilon is <= ``target_epsilon`` (bisection).
+    """Smallest noise multiplier (to ``rel_tol``) whose epsilon against ``against`` is <= ``target_epsilon``.
 
     The returned ``noise_multiplier`` is the upper end of the final bracket, so its
     epsilon (also returned) never exceeds the target.
@@ -121,6 +174,8 @@ def plan_noise_multiplier(
                 clip=clip,
                 scale=scale,
                 dim=dim,
+                participation=participation,
+                against=against,
             )["epsilon"]
         )
 
@@ -152,6 +207,8 @@ def plan_noise_multiplier(
         clip=clip,
         scale=scale,
         dim=dim,
+        participation=participation,
+        against=against,
     )
     out["target_epsilon"] = target_epsilon
     return out
@@ -179,6 +236,19 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         clip: float = typer.Option(1.0, "--clip", help="Skellam only: L2 clip norm C."),
         scale: float = typer.Option(2.0**16, "--scale", help="Skellam only: encoding scale (ring units per unit)."),
         dim: int = typer.Option(10_000, "--dim", help="Skellam only: model dimension d."),
+        against: Optional[PlanAdversary] = typer.Option(
+            None, "--against", help="Adversary the target holds against [server for skellam, public for gaussian]."
+        ),
+        clients: Optional[int] = typer.Option(
+            None, "--clients", help="Population N: adds the participation cap and each client's noise share."
+        ),
+        max_participation: Optional[int] = typer.Option(
+            None, "--max-participation", help="Rounds one client may join [the cap for --clients, else all]."
+        ),
+        min_survivors: Optional[int] = typer.Option(
+            None, "--min-survivors", help="With --clients: survivors the noise is sized for [5% cohort quantile]."
+        ),
+        colluders: int = typer.Option(0, "--colluders", help="With --clients: clients colluding with the server."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Plan a DP run: epsilon from the noise, or the noise from a target epsilon."""
@@ -200,6 +270,21 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             _fail(f"--scale must be a finite number > 0, got {scale}")
         if dim < 1:
             _fail(f"--dim must be >= 1, got {dim}")
+        if clients is not None and clients < 1:
+            _fail(f"--clients must be >= 1, got {clients}")
+        if max_participation is not None and max_participation < 1:
+            _fail(f"--max-participation must be >= 1, got {max_participation}")
+        participation = max_participation
+        share: dict[str, Any] | None = None
+        if clients is not None:
+            from fl_core.noise_sizing import default_min_survivors, participation_cap
+            from fl_core.sampling import Sampler
+
+            sampler = Sampler.poisson(clients, sampling_rate) if sampling_rate < 1.0 else Sampler.full(clients)
+            if participation is None:
+                participation = participation_cap(clients, sampling_rate, rounds)
+            m = min_survivors if min_survivors is not None else default_min_survivors(sampler)
+            share = {"clients": clients, "min_survivors": m, "colluders": colluders}
         common: dict[str, Any] = dict(
             sampling_rate=sampling_rate,
             rounds=rounds,
@@ -209,6 +294,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             clip=clip,
             scale=scale,
             dim=dim,
+            participation=participation,
+            against=against,
         )
         try:
             if target_epsilon is not None:
@@ -218,6 +305,21 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         except (PrivacyError, typer.BadParameter) as exc:
             _fail(str(exc))
             return
+        if share is not None:
+            from fl_core.noise_sizing import noise_share
+
+            ns = noise_share(
+                "distributed" if mechanism is PlanMechanism.skellam else "central",
+                noise_multiplier=float(result["noise_multiplier"]),
+                expected=int(share["clients"]) * sampling_rate,
+                min_survivors=int(share["min_survivors"]),
+                colluders=colluders,
+            )
+            result["noise_share"] = ns.to_dict()
+            result["participation_cap"] = participation
+            warning = ns.overhead_message()
+            if warning:
+                result["warnings"] = [warning]
         if as_json:
             typer.echo(json.dumps(result, sort_keys=True))
             return
@@ -226,9 +328,27 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             if target_epsilon is not None
             else f"noise multiplier {result['noise_multiplier']:g}"
         )
-        typer.echo(
-            f"{head}\n"
-            f"  {mechanism.value}, q = {sampling_rate:g}, T = {rounds}, delta = {delta:g}\n"
-            f"  epsilon = {result['epsilon']:.6g}  ({result['engine']}: {result['accountant_version']})\n"
-            f"  epsilon (RDP cross-check) = {result['epsilon_rdp']:.6g}"
-        )
+        server = result["epsilon_vs_server"]
+        lines = [
+            head,
+            f"  {mechanism.value}, q = {sampling_rate:g}, T = {rounds}, delta = {delta:g}",
+            "  epsilon against the server = "
+            + (
+                f"{server:.6g}  (a client in {result['epsilon_vs_server_rounds']} rounds, no amplification)"
+                if server is not None
+                else "unbounded (central mode: the server sees the exact sum)"
+            ),
+            f"  epsilon against model users = {result['epsilon_vs_public']:.6g}  "
+            f"({result['engine']}: {result['accountant_version']})",
+            f"  epsilon against model users (RDP cross-check) = {result['epsilon_rdp']:.6g}",
+            f"  epsilon = {result['epsilon']:.6g}  (against the {result['epsilon_enforced_on']})",
+        ]
+        if "noise_share" in result:
+            ns = result["noise_share"]
+            lines.append(
+                f"  each client adds {ns['per_client_share']:.3g} of a round's noise (min-survivors "
+                f"{ns['min_survivors']}); a typical round carries {ns['noise_overhead']:.3g}x the noise std it "
+                f"needs; noise on the average update: {ns['average_noise']:.3g} x clip per coordinate"
+            )
+            lines += [f"  warning: {w}" for w in result.get("warnings", [])]
+        typer.echo("\n".join(lines))

@@ -145,3 +145,44 @@ def test_plan_grid_reference_is_reproducible() -> None:
         acc.compose(dpa.PoissonSampledDpEvent(r["q"], dpa.GaussianDpEvent(r["sigma"])), r["rounds"])
         assert acc.get_epsilon(r["delta"]) == pytest.approx(r["epsilon"], rel=1e-9)
     assert compute_epsilon([], 1e-5) == 0.0
+
+
+def test_plan_reports_both_adversaries_and_the_noise_share() -> None:
+    """Issue 14: plan reports epsilon against the server (no amplification, the rounds one client
+    joins) beside the amplified one; issue 15: with --clients it shows each client's noise share."""
+    code, out, _ = invoke(
+        "--noise-multiplier", "1", "--sampling-rate", "0.01", "--rounds", "100", "--delta", "1e-5",
+        "--mechanism", "skellam", "--max-participation", "3", "--json",
+    )
+    assert code == 0
+    d = json.loads(out)
+    assert d["epsilon_enforced_on"] == "server" and d["epsilon"] == d["epsilon_vs_server"]
+    assert d["epsilon_vs_server_rounds"] == 3
+    three = plan_epsilon(noise_multiplier=1.0, sampling_rate=1.0, rounds=3, delta=1e-5,
+                         mechanism=PlanMechanism.skellam)["epsilon"]
+    assert d["epsilon_vs_server"] == pytest.approx(three, rel=1e-9)
+    assert d["epsilon_vs_public"] < 2.0 < 8.0 < d["epsilon_vs_server"]
+    code, out, _ = invoke("--noise-multiplier", "1", "--sampling-rate", "0.2", "--rounds", "30", "--delta", "1e-5",
+                          "--mechanism", "skellam", "--clients", "50")
+    assert code == 0 and "each client adds 0.167 of a round's noise (min-survivors 6)" in out
+    assert "a client in 10 rounds" in out
+    code, out, _ = invoke("--noise-multiplier", "1", "--sampling-rate", "0.2", "--rounds", "3", "--delta", "1e-5",
+                          "--mechanism", "skellam", "--clients", "100", "--min-survivors", "4", "--json")
+    assert code == 0 and json.loads(out)["warnings"] and json.loads(out)["noise_share"]["per_client_share"] == 0.25
+
+
+def test_plan_gaussian_is_central_mode_unbounded_against_the_server() -> None:
+    code, out, _ = invoke("--noise-multiplier", "1", "--sampling-rate", "0.1", "--rounds", "5", "--delta", "1e-5",
+                          "--json")
+    d = json.loads(out)
+    assert code == 0 and d["epsilon_vs_server"] is None and d["epsilon_enforced_on"] == "public"
+    code, _, err = invoke("--noise-multiplier", "1", "--sampling-rate", "0.1", "--rounds", "5", "--delta", "1e-5",
+                          "--against", "server")
+    assert code == 2 and "unbounded" in err
+
+
+def test_plan_target_against_the_server_calibrates_for_the_participation() -> None:
+    d = plan_noise_multiplier(target_epsilon=2.0, sampling_rate=0.1, rounds=20, delta=1e-5,
+                              mechanism=PlanMechanism.skellam, participation=6)
+    assert d["epsilon_vs_server"] <= 2.0 and d["epsilon_vs_server"] == pytest.approx(2.0, rel=5e-3)
+    assert d["epsilon_vs_public"] < d["epsilon_vs_server"]
