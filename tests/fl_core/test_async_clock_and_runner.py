@@ -123,3 +123,29 @@ def test_execute_async_refuses_impossible_settings_before_training(tmp_path):
     assert e.value.option == "concurrency"
     assert not (tmp_path / "l.jsonl").exists()
     assert dataclasses.is_dataclass(AsyncOptions())
+
+
+def test_adaptive_clipping_moves_between_buffers_and_each_buffer_is_charged_at_its_clip(tmp_path):
+    """The clients prepare their inputs when their buffer's session runs, with the clip that buffer
+    is charged at; the clip moves only after a buffer is committed."""
+    from fl_core.asynchronous import build_async_federation
+
+    cfg = RunConfig(dataset="digits", clients=60, rounds=4, seed=2, adaptive_clip=True, graph="complete",
+                    ledger=str(tmp_path / "l.jsonl"))
+    afed, _, _ = build_async_federation(cfg, AsyncOptions(buffer=6, concurrency=12))
+    seen = []
+    orig = afed.fed.privacy.clip
+
+    def clip(vec):
+        seen.append((afed.fed.round + 1, afed.fed.privacy.clip_norm))
+        return orig(vec)
+
+    afed.fed.privacy.clip = clip
+    try:
+        out = afed.fit(4)
+    finally:
+        afed.fed.close()
+    charged = {b.buffer: b.round.event.clip_norm for b in out}
+    assert len(set(charged.values())) > 1  # the clip moved
+    assert all(charged[r] == c for r, c in seen if r in charged)  # every input clipped at its buffer's clip
+    assert verify_ledger(tmp_path / "l.jsonl").verified
