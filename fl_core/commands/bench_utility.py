@@ -46,6 +46,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         accountant: str = typer.Option(
             "pld", help="pld (tight) or rdp, for the client-level modes (record mode uses Opacus' accountant)."
         ),
+        against: str = typer.Option(
+            "public",
+            "--calibrate-against",
+            help="Adversary the client-level cells meet their target against: public (model users) or server.",
+        ),
         split: str = typer.Option("test", help="Evaluate on the test or validation half of the held-out set."),
         tune: bool = typer.Option(False, "--tune", help="First search the documented grid on the validation half."),
         workers: int = typer.Option(2, help="Worker processes (one torch thread each)."),
@@ -86,6 +91,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 delta=delta,
                 secure_sum=secure_sum,
                 accountant=accountant,
+                against=against,
                 split=split_v,
             )
             result = run_sweep(spec, out, workers=workers, tune_grid=tune and not report_only, run=not report_only)

@@ -17,6 +17,10 @@ Record mode (Opacus DP-SGD inside each client, :mod:`fl_core.record_dp`) is
 calibrated by :func:`calibrate_record_noise` on Opacus' own accountant instead:
 see its docstring for how a client's number of local steps is bounded.
 
+Client-level modes are calibrated by the round loop itself (:func:`calibrate_noise`
+delegates to :func:`fl_core.privacy.build_privacy`), against model users or against
+the server.
+
 Security:
     Assumption: the events built here match what the round loop records; the
     run's own ledger epsilon is reported beside the prediction, so any gap is
@@ -248,37 +252,52 @@ def calibrate_noise(
     data: Any,
     accountant: str = "pld",
     rel_tol: float = 1e-3,
+    against: str | None = None,
 ) -> Calibration:
     """Calibrate ``cfg``'s noise multiplier so the run's accounted epsilon is at most ``target_epsilon``.
+
+    The calibration is the round loop's own (:func:`fl_core.privacy.build_privacy` with a
+    target and no noise multiplier): against model users it composes the planned rounds
+    (each at its worst case, ``min_survivors`` honest shares) with the run's PLD
+    accountant; against the server it fixes a participation cap k and meets the target
+    for a client that joins k rounds (:mod:`fl_core.noise_sizing`). ``details`` records
+    the adversary and the cap.
 
     Args:
         cfg: the run (its ``dp`` mode, sampling, rounds, clip, delta are used).
         target_epsilon: the epsilon to meet at ``cfg.delta``.
         data: the run's :class:`~fl_core.data.FederatedData` (to build the run's policy).
-        accountant: ``pld`` or ``rdp``.
-        rel_tol: relative precision of the noise multiplier.
+        accountant: recorded with the result (the round loop accounts model users with ``pld``).
+        rel_tol: kept for callers; the round loop's bisection works to 1e-3.
+        against: ``"server"`` or ``"public"`` (default: the run's default for its mode).
 
     Raises:
         ConfigError: ``cfg.dp`` is ``none``, or the target cannot be reached.
     """
+    from fl_core.runner import build_federation
+
     if cfg.dp == "none":
         raise ConfigError("a non-private run has no noise to calibrate", option="dp")
     with tempfile.TemporaryDirectory(prefix="privagg-calibration-") as scratch:
-        source = "policy"
-        events_of: Callable[[float], list[Any]]
-        try:
-            events_of = _policy_events_fn(cfg, data, Path(scratch))
-        except ConfigError:
-            source = "gaussian"
-
-            def events_of(z: float) -> list[Any]:
-                return _gaussian_events(cfg, z)
-
-        def eps(z: float) -> float:
-            return predicted_epsilon(events_of(z), cfg.delta, accountant)
-
-        z, e = bisect_noise(eps, target_epsilon, rel_tol=rel_tol)
-    return Calibration(z, e, target_epsilon, accountant, source)
+        c = cfg.replace(
+            noise_multiplier=None,
+            target_epsilon=target_epsilon,
+            budget_against=against if against is not None else cfg.budget_against,
+            secure_sum="plain",
+            ledger=str(Path(scratch) / "ledger.jsonl"),
+        )
+        fed, _data, extra = build_federation(c, data)
+        fed.close()
+    cal = extra["noise_calibration"]
+    details = {"against": cal["against"], "participation_cap": cal.get("participation_cap")}
+    return Calibration(
+        float(extra["noise_multiplier"]),
+        float(cal["predicted_epsilon"]),
+        target_epsilon,
+        accountant if cal["against"] == "public" else "server: exact Gaussian DP / RDP, per client",
+        "policy",
+        details,
+    )
 
 
 # -- record mode: Opacus DP-SGD inside each client ---------------------------------

@@ -96,6 +96,8 @@ def _cell_config(spec: SweepSpec, mode: Mode, model: str, seed: int, hyper: Hype
         # A sweep measures utility at the guarantee it calibrates for: no client-held limit
         # leaves clients out of its cohorts (both epsilons are reported per row).
         client_max_epsilon=math.inf if mode in (Mode.DISTRIBUTED, Mode.LOCAL) else None,
+        # Central mode cannot hold a budget against the server (it sees the exact sum).
+        budget_against=None if mode is Mode.RECORD else ("public" if mode is Mode.CENTRAL else spec.against),
         clip=hyper.clip,
         adaptive_clip=hyper.adaptive_clip and mode is not Mode.NONE,
         delta=spec.delta,
@@ -151,7 +153,14 @@ def build_cells(
                         # Rounded up, so the rounding never costs epsilon.
                         cfg = cfg.replace(record_noise_multiplier=math.ceil(cal.noise_multiplier * 1e6) / 1e6)
                     else:
-                        cfg = cfg.replace(noise_multiplier=round(cal.noise_multiplier, 6))
+                        # Rounded up, so the rounding never costs epsilon. Against the server the run
+                        # enforces the target (admission) and the cap the calibration assumed.
+                        z = math.ceil(cal.noise_multiplier * 1e6) / 1e6
+                        if cfg.budget_against == "server":
+                            cap = cal.details.get("participation_cap")
+                            cfg = cfg.replace(noise_multiplier=z, target_epsilon=float(eps), max_participation=cap)
+                        else:
+                            cfg = cfg.replace(noise_multiplier=z)
                     cells.append(Cell(mode, model, float(eps), seed, spec.split, cfg, hyper, cal.to_dict()))
     return cells
 
@@ -182,7 +191,7 @@ def _calibrate_cached(
     if mode is Mode.RECORD:
         cal = calibrate_record_noise(cfg, eps, sizes=_client_sizes(data))
     else:
-        cal = calibrate_noise(cfg, eps, data=data, accountant=spec.accountant)
+        cal = calibrate_noise(cfg, eps, data=data, accountant=spec.accountant, against=cfg.budget_against)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         saved[key] = cal.to_dict()
@@ -318,6 +327,9 @@ def run_cell(cell: Cell, ledger_dir: str) -> dict[str, Any]:
                 "accuracy": out.get("accuracy"),
                 "loss": out.get("loss"),
                 "epsilon": epsilon,
+                "epsilon_vs_server": out.get("epsilon_vs_server"),
+                "epsilon_vs_public": out.get("epsilon_vs_public"),
+                "epsilon_enforced_on": out.get("epsilon_enforced_on"),
                 "summary": out,
                 "rounds": rounds,
                 "wall_s": time.perf_counter() - t0,

@@ -23,6 +23,9 @@ RUN_FIELDS = (
     "mode",
     "target_epsilon",
     "epsilon",
+    "epsilon_vs_server",
+    "epsilon_vs_public",
+    "epsilon_enforced_on",
     "predicted_epsilon",
     "seed",
     "accuracy",
@@ -96,6 +99,9 @@ def run_row(rec: dict[str, Any]) -> dict[str, Any]:
         "mode": rec["mode"],
         "target_epsilon": rec.get("target_epsilon"),
         "epsilon": rec.get("epsilon"),
+        "epsilon_vs_server": rec.get("epsilon_vs_server"),
+        "epsilon_vs_public": rec.get("epsilon_vs_public"),
+        "epsilon_enforced_on": rec.get("epsilon_enforced_on"),
         "predicted_epsilon": cal.get("predicted_epsilon"),
         "seed": rec.get("seed"),
         "accuracy": rec.get("accuracy"),
@@ -174,6 +180,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for (model, mode, teps), rs in sorted(groups.items()):
         accs = [float(r["accuracy"]) for r in rs]
         epss = [float(r["epsilon"]) for r in rs if r.get("epsilon") is not None]
+        servers = [float(r["epsilon_vs_server"]) for r in rs if r.get("epsilon_vs_server") is not None]
+        publics = [float(r["epsilon_vs_public"]) for r in rs if r.get("epsilon_vs_public") is not None]
         row = run_row(rs[0])
         b = baselines.get(model, {}).get("accuracy")
         results.append(
@@ -183,6 +191,9 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "target_epsilon": teps,
                 "epsilon": max(epss) if epss else None,
                 "epsilon_mean": _mean(epss) if epss else None,
+                "epsilon_vs_server": max(servers) if servers else None,
+                "epsilon_vs_public": max(publics) if publics else None,
+                "epsilon_enforced_on": rs[0].get("epsilon_enforced_on"),
                 "accuracy": _mean(accs),
                 "accuracy_std": _std(accs),
                 "seeds": len(accs),
@@ -292,6 +303,19 @@ def plot_accuracy_vs_epsilon(summary: dict[str, Any], path: Path, *, title: str)
         es = [100 * r["accuracy_std"] for r in rs]
         all_eps += xs
         marker, ls = _MODE_STYLE.get(mode, ("o", "-"))
+        if mode not in ("record", "central") and all(r.get("epsilon_vs_public") is not None for r in rs):
+            # Client-level distributed / local: the same runs at epsilon against model users (filled)
+            # and against the server (hollow); central mode has no finite epsilon against the server.
+            pub = [float(r["epsilon_vs_public"]) for r in rs]
+            ax.errorbar(pub, ys, yerr=es, marker=marker, linestyle=ls, color=colors[model], capsize=3,
+                        label=f"{model}, {mode}: ε vs model users")
+            all_eps += pub
+            if all(r.get("epsilon_vs_server") is not None for r in rs):
+                srv = [float(r["epsilon_vs_server"]) for r in rs]
+                ax.errorbar(srv, ys, yerr=es, marker=marker, linestyle=":", color=colors[model], capsize=3,
+                            markerfacecolor="none", label=f"{model}, {mode}: ε vs server")
+                all_eps += srv
+            continue
         label = f"{model}, {mode}" + (" (record-level ε)" if mode == "record" else "")
         ax.errorbar(xs, ys, yerr=es, marker=marker, linestyle=ls, color=colors[model], capsize=3, label=label)
     for model, b in sorted(summary["baselines"].items()):
@@ -310,7 +334,8 @@ def plot_accuracy_vs_epsilon(summary: dict[str, Any], path: Path, *, title: str)
         ax.minorticks_off()
         ax.set_xlim(min(all_eps) / 1.3, max(all_eps) * 1.3)
     record = any(r["mode"] == "record" for r in summary["results"])
-    ax.set_xlabel("accounted ε (log scale)" + ("; record mode: max over clients, per record" if record else ""))
+    ax.set_xlabel("accounted ε (log scale; filled: vs model users, hollow: vs server)"
+                  + ("; record mode: max over clients, per record" if record else ""))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
@@ -422,9 +447,9 @@ def _fmt(x: Any, nd: int = 2) -> str:
 def results_table(summary: dict[str, Any]) -> str:
     """The Markdown table of results (also used in the README section)."""
     lines = [
-        "| model | mode | target ε | accounted ε | noise mult. | clip | server lr / mom. "
+        "| model | mode | target ε (against) | ε vs server | ε vs model users | noise mult. | clip | server lr / mom. "
         "| accuracy (%) | non-private (%) | gap (pts) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["results"]:
         b = summary["baselines"].get(r["model"], {})
@@ -433,8 +458,15 @@ def results_table(summary: dict[str, Any]) -> str:
         clip = _fmt(r["clip"])
         if r["mode"] == "record":  # DP-SGD's per-record clip; the update clip only bounds the encoding
             clip = f"{_fmt(r.get('record_clip'))} per record"
+        against = {"server": "server", "public": "model users"}.get(str(r.get("epsilon_enforced_on")), "")
+        target = f"{r['target_epsilon']:g}" + (f" ({against})" if against else "")
+        if r["mode"] == "record":  # record-level: DP-SGD inside each client holds against everyone
+            server = public = _fmt(r["epsilon"])
+        else:
+            server = "unbounded" if r["mode"] == "central" else _fmt(r.get("epsilon_vs_server"))
+            public = _fmt(r.get("epsilon_vs_public"))
         lines.append(
-            f"| {r['model']} | {r['mode']} | {r['target_epsilon']:g} | {_fmt(r['epsilon'])} | "
+            f"| {r['model']} | {r['mode']} | {target} | {server} | {public} | "
             f"{_fmt(r['noise_multiplier'], 3)} | {clip} | {r['server_lr']:g} / {r['server_momentum']:g} | "
             f"{acc} | {_fmt(100 * b['accuracy'] if b else None, 1)} | {_fmt(gap, 1)} |"
         )
@@ -496,7 +528,10 @@ def write_report(path: Path, meta: dict[str, Any], summary: dict[str, Any], runs
         ("δ", f"{spec['delta']:g}"),
         (
             "noise",
-            "calibrated per target ε by bisection on the accountant (see the table: noise multiplier = σ / clip)",
+            f"calibrated per target ε against {'the server' if spec.get('against') == 'server' else 'model users'} "
+            "(central mode: always model users) by bisection on the round loop's own accountant (see the table: "
+            "noise multiplier = σ / clip); both ε are reported: against the server (per client, no "
+            "amplification; unbounded in central mode) and against model users (amplified by sampling)",
         ),
         ("clip", clip_note),
         ("secure sum", f"{modes_sum}; non-private baseline: plain"),

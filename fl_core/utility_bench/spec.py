@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 #: Bumped whenever the meaning of a stored cell changes (its result must not be reused).
-BENCH_VERSION = 1
+BENCH_VERSION = 2  # 2: epsilon per adversary; client-level calibration by the round loop
 
 
 class Mode(str, Enum):
@@ -269,6 +269,10 @@ class SweepSpec:
             and local mode use the plain sum: they need no secure aggregation; record mode
             has no client-level noise, so the secure sum is what hides each client's update).
         accountant: ``pld`` or ``rdp``.
+        against: the adversary the client-level cells are calibrated against: ``public`` (model
+            users, amplified by sampling; the default, comparable with published numbers) or
+            ``server`` (no amplification, per client). Central cells are always calibrated against
+            model users (epsilon against the server is unbounded there). Both are reported.
         split: evaluate on the test half (reported) or the validation half (tuning).
         partition: how data is split among clients.
     """
@@ -284,6 +288,7 @@ class SweepSpec:
     delta: float = 1e-5
     secure_sum: str = "masking"
     accountant: str = "pld"
+    against: str = "public"
     split: Split = Split.TEST
     partition: str = "iid"
 
@@ -300,6 +305,8 @@ class SweepSpec:
             raise ConfigError(f"--rounds must be >= 1, got {self.rounds}", option="rounds")
         if self.accountant not in ("pld", "rdp"):
             raise ConfigError(f"--accountant must be pld or rdp, got {self.accountant!r}", option="accountant")
+        if self.against not in ("public", "server"):
+            raise ConfigError(f"--calibrate-against must be public or server, got {self.against!r}", option="against")
         for m in self.models:
             base_options(self.dataset, m)
 
@@ -324,6 +331,7 @@ class SweepSpec:
             "delta": self.delta,
             "secure_sum": self.secure_sum,
             "accountant": self.accountant,
+            "against": self.against,
             "split": self.split.value,
             "partition": self.partition,
         }

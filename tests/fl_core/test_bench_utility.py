@@ -109,7 +109,24 @@ def test_tiny_sweep_json_shape(tiny_sweep: tuple[Path, dict[str, Any], dict[str,
             assert r["epsilon"] <= r["target_epsilon"] * (1 + 1e-9)
         else:
             assert r["epsilon"] <= r["target_epsilon"] * 1.10
+        # Issue 14: every row carries both epsilons (the target holds against model users here).
+        assert r["epsilon_enforced_on"] == "public" and r["epsilon"] == r["epsilon_vs_public"]
+        if r["mode"] == "central":
+            assert r["epsilon_vs_server"] is None  # the server sees the exact sum
+        else:
+            assert r["epsilon_vs_server"] >= r["epsilon_vs_public"]
     json.dumps(first)  # one JSON object, serialisable
+
+
+def test_sweep_calibrated_against_the_server(tmp_path: Path) -> None:
+    spec = dataclasses.replace(TINY, modes=(Mode.DISTRIBUTED,), epsilons=(8.0,), against="server")
+    res = run_sweep(spec, tmp_path / "sweep", workers=1, progress=False, command="test")
+    (row,) = res["results"]
+    assert row["epsilon_enforced_on"] == "server" and row["epsilon"] == row["epsilon_vs_server"]
+    assert 0.8 * 8.0 <= row["epsilon_vs_server"] <= 8.0
+    assert row["epsilon_vs_public"] < row["epsilon_vs_server"]
+    table = (tmp_path / "sweep" / "report.md").read_text()
+    assert "8 (server)" in table and "ε vs server" in table
 
 
 def test_resume_skips_finished_cells(tiny_sweep: tuple[Path, dict[str, Any], dict[str, Any]]) -> None:
