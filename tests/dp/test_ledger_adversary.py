@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dp.accountants import ACCOUNTANT_VERSIONS, compute_epsilon
 from dp.adversary import epsilon_vs_public, epsilon_vs_server, epsilon_vs_server_curve
@@ -100,3 +102,22 @@ def test_a_record_written_before_ids_existed_is_read_and_charged_to_everyone(tmp
     assert rep.verified and rep.records[0].event.survivor_ids == () and rep.records[0].epsilon_vs_server is None
     audit = audit_ledger(p, recompute=True, checkpoints=1)
     assert audit.recomputed_vs_server == pytest.approx(epsilon_vs_server([ev(1, (1,))], DELTA))
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sets(st.integers(1, 8), min_size=1, max_size=8), st.floats(0.8, 4.0)),
+                min_size=1, max_size=6))
+def test_replaying_the_ledger_gives_the_same_epsilon_against_the_server(
+    tmp_path_factory: pytest.TempPathFactory, rounds: list[tuple[set[int], float]]
+) -> None:
+    """Both epsilons are recomputable from the ledger alone: replaying it gives the recorded numbers."""
+    events = [
+        RoundEvent.from_dict({**ev(r, tuple(sorted(ids))).to_dict(), "noise_variance": z * z})
+        for r, (ids, z) in enumerate(rounds, start=1)
+    ]
+    p = tmp_path_factory.mktemp("replay") / "l.jsonl"
+    write(p, events)
+    rep = inspect_ledger(p)
+    replayed = epsilon_vs_server_curve(rep.events, DELTA)
+    assert [r.epsilon_vs_server for r in rep.records] == pytest.approx(replayed, rel=1e-12)
+    assert rep.records[-1].epsilon == pytest.approx(epsilon_vs_public(rep.events, DELTA), rel=1e-9)
