@@ -379,6 +379,13 @@ def _text_summary(cfg: Any, out: dict[str, Any]) -> str:
     if out.get("epsilon") is not None:
         kind = "record-level " if cfg.dp == "none" else ""
         lines.append(f"  privacy: {kind}epsilon = {out['epsilon']:.3f} at delta = {out['delta']:g}")
+        if out.get("epsilon_enforced_on"):
+            srv = out.get("epsilon_vs_server")
+            lines.append(
+                f"    against the server: {'unbounded (it sees the exact sum)' if srv is None else f'{srv:.3f}'}"
+                f"   against model users: {out['epsilon_vs_public']:.3f}"
+                f"   (the budget holds against the {out['epsilon_enforced_on']})"
+            )
     rec = out.get("record_level")
     if rec:
         lines.append(
