@@ -329,13 +329,15 @@ def plot_accuracy_vs_epsilon(summary: dict[str, Any], path: Path, *, title: str)
     ax.set_xscale("log")
     if all_eps:
         ticks = sorted({round(t, 2) for t in (r["target_epsilon"] for r in summary["results"])})
+        powers = [2.0**k for k in range(-3, 8) if min(all_eps) / 1.3 <= 2.0**k <= max(all_eps) * 1.3]
+        ticks = sorted(set(ticks) | set(powers))
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:g}" for t in ticks])
         ax.minorticks_off()
         ax.set_xlim(min(all_eps) / 1.3, max(all_eps) * 1.3)
     record = any(r["mode"] == "record" for r in summary["results"])
-    ax.set_xlabel("accounted ε (log scale; filled: vs model users, hollow: vs server)"
-                  + ("; record mode: max over clients, per record" if record else ""))
+    ax.set_xlabel("accounted ε, log scale (filled: vs model users; hollow: vs server)"
+                  + ("\nrecord mode: per record, max over clients" if record else ""), fontsize=9)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
