@@ -28,7 +28,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             None, "--sampling-rate", help="Poisson sampling rate q \\[0.1 when --per-round is not given]."
         ),
         partition: Optional[str] = typer.Option(None, help="iid, dirichlet, dirichlet-balanced or shards \\[iid]."),
-        alpha: Optional[float] = typer.Option(None, help="Dirichlet concentration for --partition dirichlet(-balanced) \\[0.5]."),
+        alpha: Optional[float] = typer.Option(
+            None, help="Dirichlet concentration for --partition dirichlet(-balanced) \\[0.5]."
+        ),
         model: Optional[str] = typer.Option(None, help="logreg, mlp or cnn \\[logreg]."),
         local_epochs: Optional[int] = typer.Option(None, "--local-epochs", help="Client epochs per round \\[2]."),
         lr: Optional[float] = typer.Option(None, help="Client SGD learning rate \\[0.5]."),
