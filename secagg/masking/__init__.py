@@ -3,12 +3,15 @@
 Public API: :class:`MaskingSecureSum` (the backend), its parameter choice and
 graph, the two transition tables (:data:`HONEST_BUT_CURIOUS`, four stages, and
 :data:`ACTIVE`, five stages, chosen by whether identity keys are configured),
-and :func:`generate_identities` for Ed25519 identity keys.
+:func:`generate_identities` for Ed25519 identity keys, and the terms binding
+(:class:`TermsBinding`, :func:`digest_terms`) that makes masks cancel only between
+clients that used the same round terms.
 """
 
 from __future__ import annotations
 
 from secagg.masking.backend import MaskingSecureSum, generate_identities
+from secagg.masking.binding import TERMS_BYTES, UNBOUND, TermsBinding, digest_terms
 from secagg.masking.client import MaskingClient
 from secagg.masking.graph import graph_seed, neighbour_graph
 from secagg.masking.params import GraphKind, MaskingParameters, choose_parameters
@@ -25,6 +28,8 @@ from secagg.masking.states import (
 )
 
 __all__ = [
+    "TERMS_BYTES",
+    "UNBOUND",
     "ACTIVE",
     "HONEST_BUT_CURIOUS",
     "ClientState",
@@ -35,9 +40,11 @@ __all__ = [
     "MaskingServer",
     "ServerState",
     "Stage",
+    "TermsBinding",
     "TransitionTable",
     "Variant",
     "choose_parameters",
+    "digest_terms",
     "generate_identities",
     "graph_seed",
     "neighbour_graph",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 
 from secagg.errors import ConfigurationError, LocalProtocolError
+from secagg.masking.binding import UNBOUND, TermsBinding
 from secagg.masking.client import MaskingClient
 from secagg.masking.graph import neighbour_graph
 from secagg.masking.params import GraphKind, MaskingParameters, choose_parameters
@@ -62,6 +63,11 @@ class MaskingSecureSum:
             secrets with; checked at the same point. Default: the threshold this
             object's own parameter choice gives for a cohort of ``min_cohort`` (t grows
             with n for fixed options, so an honest larger cohort always passes).
+
+    Sessions are bound to :attr:`binding` (default :data:`~secagg.masking.binding.UNBOUND`,
+    all-zero digests); :meth:`bound` gives a copy bound to the digests of the terms a
+    caller checked and used, so that masks cancel only between clients bound alike
+    (:mod:`secagg.masking.binding`).
 
     The two floors protect a client only if they come from the client's own
     configuration, never from a message or run configuration the server chose: a
@@ -138,6 +144,9 @@ class MaskingSecureSum:
         self.public_seed = bytes(public_seed)
         self.identities = dict(identities) if identities is not None else None
         self.signing_keys = dict(signing_keys or {})
+        self.binding: TermsBinding = UNBOUND
+        """The terms digests this object's sessions are bound to (see :meth:`bound`)."""
+        self._params: dict[int, MaskingParameters] = {}
         if self.identities is not None:
             for c, key in self.signing_keys.items():
                 if self.identities.get(c) != key.public:
@@ -165,9 +174,31 @@ class MaskingSecureSum:
         """The ``Message.stage`` values of one round, in order (4 or 5; ends with :attr:`final_stage`)."""
         return tuple(s.value for s in self.transitions.stages)
 
-    @lru_cache(maxsize=64)  # noqa: B019 - bounded, and the object lives as long as its cache
+    def bound(self, binding: TermsBinding) -> MaskingSecureSum:
+        """This secure sum with its sessions bound to ``binding`` (a copy; ``self`` is unchanged).
+
+        A client's session then seals its shares under ``binding.setup`` and derives its
+        pairwise masks with ``binding.round``; a server's session expects ``binding.round``
+        in every masked input (:meth:`MaskingServer.expect_terms` can set it later). Each
+        caller binds the digests of the terms *it* checked and used, never digests it was sent.
+        """
+        if not isinstance(binding, TermsBinding):
+            raise ConfigurationError(f"binding must be a TermsBinding, got {binding!r}")
+        other = copy.copy(self)  # shares the parameter cache, identities and signing keys (read-only)
+        other.binding = binding
+        return other
+
     def parameters(self, n: int) -> MaskingParameters:
         """The (k, t) every party recomputes for a cohort of ``n``."""
+        cached = self._params.get(n)
+        if cached is not None:
+            return cached
+        if len(self._params) >= 64:
+            self._params.clear()
+        self._params[n] = params = self._choose(n)
+        return params
+
+    def _choose(self, n: int) -> MaskingParameters:
         return choose_parameters(
             n,
             graph=self.graph_kind,

@@ -6,8 +6,11 @@ Security:
     section 4): the neighbour list must match the graph recomputed from the
     round's public data; with identity keys every neighbour's key advertisement
     and the consistency-check signatures must verify; every share ciphertext must
-    authenticate under associated data binding version, round, sender and
-    recipient; the cohort size and the Shamir threshold derived from it must
+    authenticate under associated data binding version, round, sender,
+    recipient and the client's own setup-terms digest; every pairwise mask is
+    derived with the client's own round-terms digest, so it cancels only against
+    a neighbour that used the same terms (:mod:`secagg.masking.binding`); the
+    cohort size and the Shamir threshold derived from it must
     reach this client's own floors (``min_cohort``, ``min_threshold``) before
     any share is dealt; the survivor list must be a sorted subset of the cohort holding
     this client and at least max(t, min_survivors) clients, checked where it
@@ -59,6 +62,7 @@ class MaskingClient:
         self._round = round_id
         self._rng = rng
         self._signing_key = signing_key
+        self._binding = spec.binding
         self._table = spec.transitions
         self._state = ClientState.INIT
         self._x: RingVector | DeferredInput | None = None
@@ -193,7 +197,9 @@ class MaskingClient:
                 raise RemoteProtocolError(f"client {v}'s key: {exc}", peer=SERVER) from exc
             key = share_key(secret, round_id=self._round, sender=self._me, recipient=v)
             open_keys[v] = share_key(secret, round_id=self._round, sender=v, recipient=self._me)
-            ad = aead.associated_data(version=wire.VERSION, round_id=self._round, sender=self._me, recipient=v)
+            ad = aead.associated_data(
+                version=wire.VERSION, round_id=self._round, sender=self._me, recipient=v, context=self._binding.setup
+            )
             records.append((v, aead.seal(key, self._rng.random_bytes(aead.NONCE_BYTES), pt, ad)))
         self._cohort, self._t, self._peers, self._open_keys = cohort, params.threshold, peers, open_keys
         return [self._msg(Stage.SHARE_KEYS, wire.encode_sealed_shares(wire.SealedShares(tuple(records))))]
@@ -231,22 +237,37 @@ class MaskingClient:
         _, s = self._keys()
         if self._x is None:  # pragma: no cover - the transition table makes this unreachable
             raise LocalProtocolError("input already consumed")
-        x = self._spec.ring.check(self._x() if callable(self._x) else self._x, self._spec.dim, what="client input")
+        terms = self._binding.round
+        if terms is None:
+            # Key setup run ahead: the round's terms are not known, so no mask may be derived yet.
+            raise LocalProtocolError(
+                "this session is bound to no round terms yet (key setup ahead): rebuild it with the round's terms "
+                "before the masked-input stage"
+            )
         held: dict[int, wire.SharePlaintext] = {}
         for u, ct in sealed:
-            ad = aead.associated_data(version=wire.VERSION, round_id=self._round, sender=u, recipient=self._me)
+            ad = aead.associated_data(
+                version=wire.VERSION, round_id=self._round, sender=u, recipient=self._me, context=self._binding.setup
+            )
             try:
                 pt = wire.decode_share_plaintext(aead.open_sealed(self._open_keys[u], ct, ad))
             except (PrimitiveError, wire.WireFormatError) as exc:
-                raise RemoteProtocolError(f"share ciphertext from client {u} rejected: {exc}", peer=SERVER) from exc
+                # Also what a dealer bound to other setup terms produces (the server told it other terms).
+                raise RemoteProtocolError(
+                    f"share ciphertext from client {u} rejected (tampered, misrouted, or sealed under other round "
+                    f"terms than this client's): {exc}",
+                    peer=SERVER,
+                ) from exc
             if pt.dealer != u or pt.holder != self._me:
                 raise RemoteProtocolError(f"share from client {u} names the wrong parties", peer=SERVER)
             held[u] = pt
+        # The input is produced only once every share opened: nothing is computed from it for a refused stage.
+        x = self._spec.ring.check(self._x() if callable(self._x) else self._x, self._spec.dim, what="client input")
         ring = self._spec.ring
         masks: list[tuple[bytes, prg.MaskOp]] = [(self_mask_seed(self._b, round_id=self._round, owner=self._me), "add")]
         for v in dealers:
             try:
-                seed = pairwise_seed(s, self._peers[v].s_pk, round_id=self._round, me=self._me, peer=v)
+                seed = pairwise_seed(s, self._peers[v].s_pk, round_id=self._round, me=self._me, peer=v, terms=terms)
             except PrimitiveError as exc:
                 raise RemoteProtocolError(f"client {v}'s mask key: {exc}", peer=SERVER) from exc
             masks.append((seed, "add" if self._me < v else "sub"))
@@ -255,7 +276,7 @@ class MaskingClient:
         commitment = self_mask_commitment(self._b, round_id=self._round, owner=self._me)
         # Little-endian hosts hand the vector's own buffer to the encoder: one copy, not two.
         body = y.data.cast("B") if sys.byteorder == "little" else ring.to_bytes(y)
-        payload_out = wire.encode_masked_input(commitment, body)
+        payload_out = wire.encode_masked_input(commitment, terms, body)
         self._held, self._x, self._open_keys = held, None, {}
         return [self._msg(Stage.MASKED_INPUT, payload_out)]
 

@@ -11,7 +11,10 @@ Security:
     identity keys (honest-but-curious variant) the unmasking request follows the
     masked-input stage directly; the ``min_survivors`` guard runs when that stage
     closes in both variants, so too few masked inputs abort before any share is
-    requested.
+    requested. Every masked input carries the digest of the round terms its client
+    bound its masks to (:mod:`secagg.masking.binding`): one other than the server's
+    expected digest is refused, and survivors bound to different terms (no expected
+    digest) abort the round, since their masks cannot cancel.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from secagg.errors import (
 )
 from secagg.masking import wire
 from secagg.masking._derive import pairwise_seed, self_mask_commitment, self_mask_seed
+from secagg.masking.binding import TERMS_BYTES
 from secagg.masking.states import ServerState, Stage
 from secagg.primitives import PrimitiveError, key_agreement, prg, shamir, signatures
 from secagg.protocol import SERVER, ClientId, Message
@@ -63,6 +67,8 @@ class MaskingServer:
         self._uploads: dict[int, dict[int, bytes]] = {}
         self._u2: frozenset[int] = frozenset()
         self._commitments: dict[int, bytes] = {}
+        self._terms: dict[int, bytes] = {}
+        self._expected_terms: bytes | None = spec.binding.round
         self._acc: RingVector = spec.ring.zeros(spec.dim)
         self._u3: tuple[int, ...] = ()
         self._sigs: dict[int, bytes] = {}
@@ -86,6 +92,23 @@ class MaskingServer:
     @property
     def done(self) -> bool:
         return self._state is ServerState.DONE
+
+    def expect_terms(self, terms: bytes) -> None:
+        """The round-terms digest every masked input must carry (the terms this server's books charge).
+
+        Default: the binding of the secure sum this session was made from. A session opened
+        before the round's terms were known (key setup ahead) is told them here, before the
+        masked-input stage. A masked input bound to other terms is refused (its client is a
+        dropout: its masks are removed, its input never enters the sum).
+
+        Raises:
+            LocalProtocolError: a masked input already arrived, or ``terms`` is not 32 bytes.
+        """
+        if self._commitments or self._state not in (ServerState.ADVERTISE, ServerState.SHARE, ServerState.MASKED):
+            raise LocalProtocolError("expect_terms() after the masked-input stage began")
+        if len(terms) != TERMS_BYTES:
+            raise LocalProtocolError(f"the terms digest must be {TERMS_BYTES} bytes, got {len(terms)}")
+        self._expected_terms = bytes(terms)
 
     @property
     def survivors(self) -> frozenset[ClientId]:
@@ -258,6 +281,13 @@ class MaskingServer:
 
     def _on_masked_input(self, sender: int, payload: bytes) -> object:
         head, body = wire.decode_masked_input(payload)
+        if self._expected_terms is not None and head.terms != self._expected_terms:
+            # Its masks were derived under other terms: they would not cancel in the sum.
+            raise RemoteProtocolError(
+                "masked input bound to other round terms than this server's (its client was told, or used, "
+                "other terms): refused, not added",
+                peer=sender,
+            )
         ring = self._spec.ring
         want = self._spec.dim * ring.bytes_per_element()
         if len(body) != want:
@@ -270,6 +300,7 @@ class MaskingServer:
             raise RemoteProtocolError(f"masked input has elements outside Z_2^{ring.bits}", peer=sender)
         np.add(self._acc, vec, out=self._acc)  # streamed: no per-client vector is kept
         self._commitments[sender] = head.commitment
+        self._terms[sender] = head.terms
         return None
 
     def _close_masked_input(self, answered: frozenset[int]) -> list[Message]:
@@ -280,6 +311,19 @@ class MaskingServer:
                 survivors=len(answered),
                 required=self._spec.min_survivors,
             )
+        bound = {self._terms[c] for c in answered}
+        if len(bound) > 1:
+            # Only reachable without an expected digest: survivors bound to different terms
+            # have masks that do not cancel, so no sum over them exists. Abort, never a wrong sum.
+            first = self._terms[min(answered)]
+            odd = sorted(c for c in answered if self._terms[c] != first)
+            self._error = RemoteProtocolError(
+                f"survivors' masked inputs are bound to {len(bound)} different round terms (clients {odd} differ "
+                f"from client {min(answered)}): round aborted, nothing unmasked",
+                peer=odd[0],
+            )
+            self._state = ServerState.DONE
+            return []
         self._u3 = tuple(sorted(answered))
         self._expected = answered
         if self._state is ServerState.UNMASK:
@@ -366,7 +410,8 @@ class MaskingServer:
             if sk.public != self._adv[u].s_pk:
                 raise RemoteProtocolError(f"shares of client {u}'s mask key do not match its public key", peer=u)
             for v in sorted(self._graph[u] & alive):
-                seed = pairwise_seed(sk, self._adv[v].s_pk, round_id=self._round, me=u, peer=v)
+                # v derived it with the terms digest it reported (all equal: checked when the stage closed).
+                seed = pairwise_seed(sk, self._adv[v].s_pk, round_id=self._round, me=u, peer=v, terms=self._terms[v])
                 # v added the pair mask when v < u and subtracted it when v > u: undo that.
                 masks.append((seed, "sub" if v < u else "add"))
         self.unmask_prg_expansions = len(masks)

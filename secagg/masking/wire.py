@@ -3,6 +3,11 @@
 Every payload starts with :data:`VERSION`. Decoders check lengths exactly and
 raise :class:`WireFormatError`; sessions turn that into ``RemoteProtocolError``
 naming the sender.
+
+Version 2 (version 1 had neither): the masked input's header carries the 32-byte
+digest of the round terms its client bound its masks to, and sealed shares are
+authenticated with the dealer's setup-terms digest appended to their associated data
+(:mod:`secagg.masking.binding`). A version-1 peer is refused, never reinterpreted.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from secagg.masking.binding import TERMS_BYTES
 from secagg.primitives import ShareError, shamir
 from secagg.primitives.key_agreement import KEY_BYTES
 from secagg.primitives.signatures import SIGNATURE_BYTES
@@ -48,7 +54,7 @@ __all__ = [
     "consistency_signed_bytes",
 ]
 
-VERSION = 1
+VERSION = 2
 COMMITMENT_BYTES = 32
 _E = shamir.ELEMENT_BYTES
 
@@ -226,17 +232,21 @@ def decode_share_plaintext(data: bytes) -> SharePlaintext:
 
 @dataclass(frozen=True, slots=True)
 class MaskedInputHeader:
+    """The self-mask commitment and the digest of the round terms the client's masks are bound to."""
+
     commitment: bytes
+    terms: bytes
 
 
 _PAD = bytes(7)
-MASKED_INPUT_HEADER_BYTES = 1 + len(_PAD) + COMMITMENT_BYTES
-"""Version, 7 reserved zero bytes, commitment: 40 bytes, so the vector starts 8-byte aligned."""
+MASKED_INPUT_HEADER_BYTES = 1 + len(_PAD) + COMMITMENT_BYTES + TERMS_BYTES
+"""Version, 7 reserved zero bytes, commitment, terms digest: 72 bytes, so the vector starts 8-byte aligned."""
 
 
-def encode_masked_input(commitment: bytes, vector_bytes: bytes | memoryview) -> bytes:
-    """Header then the little-endian vector bytes, assembled with a single copy."""
-    return b"".join((bytes([VERSION]), _PAD, commitment, vector_bytes))
+def encode_masked_input(commitment: bytes, terms: bytes, vector_bytes: bytes | memoryview) -> bytes:
+    """Header then the little-endian vector bytes, assembled with a single copy (``commitment`` and ``terms``
+    are 32 bytes each, by construction: an HKDF output and a :class:`~secagg.masking.binding.TermsBinding` digest)."""
+    return b"".join((bytes([VERSION]), _PAD, commitment, terms, vector_bytes))
 
 
 def decode_masked_input(data: bytes) -> tuple[MaskedInputHeader, memoryview]:
@@ -244,7 +254,7 @@ def decode_masked_input(data: bytes) -> tuple[MaskedInputHeader, memoryview]:
     r = _Reader(data)
     if r.take(len(_PAD)) != _PAD:
         raise WireFormatError("reserved bytes of the masked input header are not zero")
-    head = MaskedInputHeader(r.take(COMMITMENT_BYTES))
+    head = MaskedInputHeader(r.take(COMMITMENT_BYTES), r.take(TERMS_BYTES))
     return head, r.rest()
 
 

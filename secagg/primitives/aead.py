@@ -3,8 +3,10 @@
 Security:
     Assumption: AES-GCM is IND-CCA and INT-CTXT for unique (key, nonce) pairs
     (NIST SP 800-38D). The associated data binds the protocol version, the round
-    id, the sender and the recipient, so a ciphertext moved to another round or
-    another pair of clients fails authentication. Keys are directional and
+    id, the sender and the recipient (and, appended, whatever context the caller
+    binds, e.g. a digest of the round's terms), so a ciphertext moved to another
+    round or another pair of clients, or opened under another context, fails
+    authentication. Keys are directional and
     derived per (round, sender, recipient); nonces are 12 random bytes on top.
 """
 
@@ -25,9 +27,13 @@ TAG_BYTES = 16
 _AD = struct.Struct("<BQII")
 
 
-def associated_data(*, version: int, round_id: int, sender: int, recipient: int) -> bytes:
-    """``version (1 byte) || round id (8) || sender (4) || recipient (4)``, little-endian."""
-    return _AD.pack(version, round_id, sender, recipient)
+def associated_data(*, version: int, round_id: int, sender: int, recipient: int, context: bytes = b"") -> bytes:
+    """``version (1 byte) || round id (8) || sender (4) || recipient (4) || context``, little-endian.
+
+    ``context`` must have a fixed length for a given ``version`` (the masking protocol's
+    v2 appends the 32-byte digest of the terms the sealing client used).
+    """
+    return _AD.pack(version, round_id, sender, recipient) + bytes(context)
 
 
 def seal(key: bytes, nonce: bytes, plaintext: bytes, ad: bytes) -> bytes:

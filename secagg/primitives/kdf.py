@@ -24,13 +24,18 @@ __all__ = [
     "LABEL_GRAPH",
     "LABEL_SELF_MASK_COMMITMENT",
     "LABEL_ROTATION",
+    "LABEL_TERMS",
     "LABELS",
     "hkdf_sha256",
     "derive",
 ]
 
-LABEL_PAIRWISE_MASK = b"privagg/secagg/v1/pairwise-mask"
-"""PRG seed of the pairwise mask s_uv from the X25519 secret of s_sk_u and s_pk_v."""
+LABEL_PAIRWISE_MASK = b"privagg/secagg/v2/pairwise-mask"
+"""PRG seed of the pairwise mask s_uv from the X25519 secret of s_sk_u and s_pk_v.
+
+v2: the context ends with the 32-byte digest of the round terms each client used
+(v1's context was the round and the pair only), so clients that used different terms
+derive different masks, which do not cancel."""
 LABEL_SELF_MASK = b"privagg/secagg/v1/self-mask"
 """PRG seed of the self mask from the 32-byte secret b_u."""
 LABEL_SHARE_ENCRYPTION = b"privagg/secagg/v1/share-encryption"
@@ -41,6 +46,8 @@ LABEL_SELF_MASK_COMMITMENT = b"privagg/secagg/v1/self-mask-commitment"
 """Commitment to b_u sent with the masked input, checked after reconstruction."""
 LABEL_ROTATION = b"privagg/secagg/v1/rotation"
 """Seed of the public random signs of the encoding's Hadamard rotation, from public data only."""
+LABEL_TERMS = b"privagg/secagg/v1/terms"
+"""Digest of a canonical encoding of the terms a client checked and used (a public value, not a key)."""
 
 LABELS: tuple[bytes, ...] = (
     LABEL_PAIRWISE_MASK,
@@ -49,6 +56,7 @@ LABELS: tuple[bytes, ...] = (
     LABEL_GRAPH,
     LABEL_SELF_MASK_COMMITMENT,
     LABEL_ROTATION,
+    LABEL_TERMS,
 )
 
 

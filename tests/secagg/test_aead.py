@@ -25,6 +25,10 @@ def test_gcm_published_vectors(case: dict) -> None:
 def test_associated_data_layout() -> None:
     ad = aead.associated_data(version=1, round_id=7, sender=3, recipient=11)
     assert ad == bytes([1]) + (7).to_bytes(8, "little") + (3).to_bytes(4, "little") + (11).to_bytes(4, "little")
+    terms = bytes(range(32))
+    assert aead.associated_data(version=2, round_id=7, sender=3, recipient=11, context=terms) == (
+        bytes([2]) + ad[1:] + terms
+    )
 
 
 @given(pt=st.binary(max_size=200), key=st.binary(min_size=32, max_size=32), nonce=st.binary(min_size=12, max_size=12))
@@ -41,12 +45,16 @@ def test_round_trip(pt: bytes, key: bytes, nonce: bytes) -> None:
         {"version": 1, "round_id": 5, "sender": 3, "recipient": 2},
         {"version": 1, "round_id": 5, "sender": 1, "recipient": 3},
         {"version": 1, "round_id": 5, "sender": 2, "recipient": 1},
+        {"version": 1, "round_id": 5, "sender": 1, "recipient": 2, "context": bytes(32)},
+        {"version": 1, "round_id": 5, "sender": 1, "recipient": 2, "context": b"\x01" + bytes(31)},
     ],
-    ids=["version", "round", "sender", "recipient", "swapped"],
+    ids=["version", "round", "sender", "recipient", "swapped", "context-missing", "context-other"],
 )
 def test_associated_data_binds_each_field(other: dict) -> None:
     key = bytes(range(32))
-    sealed = aead.seal(key, bytes(12), b"share", aead.associated_data(version=1, round_id=5, sender=1, recipient=2))
+    ad = aead.associated_data(version=1, round_id=5, sender=1, recipient=2, context=b"\x02" + bytes(31))
+    sealed = aead.seal(key, bytes(12), b"share", ad)
+    assert aead.open_sealed(key, sealed, ad) == b"share"
     with pytest.raises(AuthenticationError):
         aead.open_sealed(key, sealed, aead.associated_data(**other))
 

@@ -58,7 +58,12 @@ def _attack(victim_spec: MaskingSecureSum) -> np.ndarray:
     (record,) = wire.decode_sealed_shares(up[(Stage.SHARE_KEYS.value, VICTIM)].payload).records
     assert record[0] == COLLUDER
     key = share_key(c_colluder.exchange(adv[VICTIM].c_pk), round_id=ROUND, sender=VICTIM, recipient=COLLUDER)
-    ad = aead.associated_data(version=wire.VERSION, round_id=ROUND, sender=VICTIM, recipient=COLLUDER)
+    # The terms digests are public (the server knows the terms it announced).
+    terms = victim_spec.binding
+    assert terms.round is not None
+    ad = aead.associated_data(
+        version=wire.VERSION, round_id=ROUND, sender=VICTIM, recipient=COLLUDER, context=terms.setup
+    )
     share = wire.decode_share_plaintext(aead.open_sealed(key, record[1], ad))
     b = shamir.reconstruct({COLLUDER: share.b_share}, 1)
     s_victim = key_agreement.keypair_from_private(shamir.reconstruct({COLLUDER: share.sk_share}, 1))
@@ -66,7 +71,10 @@ def _attack(victim_spec: MaskingSecureSum) -> np.ndarray:
     y = np.frombuffer(body, dtype="<u4").astype(np.uint32)
     masks: list[tuple[bytes, prg.MaskOp]] = [
         (self_mask_seed(b, round_id=ROUND, owner=VICTIM), "sub"),
-        (pairwise_seed(s_victim, adv[COLLUDER].s_pk, round_id=ROUND, me=VICTIM, peer=COLLUDER), "sub"),
+        (
+            pairwise_seed(s_victim, adv[COLLUDER].s_pk, round_id=ROUND, me=VICTIM, peer=COLLUDER, terms=terms.round),
+            "sub",
+        ),
     ]
     recovered = prg.add_masks_into(y, masks, RING)
     return recovered

@@ -131,7 +131,9 @@ def test_client_refuses_share_naming_wrong_parties() -> None:
     dealer = recs[0][0]
     key = client._open_keys[dealer]  # the honest key: the ciphertext authenticates
     pt = wire.encode_share_plaintext(wire.SharePlaintext(dealer, 4, 1, 2))
-    ad = aead.associated_data(version=wire.VERSION, round_id=ROUND, sender=dealer, recipient=1)
+    ad = aead.associated_data(
+        version=wire.VERSION, round_id=ROUND, sender=dealer, recipient=1, context=client._binding.setup
+    )
     recs[0] = (dealer, aead.seal(key, bytes(12), pt, ad))
     with pytest.raises(RemoteProtocolError, match="wrong parties"):
         client.receive(dataclasses.replace(DOWN[Stage.MASKED_INPUT], payload=_sealed(tuple(recs))))
@@ -241,7 +243,7 @@ def test_server_refuses_masked_input_outside_a_narrow_ring() -> None:
     spec = MaskingSecureSum(RingSpec(12), 4, graph="complete")
     _, up = _honest(spec)
     server = _server_at(ServerState.MASKED, spec, up)
-    payload = wire.encode_masked_input(bytes(32), np.array([0, 0, 0, 5000], dtype="<u2").tobytes())
+    payload = wire.encode_masked_input(bytes(32), bytes(32), np.array([0, 0, 0, 5000], dtype="<u2").tobytes())
     with pytest.raises(RemoteProtocolError, match="outside Z_2"):
         server.receive(dataclasses.replace(up[Stage.MASKED_INPUT][2], payload=payload))
     assert server.state is ServerState.MASKED

@@ -11,7 +11,7 @@ from test_masking_support import Recorder, identity_kw, make_inputs, rngs, slow_
 
 from dp.randomness import SeededRandomSource
 from secagg.errors import ConfigurationError, LocalProtocolError, TooFewSurvivorsError
-from secagg.masking import GraphKind, MaskingSecureSum, generate_identities, wire
+from secagg.masking import GraphKind, MaskingSecureSum, TermsBinding, generate_identities, wire
 from secagg.primitives import kdf, key_agreement
 from secagg.protocol import SERVER
 from secagg.ring import RingSpec
@@ -159,10 +159,13 @@ def test_never_partial_sum_when_exactly_below_threshold(with_identities: bool) -
 
 
 def test_masked_input_matches_slow_reference() -> None:
-    """The streamed, in-place masking equals x + PRG(b) +- PRG(s_uv) computed element by element."""
+    """The streamed, in-place masking equals x + PRG(b) +- PRG(s_uv) computed element by element.
+
+    The pairwise seed's context ends with the round-terms digest the session is bound to."""
     ring = RingSpec(20)
     ids = [1, 2, 3, 4]
-    spec = MaskingSecureSum(ring, 11, graph="complete")
+    terms = bytes(range(32, 64))
+    spec = MaskingSecureSum(ring, 11, graph="complete").bound(TermsBinding(bytes(range(32)), terms))
     inputs = make_inputs(ring, 11, ids, 2)
     server = spec.server(ids, 9)
     clients = {c: spec.client(c, 9, rngs(2)(c)) for c in ids}
@@ -189,7 +192,8 @@ def test_masked_input_matches_slow_reference() -> None:
     signs = [1]
     for v in (1, 3, 4):
         secret = key_agreement.shared_secret(s.private, me._peers[v].s_pk)
-        seed = kdf.derive(secret, kdf.LABEL_PAIRWISE_MASK, struct.pack("<QII", 9, min(2, v), max(2, v)), length=16)
+        context = struct.pack("<QII", 9, min(2, v), max(2, v)) + terms
+        seed = kdf.derive(secret, kdf.LABEL_PAIRWISE_MASK, context, length=16)
         masks.append(test_prg.reference_expand(seed, ring, 11))
         signs.append(1 if 2 < v else -1)
     for mask, sign in zip(masks, signs):

@@ -249,7 +249,7 @@ def test_server_refuses_misaddressed_unknown_and_other_round() -> None:
         (Message(2, 3, ROUND, good.stage, good.payload), "delivered to the server"),
         (Message(9, SERVER, ROUND, good.stage, good.payload), "not in the cohort"),
         (Message(2, SERVER, ROUND + 1, good.stage, good.payload), "round 7 in round 6"),
-        (Message(2, SERVER, ROUND, good.stage, b"\x02" + good.payload[1:]), "version"),
+        (Message(2, SERVER, ROUND, good.stage, b"\x01" + good.payload[1:]), "version"),  # version 1: unbound
         (Message(2, SERVER, ROUND, good.stage, good.payload + b"x"), "trailing"),
         (Message(2, SERVER, ROUND, "no-such-stage", good.payload), "while the server is in stage"),
     ]:

@@ -14,6 +14,7 @@ sigs = st.sampled_from([b"", bytes(range(64))])
 u32 = st.integers(0, 2**32 - 1)
 ids = st.lists(u32, max_size=10)
 ONE = (1).to_bytes(4, "little")
+V = bytes([wire.VERSION])
 elems = st.integers(0, shamir.PRIME - 1)
 advs = st.builds(wire.Advertisement, keys, keys, sigs)
 
@@ -67,25 +68,26 @@ def test_unmask_response_round_trip(b: list, sk: list) -> None:
 
 
 def test_masked_input_view() -> None:
-    head, body = wire.decode_masked_input(wire.encode_masked_input(bytes(32), b"abcd"))
-    assert head.commitment == bytes(32) and bytes(body) == b"abcd"
+    head, body = wire.decode_masked_input(wire.encode_masked_input(bytes(32), bytes(range(32)), b"abcd"))
+    assert head.commitment == bytes(32) and head.terms == bytes(range(32)) and bytes(body) == b"abcd"
 
 
 @pytest.mark.parametrize(
     "decode,payload,match",
     [
         (wire.decode_advertisement, b"", "version"),
-        (wire.decode_advertisement, b"\x02" + bytes(65), "version"),
-        (wire.decode_advertisement, b"\x01" + bytes(64), "truncated"),
-        (wire.decode_advertisement, b"\x01" + bytes(64) + b"\x05" + bytes(5), "signature length"),
-        (wire.decode_advertisement, b"\x01" + bytes(65) + b"!", "trailing"),
-        (wire.decode_id_list, b"\x01" + (1000).to_bytes(4, "little"), "longer than the payload"),
-        (wire.decode_share_keys_request, b"\x01" + bytes(4) + (1).to_bytes(4, "little"), "more peers"),
-        (wire.decode_signature, b"\x01\x07" + bytes(7), "signature length"),
-        (wire.decode_unmask_request, b"\x01" + bytes(12) + (1).to_bytes(4, "little"), "more signatures"),
-        (wire.decode_share_plaintext, b"\x01" + bytes(8) + shamir.PRIME.to_bytes(33, "little") + bytes(33), "canon"),
-        (wire.decode_unmask_response, b"\x01" + ONE + bytes(4) + b"\xff" * 33 + bytes(4), "canonical"),
-        (wire.decode_sealed_shares, b"\x01" + ONE + bytes(4) + (9).to_bytes(2, "little"), "truncated"),
+        (wire.decode_advertisement, b"\x01" + bytes(65), "version"),  # version 1: no terms binding
+        (wire.decode_advertisement, b"\x03" + bytes(65), "version"),
+        (wire.decode_advertisement, V + bytes(64), "truncated"),
+        (wire.decode_advertisement, V + bytes(64) + b"\x05" + bytes(5), "signature length"),
+        (wire.decode_advertisement, V + bytes(65) + b"!", "trailing"),
+        (wire.decode_id_list, V + (1000).to_bytes(4, "little"), "longer than the payload"),
+        (wire.decode_share_keys_request, V + bytes(4) + (1).to_bytes(4, "little"), "more peers"),
+        (wire.decode_signature, V + b"\x07" + bytes(7), "signature length"),
+        (wire.decode_unmask_request, V + bytes(12) + (1).to_bytes(4, "little"), "more signatures"),
+        (wire.decode_share_plaintext, V + bytes(8) + shamir.PRIME.to_bytes(33, "little") + bytes(33), "canon"),
+        (wire.decode_unmask_response, V + ONE + bytes(4) + b"\xff" * 33 + bytes(4), "canonical"),
+        (wire.decode_sealed_shares, V + ONE + bytes(4) + (9).to_bytes(2, "little"), "truncated"),
     ],
 )
 def test_malformed_payloads_refused(decode, payload: bytes, match: str) -> None:  # type: ignore[no-untyped-def]
@@ -94,7 +96,7 @@ def test_malformed_payloads_refused(decode, payload: bytes, match: str) -> None:
 
 
 def test_masked_input_reserved_bytes_must_be_zero_and_vector_is_aligned() -> None:
-    payload = wire.encode_masked_input(bytes(32), bytes(16))
-    assert wire.MASKED_INPUT_HEADER_BYTES % 8 == 0
+    payload = wire.encode_masked_input(bytes(32), bytes(32), bytes(16))
+    assert wire.MASKED_INPUT_HEADER_BYTES == 72 and wire.MASKED_INPUT_HEADER_BYTES % 8 == 0
     with pytest.raises(wire.WireFormatError, match="reserved"):
         wire.decode_masked_input(payload[:1] + b"\x01" + payload[2:])

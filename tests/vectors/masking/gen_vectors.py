@@ -81,12 +81,13 @@ def prg_vectors() -> list[dict[str, object]]:
 
 
 LABELS = [
-    "privagg/secagg/v1/pairwise-mask",
+    "privagg/secagg/v2/pairwise-mask",
     "privagg/secagg/v1/self-mask",
     "privagg/secagg/v1/share-encryption",
     "privagg/secagg/v1/graph",
     "privagg/secagg/v1/self-mask-commitment",
     "privagg/secagg/v1/rotation",
+    "privagg/secagg/v1/terms",
 ]
 
 
@@ -102,6 +103,34 @@ def kdf_vectors() -> list[dict[str, str]]:
         }
         for label in LABELS
     ]
+
+
+def binding_vectors() -> dict[str, object]:
+    """The round-terms binding: pairwise seeds (label v2, context round || lo || hi || terms digest)
+    from the RFC 7748 section 6.1 shared secret, and terms digests (info = label || 0x00 || kind)."""
+    published = json.loads(OUT.with_name("published_vectors.json").read_text())["rfc7748_61_x25519_dh"]
+    secret = bytes.fromhex(published["shared"])
+    terms_a = hashlib.sha256(b"privagg terms vector a").digest()
+    terms_b = hashlib.sha256(b"privagg terms vector b").digest()
+    seeds = []
+    for round_id, lo, hi, terms in [(7, 3, 11, terms_a), (7, 3, 11, terms_b), (1, 1, 2, bytes(32))]:
+        context = struct.pack("<QII", round_id, lo, hi) + terms
+        seeds.append(
+            {
+                "round": round_id,
+                "lo": lo,
+                "hi": hi,
+                "terms": terms.hex(),
+                "seed": hkdf_rfc5869(secret, b"", b"privagg/secagg/v2/pairwise-mask\x00" + context, 16).hex(),
+            }
+        )
+    digests = []
+    for kind, encoding in [("setup", b'{"v":1}'), ("round", b'{"clip":"0x1.0p+0","v":1}'), ("setup", b"")]:
+        info = b"privagg/secagg/v1/terms\x00" + kind.encode()
+        digests.append(
+            {"kind": kind, "encoding": encoding.hex(), "digest": hkdf_rfc5869(encoding, b"", info, 32).hex()}
+        )
+    return {"x25519": "rfc7748_61_x25519_dh", "pairwise_seeds": seeds, "terms_digests": digests}
 
 
 def eval_poly(coeffs: list[int], x: int) -> int:
@@ -156,6 +185,7 @@ def main() -> None:
         "prg_aes128ctr": prg_vectors(),
         "hkdf_labels": kdf_vectors(),
         "shamir": shamir_vectors(),
+        "terms_binding": binding_vectors(),
     }
     OUT.write_text(json.dumps(data, indent=1) + "\n")
 
