@@ -182,6 +182,16 @@ class ServerAccount:
     def events(self) -> list[RoundEvent]:
         return list(self._events)
 
+    @property
+    def count(self) -> int:
+        """How many events have been charged."""
+        return len(self._events)
+
+    @property
+    def last(self) -> RoundEvent | None:
+        """The last event charged (None before any)."""
+        return self._events[-1] if self._events else None
+
     def epsilon(self) -> float:
         """The largest epsilon over clients (0 before any charged round)."""
         return self._max

@@ -86,9 +86,12 @@ class RunAccounting:
     # -- the two views ------------------------------------------------------
 
     def _sync(self, events: Sequence[RoundEvent]) -> ServerAccount:
-        known = self._server.events
-        if len(events) >= len(known) and all(a is b or a == b for a, b in zip(known, events, strict=False)):
-            for e in events[len(known):]:
+        # The round loop only ever appends: continue from the last event seen (same object or
+        # equal), else recompose from scratch.
+        n = self._server.count
+        last = self._server.last
+        if len(events) >= n and (n == 0 or events[n - 1] is last or events[n - 1] == last):
+            for e in events[n:]:
                 self._server.add(e)
         else:
             self._server = ServerAccount(self.delta).extend(events)
