@@ -1,35 +1,25 @@
 """Noise calibration: the smallest noise multiplier whose accounted epsilon meets a target.
 
-The accountant (:func:`dp.accountants.compute_epsilon`) is the only judge: the
-calibration builds the round events a run *will* produce and bisects the noise
-multiplier on them, so the predicted epsilon is computed exactly as the round
-loop will charge it. When the round loop's privacy policy can describe its own
-events (``fl_core.privacy``), those events are used (this covers the Skellam
-scale and rounding inflation of the distributed mode and the adaptive clip's
-count query); otherwise the events are built here for the Gaussian mechanism
-(central: Poisson rate q; local: no amplification, q = 1).
-
-The bisection is written here (about 20 lines) rather than taken from a
-library because it must run on the project's own accountant and events; it is
+Client-level modes are calibrated by the round loop itself: :func:`calibrate_noise`
+builds the run with a target and no noise multiplier, and
+:func:`fl_core.privacy.build_privacy` bisects on the events the round loop will
+charge (against model users: the planned rounds at their worst case, ``min_survivors``
+honest shares; against the server: a participation cap and the rounds one client
+joins), so the predicted epsilon is computed exactly as the run will charge it. This
+covers the Skellam scale and rounding inflation of the distributed mode and the
+adaptive clip's count query. :func:`bisect_noise` is the bisection both use; it is
 monotone because more noise never costs more epsilon.
 
 Record mode (Opacus DP-SGD inside each client, :mod:`fl_core.record_dp`) is
 calibrated by :func:`calibrate_record_noise` on Opacus' own accountant instead:
 see its docstring for how a client's number of local steps is bounded.
 
-Client-level modes are calibrated by the round loop itself (:func:`calibrate_noise`
-delegates to :func:`fl_core.privacy.build_privacy`), against model users or against
-the server.
-
 Security:
-    Assumption: the events built here match what the round loop records; the
-    run's own ledger epsilon is reported beside the prediction, so any gap is
-    visible. Guarantee: ``epsilon(noise_multiplier) <= target`` when every
-    round has the calibration's survivor count. Under Poisson sampling with
-    distributed noise the noise actually present grows with the survivors,
-    so the calibration assumes one standard deviation fewer than expected;
-    a run with unusually small cohorts can still cost a little more, and the
-    reported epsilon is always the accounted one from the run's ledger.
+    Assumption: the events the calibration composes are the ones the round loop
+    records (it builds them with the round loop's own policy); the run's own
+    ledger epsilon is reported beside the prediction. Guarantee: with the
+    calibrated noise the planned worst case meets the target; a run's budget
+    (when one is enforced) refuses any round that would not, before it runs.
 """
 
 from __future__ import annotations
@@ -50,7 +40,6 @@ __all__ = [
     "bisect_noise",
     "calibrate_noise",
     "calibrate_record_noise",
-    "calibration_survivors",
     "cohort_schedule",
     "participation_bound",
     "predicted_epsilon",
@@ -182,61 +171,6 @@ def _gaussian_events(cfg: RunConfig, z: float) -> list[Any]:
         )
         for r in range(1, cfg.rounds + 1)
     ]
-
-
-def calibration_survivors(expected_cohort: float, *, poisson: bool) -> int:
-    """How many survivors a round is calibrated for: mean - 1 sd under Poisson sampling, else the cohort.
-
-    Only the distributed mode's noise depends on it (each survivor adds a share); calibrating
-    a little below the mean keeps a typical run's accounted epsilon at or under the target.
-    """
-    if poisson:
-        return max(1, math.floor(expected_cohort - math.sqrt(expected_cohort)))
-    return max(1, round(expected_cohort))
-
-
-def _policy_events_fn(cfg: RunConfig, data: Any, scratch: Path) -> Callable[[float], list[Any]]:
-    """A function z -> the round loop's own events for ``cfg`` with noise multiplier z.
-
-    It builds the run's :class:`~fl_core.federation.Federation` (with the plain sum: the
-    encoding and the noise do not depend on the backend) and asks its privacy policy for
-    the event of a round in which the expected cohort took part and survived.
-
-    Raises:
-        ConfigError: the round loop cannot run this mode (not wired).
-    """
-    from fl_core.runner import build_federation
-    from fl_core.sampling import Cohort
-
-    calls = [0]
-
-    def events(z: float) -> list[Any]:
-        calls[0] += 1  # a fresh ledger path per call: nothing is ever appended to it
-        c = cfg.replace(
-            noise_multiplier=z,
-            target_epsilon=None,
-            secure_sum="plain",
-            ledger=str(scratch / f"ledger-{calls[0]}.jsonl"),
-        )
-        fed, _data, _extra = build_federation(c, data)
-        sampler = fed.sampler
-        k = calibration_survivors(sampler.expected_cohort(), poisson=sampler.scheme.value == "poisson")
-        k = max(k, int(getattr(fed.privacy, "min_survivors", 1)))
-        cohort = Cohort(tuple(range(1, k + 1)), sampler.scheme, sampler.rate, sampler.population)
-        out = []
-        for r in range(1, c.rounds + 1):
-            ev = fed.privacy.round_event(
-                round=r, cohort=cohort, survivors=k, scale=fed.plan.scale, dim=fed.dim, planned=False
-            )
-            if ev is not None:
-                out.append(ev)
-        ledger = getattr(fed.accounting, "ledger", None)
-        if ledger is not None and hasattr(ledger, "close"):
-            ledger.close()
-        return out
-
-    events(1.0)  # raises now if the mode is not wired
-    return events
 
 
 def predicted_epsilon(events: list[Any], delta: float, accountant: str) -> float:

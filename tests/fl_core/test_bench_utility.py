@@ -28,7 +28,7 @@ from fl_core.utility_bench import (
     run_sweep,
     summarize,
 )
-from fl_core.utility_bench.calibrate import _gaussian_events, calibration_survivors, predicted_epsilon
+from fl_core.utility_bench.calibrate import _gaussian_events, predicted_epsilon
 from fl_core.utility_bench.engine import load_cell_data, split_heldout
 from fl_core.utility_bench.spec import GRID, grid_for
 
@@ -293,13 +293,6 @@ def test_calibration_refuses_the_baseline() -> None:
     cfg = RunConfig(dataset="digits", clients=100, dp="none", secure_sum="plain")
     with pytest.raises(ConfigError, match="no noise"):
         calibrate_noise(cfg, 1.0, data=None)
-
-
-def test_calibration_survivors() -> None:
-    assert calibration_survivors(100.0, poisson=True) == 90
-    assert calibration_survivors(50.0, poisson=True) == 42
-    assert calibration_survivors(0.5, poisson=True) == 1
-    assert calibration_survivors(50.0, poisson=False) == 50
 
 
 # -- spec, cells, data split, summary ---------------------------------------------
