@@ -49,6 +49,7 @@ import numpy.typing as npt
 
 from dp.accountants import (
     ChargeKind,
+    RoundCharge,
     _rdp_eps_from_total,
     _rdp_matrix,
     analytic_gaussian_epsilon,
@@ -148,6 +149,15 @@ def _gdp_epsilon(mu2: float, delta: float) -> float:
     return 0.0 if mu2 <= 0.0 else analytic_gaussian_epsilon([mu2**-0.5], delta)
 
 
+@lru_cache(maxsize=4096)
+def _rdp_row(charge: RoundCharge) -> npt.NDArray[np.float64]:
+    """One charge's RDP curve (read-only; a pure function of the frozen charge, so rounds with
+    the same parameters, as every client's own record has, compute it once)."""
+    row = np.asarray(_rdp_matrix([charge])[0], dtype=np.float64)
+    row.setflags(write=False)
+    return row
+
+
 class ServerAccount:
     """Epsilon against the server, kept per client and updated one round at a time.
 
@@ -216,7 +226,7 @@ class ServerAccount:
             return "nonprivate", np.zeros(1)
         if self._gaussian and c.kind is ChargeKind.GAUSSIAN_POISSON and c.q == 1.0:
             return "gaussian", np.array([c.z**-2], dtype=np.float64)
-        return "rdp", np.asarray(_rdp_matrix([c])[0], dtype=np.float64)
+        return "rdp", _rdp_row(c)
 
     def _eps_rows(self, rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         if self._gaussian:

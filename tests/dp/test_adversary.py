@@ -212,3 +212,24 @@ def test_incremental_account_matches_the_slow_reference(rounds: list[tuple[set[i
         ref = _slow_server_epsilon(events[: k + 1], DELTA)
         assert acc.epsilon() == pytest.approx(ref, rel=1e-9)
         assert curve[k] == pytest.approx(ref, rel=1e-9)
+
+
+def test_cached_rdp_row_is_the_uncached_curve_and_read_only() -> None:
+    """Rounds with the same parameters (every client's own record) share one cached RDP curve:
+    it equals the curve computed afresh, and nobody can change it in place."""
+    import numpy as np
+
+    from dp.accountants import _rdp_matrix, charge_of
+    from dp.adversary import _rdp_row
+
+    _rdp_row.cache_clear()
+    charge = charge_of(server_view(skellam(3, (1, 2))))
+    first, again = _rdp_row(charge), _rdp_row(charge)
+    assert again is first and _rdp_row.cache_info().hits == 1
+    assert np.array_equal(first, _rdp_matrix([charge])[0])
+    with pytest.raises(ValueError, match="read-only"):
+        first[0] = 0.0
+    # Composition reads the cache without changing it: the same answer twice.
+    events = [skellam(r, (1,)) for r in range(1, 4)]
+    assert epsilon_vs_server(events, DELTA) == epsilon_vs_server(events, DELTA)
+    assert np.array_equal(_rdp_row(charge), _rdp_matrix([charge])[0])
