@@ -54,12 +54,32 @@ def _hadamard(n: int) -> FloatArray:
     return h
 
 
-def _fwht(x: FloatArray) -> FloatArray:
-    """H_m x for m = len(x) a power of two, as H_a X H_b with H_m = H_a (x) H_b (two matrix products)."""
-    m = x.shape[0]
+_FACTOR_BITS = 4
+"""H_m is applied as a Kronecker product of factors of order <= 2^4 = 16 (see :func:`_fwht`)."""
+
+
+def _factors(m: int) -> tuple[int, ...]:
+    """Powers of two, each <= 16, whose product is m (a power of two)."""
     k = m.bit_length() - 1
-    a, b = 1 << (k // 2), 1 << (k - k // 2)
-    return (_hadamard(a) @ x.reshape(a, b) @ _hadamard(b)).reshape(m)
+    out = [1 << _FACTOR_BITS] * (k // _FACTOR_BITS)
+    if k % _FACTOR_BITS:
+        out.append(1 << (k % _FACTOR_BITS))
+    return tuple(out) or (1,)
+
+
+def _fwht(x: FloatArray) -> FloatArray:
+    """H_m x for m = len(x) a power of two (a new vector).
+
+    H_m = H_{f_1} (x) ... (x) H_{f_r} with small factors f_i (:func:`_factors`): viewing x as
+    an (f_1, rest) matrix, ``X^T H_{f_1}`` applies the first factor and moves its axis last, so
+    r small matrix products apply every factor and bring the axes back in order. That is
+    m (f_1 + ... + f_r) multiply-adds, against m (a + b) for two square factors.
+    """
+    m = x.shape[0]
+    y = x
+    for f in _factors(m):
+        y = y.reshape(f, m // f).T @ _hadamard(f)
+    return np.ascontiguousarray(y).reshape(m)
 
 
 class HadamardRotation:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy.linalg import hadamard
 
 from secagg.errors import ConfigurationError
-from secagg.rotation import HadamardRotation
+from secagg.rotation import HadamardRotation, _fwht
 
 
 def slow_rotate(rot: HadamardRotation, x: np.ndarray) -> np.ndarray:
@@ -33,6 +33,25 @@ def test_matches_dense_reference_is_orthogonal_and_inverts(dim: int, seed: int) 
     np.testing.assert_allclose(y, slow_rotate(rot, x), rtol=0, atol=1e-12 * max(1.0, np.abs(x).max()))
     assert np.linalg.norm(y) == pytest.approx(np.linalg.norm(x), rel=1e-12)
     np.testing.assert_allclose(rot.inverse(y), x, rtol=0, atol=1e-12 * max(1.0, np.abs(x).max()))
+
+
+def textbook_fwht(x: np.ndarray) -> np.ndarray:
+    """Obviously correct reference: the in-place butterfly (a + b, a - b) at strides 1, 2, 4, ..."""
+    y = np.array(x, dtype=np.float64)
+    h = 1
+    while h < y.shape[0]:
+        for i in range(0, y.shape[0], 2 * h):
+            a, b = y[i : i + h].copy(), y[i + h : i + 2 * h].copy()
+            y[i : i + h], y[i + h : i + 2 * h] = a + b, a - b
+        h *= 2
+    return y
+
+
+@pytest.mark.parametrize("k", range(18))
+def test_fast_hadamard_transform_matches_the_butterfly(k: int) -> None:
+    """Every window size up to 2^17 (each split into small Kronecker factors differently)."""
+    x = np.random.default_rng(k).standard_normal(1 << k)
+    np.testing.assert_allclose(_fwht(x), textbook_fwht(x), rtol=0, atol=1e-13 * (1 << k) ** 0.5 * np.abs(x).max())
 
 
 def test_windows_cover_any_dimension_without_padding() -> None:
