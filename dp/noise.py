@@ -574,18 +574,25 @@ def _skellam_table(variance: float) -> tuple[npt.NDArray[np.float64], npt.NDArra
 
 
 def _skellam_by_table(n: int, variance: float, coins: _Coins) -> Int64Array:
-    """Inverse cdf of |X| (guide table, then at most three steps, then binary search) and a fair sign."""
+    """Inverse cdf of |X| (guide table, then at most three steps, then binary search) and a fair sign.
+
+    The result is the exact inverse cdf of each uniform (the first index whose cdf exceeds
+    it); the guide and the steps only decide where the search starts.
+    """
     cdf, guide = _skellam_table(variance)
     u = coins.gen.random(n)
     idx = guide[(u * guide.shape[0]).astype(np.intp)]
     for _ in range(3):
-        idx += cdf[idx] <= u
+        step = cdf[idx] <= u
+        idx += step.view(np.uint8)  # 0/1: the same-width add is far cheaper than bool -> intp
     rest = np.flatnonzero(cdf[idx] <= u)
     if rest.size:
         idx[rest] = np.searchsorted(cdf, u[rest], side="right")
-    signs = np.unpackbits(coins.uint64((n + 63) // 64).view(np.uint8))[:n].astype(np.bool_)
-    mag = idx.astype(np.int64)
-    out: Int64Array = np.where(signs, -mag, mag)
+    # Sign bit b in {0, 1}: -m is (m ^ -1) + 1, so (m ^ -b) + b negates exactly where b = 1.
+    neg = np.unpackbits(coins.uint64((n + 63) // 64).view(np.uint8))[:n].astype(np.int64)
+    out: Int64Array = idx.astype(np.int64, copy=False)
+    np.bitwise_xor(out, np.negative(neg), out=out)
+    out += neg
     return out
 
 

@@ -100,10 +100,13 @@ class SeededRandomSource(RandomSource):
     The stream is SHAKE-256(seed-derived key || block counter), read in fixed 64 KiB
     blocks (so the stream does not depend on how it is consumed);
     children from :meth:`spawn` are keyed by (key, label) and are independent of
-    the parent's stream position.
+    the parent's stream position. A block is squeezed only as far as it has been read
+    (a SHAKE output is a prefix of any longer one), so a source that draws a key or
+    two does not pay for 64 KiB.
     """
 
     _BLOCK = 1 << 16
+    _FIRST = 1 << 10  # bytes of a block squeezed at first; doubled as reads go further
 
     def __init__(self, seed: int | bytes | str) -> None:
         if isinstance(seed, int):
@@ -112,31 +115,35 @@ class SeededRandomSource(RandomSource):
             material = b"str:" + seed.encode()
         else:
             material = b"bytes:" + bytes(seed)
-        self._key = hashlib.sha256(b"privagg seeded source v1|" + material).digest()
-        self._counter = 0
-        self._buf = b""
+        self._start(hashlib.sha256(b"privagg seeded source v1|" + material).digest())
+
+    def _start(self, key: bytes) -> None:
+        self._key = key
+        self._counter = 0  # the block being read
+        self._pos = 0  # bytes of it read so far
+        self._squeezed = b""  # its first bytes (a prefix of the whole block)
 
     @classmethod
     def _from_key(cls, key: bytes) -> SeededRandomSource:
         obj = cls.__new__(cls)
-        obj._key = key
-        obj._counter = 0
-        obj._buf = b""
+        obj._start(key)
         return obj
 
     def random_bytes(self, n: int) -> bytes:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
-        chunks = [self._buf]
-        have = len(self._buf)
-        while have < n:
-            block = hashlib.shake_256(self._key + self._counter.to_bytes(8, "little")).digest(self._BLOCK)
-            self._counter += 1
-            chunks.append(block)
-            have += len(block)
-        data = b"".join(chunks)
-        self._buf = data[n:]
-        return data[:n]
+        chunks = []
+        while n > 0:
+            if self._pos == self._BLOCK:
+                self._counter, self._pos, self._squeezed = self._counter + 1, 0, b""
+            end = min(self._BLOCK, self._pos + n)
+            if end > len(self._squeezed):
+                size = min(self._BLOCK, max(end, self._FIRST, 2 * len(self._squeezed)))
+                self._squeezed = hashlib.shake_256(self._key + self._counter.to_bytes(8, "little")).digest(size)
+            chunks.append(self._squeezed[self._pos : end])
+            n -= end - self._pos
+            self._pos = end
+        return b"".join(chunks)
 
     def spawn(self, label: str) -> SeededRandomSource:
         return SeededRandomSource._from_key(hashlib.sha256(self._key + b"|spawn|" + label.encode()).digest())

@@ -106,3 +106,21 @@ def test_bulk_uniform_range_and_moments() -> None:
     u = SystemRandomSource().uniform(200_000)
     assert u.shape == (200_000,) and u.min() >= 0.0 and u.max() < 1.0
     assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
+
+
+def reference_seeded_stream(source: SeededRandomSource, n: int) -> bytes:
+    """Obviously correct reference: whole 64 KiB SHAKE-256 blocks of (key || counter), concatenated."""
+    import hashlib
+
+    count = n // (1 << 16) + 1
+    blocks = [hashlib.shake_256(source._key + c.to_bytes(8, "little")).digest(1 << 16) for c in range(count)]
+    return b"".join(blocks)[:n]
+
+
+@given(st.lists(st.sampled_from([0, 1, 5, 16, 1000, 1024, 1025, 4096, 65_535, 65_536, 70_000, 140_000]), max_size=10))
+def test_seeded_stream_is_the_whole_block_stream_however_it_is_read(sizes: list[int]) -> None:
+    """Blocks are squeezed only as far as read (a SHAKE output is a prefix of a longer one): the
+    bytes are still exactly the whole-block stream, for any sequence of read sizes."""
+    src = SeededRandomSource(11).spawn("stream")
+    got = b"".join(src.random_bytes(k) for k in sizes)
+    assert got == reference_seeded_stream(SeededRandomSource(11).spawn("stream"), sum(sizes))
