@@ -111,6 +111,32 @@ def test_too_few_survivors_for_the_noise_aborts_before_release(tmp_path):
     fed.close()
 
 
+def test_a_round_whose_ledger_write_fails_leaves_model_momentum_and_events_as_they_were(tmp_path, monkeypatch):
+    """The ledger append is the commit point and comes after the server optimizer's step: when it
+    fails, the model, the server's momentum, the privacy events and the ledger are as before, and
+    the next round commits as if the failed one had never run."""
+    ledger = Ledger.open(tmp_path / "l.jsonl")
+    fed, _ = _fed("central", n=5, ledger=ledger)
+    fed.optimizer.momentum = 0.9
+    fed.run_round()
+    velocity = fed.optimizer.velocity.copy()
+    model = ParamCodec(fed.model).flatten(fed.model)
+    assert np.any(velocity != 0)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ledger, "append", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        fed.run_round()
+    assert np.array_equal(fed.optimizer.velocity, velocity)
+    assert np.array_equal(ParamCodec(fed.model).flatten(fed.model), model)
+    assert fed.round == 1 and len(fed.events) == 1 and len(ledger.records) == 1
+    monkeypatch.undo()
+    assert fed.run_round().round == 2
+    assert verify_ledger(tmp_path / "l.jsonl").rounds == 2
+
+
 def test_ledger_records_every_committed_round_and_verifies(tmp_path):
     path = tmp_path / "l.jsonl"
     ledger = Ledger.open(path)
