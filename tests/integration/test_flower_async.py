@@ -108,3 +108,8 @@ def test_async_buffers_with_masking_and_dp_survive_a_node_killed_mid_buffer(tmp_
     records = [json.loads(line) for line in ledger.read_text().splitlines()[1:]]
     assert all(r["sampling"] == {"scheme": "full", "rate": 1.0, "population": 5} for r in records)
     assert report["meta"]["schedule"] == "async"
+    # Epsilon per adversary in the ServerApp's summary, as privagg run --json states it: enforced against
+    # the server (distributed DP), the value the ledger's records recompute to.
+    assert summary["epsilon_enforced_on"] == "server"
+    assert summary["epsilon"] == summary["epsilon_vs_server"] >= summary["epsilon_vs_public"] > 0
+    assert summary["epsilon_vs_server"] == pytest.approx(report["epsilon_vs_server_recomputed"], rel=1e-9)

@@ -9,6 +9,7 @@ configuration and its own shard. The oracle is the in-process run of the same ta
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -150,10 +151,10 @@ def _cfg(tmp_path: Path, **kw: Any) -> Any:
     return RunConfig(**base)
 
 
-def _options() -> Any:
+def _options(**kw: Any) -> Any:
     from fl_core.transport.flower.options import FlowerOptions
 
-    return FlowerOptions(stage_timeout=2.0, train_timeout=30.0, connect_timeout=5.0, poll_interval=0.01)
+    return FlowerOptions(stage_timeout=2.0, train_timeout=30.0, connect_timeout=5.0, poll_interval=0.01, **kw)
 
 
 def _configs(root: Path, clients: int, **extra: Any) -> dict[int, dict[str, Any]]:
@@ -164,13 +165,21 @@ def _configs(root: Path, clients: int, **extra: Any) -> dict[int, dict[str, Any]
 
 
 def _run(
-    task: Any, cfg: Any, configs: Mapping[int, Mapping[str, Any]], *, server_task: Any = None, **start: Any
+    task: Any,
+    cfg: Any,
+    configs: Mapping[int, Mapping[str, Any]],
+    *,
+    server_task: Any = None,
+    options: Any = None,
+    **start: Any,
 ) -> tuple[Any, Any, Fleet]:
     from fl_core.transport.flower import PrivAgg
 
     fleet = Fleet(task, configs)
     grid = _ScriptedGrid(fleet, nodes=sorted(configs))
-    strategy = PrivAgg(task if server_task is None else server_task, config=cfg, options=_options())
+    strategy = PrivAgg(
+        task if server_task is None else server_task, config=cfg, options=options if options is not None else _options()
+    )
     return strategy, strategy.start(grid=grid, **start), fleet
 
 
@@ -197,6 +206,7 @@ def test_the_add_on_round_equals_the_in_process_run_of_the_same_task(tmp_path: P
         user.as_task(),
         cfg,
         _configs(root, 5),
+        options=_options(output_dir=str(tmp_path / "out")),
         initial_arrays=ArrayRecord(user.make_model().state_dict()),
         evaluate_fn=evaluate_fn,
     )
@@ -217,8 +227,20 @@ def test_the_add_on_round_equals_the_in_process_run_of_the_same_task(tmp_path: P
     assert np.array_equal(_flat(final), _flat(ref.model))
     assert [r.epsilon for r in strategy.report.results] == [r.epsilon for r in ref.history]
     assert ref_user.trained == user.trained == [12] * 10
+    # Epsilon per adversary, as privagg run --json states it: on the strategy's result and in summary.json.
+    from fl_core.accounting import epsilon_report
 
-    import json
+    expected = epsilon_report(ref)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    for got in (result.privacy, summary):
+        assert got["epsilon_enforced_on"] == "server"  # distributed DP: the budget holds against the server
+        for key in ("epsilon", "epsilon_vs_server", "epsilon_vs_public"):
+            assert got[key] == pytest.approx(expected[key], rel=1e-12)
+        assert got["epsilon"] == got["epsilon_vs_server"] >= got["epsilon_vs_public"] > 0
+        assert "epsilon_vs_server_reason" not in got
+        assert "clients_charged" not in got  # the clients' own books are on their nodes, not the server's
+    assert summary["epsilon"] == strategy.report.results[-1].epsilon
+
     import subprocess
 
     audit = subprocess.run(
@@ -227,6 +249,19 @@ def test_the_add_on_round_equals_the_in_process_run_of_the_same_task(tmp_path: P
     assert audit.returncode == 0, audit.stdout + audit.stderr
     report = json.loads(audit.stdout)
     assert report["verified"] is True and report["rounds"] == 2
+
+
+def test_in_central_mode_the_report_says_epsilon_against_the_server_is_unbounded_and_why(tmp_path: Path) -> None:
+    root = tmp_path / "shards"
+    write_shards(root, 5)
+    cfg = _cfg(tmp_path, rounds=1, dp="central")
+    out = _options(output_dir=str(tmp_path / "out"))
+    _strategy, result, _fleet = _run(UserTask().as_task(), cfg, _configs(root, 5), options=out)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    for got in (result.privacy, summary):
+        assert got["epsilon_enforced_on"] == "public"
+        assert got["epsilon_vs_server"] is None and "central mode" in got["epsilon_vs_server_reason"]
+        assert got["epsilon"] == got["epsilon_vs_public"] > 0
 
 
 def test_a_failing_train_fn_makes_that_node_a_dropout_with_its_reason_in_the_server_log(

@@ -99,6 +99,7 @@ def run_privagg_async(
         out_dir.mkdir(parents=True, exist_ok=True)
         progress = out_dir / "progress.jsonl"
     fed, _data, extra = build_federation(run_cfg, task, role="server")
+    fed.client_guard = None  # each client's own record and limit live on its node, not here
     stats = AsyncStats()
     results: list[Any] = []
     traces: list[Any] = []
@@ -205,6 +206,10 @@ def run_privagg_async(
             time.sleep(options.poll_interval)
     finally:
         fed.close()
+    from fl_core.accounting import epsilon_report
+
+    summary = {"schedule": "async", "buffer": k, "concurrency": c_max, "async_stats": stats.to_dict()}
+    summary.update(epsilon_report(fed))  # epsilon per adversary, as privagg run --json reports it
     report = RunReport(
         run_cfg,
         results,
@@ -213,7 +218,7 @@ def run_privagg_async(
         totals,
         stopped=stopped,
         ledger=extra.get("ledger"),
-        extra={"schedule": "async", "buffer": k, "concurrency": c_max, "async_stats": stats.to_dict()},
+        extra=summary,
         model=fed.model,
     )
     if out_dir is not None:

@@ -523,6 +523,19 @@ class RoundStalledError(FLError):
     """The secure-sum server session stopped making progress (a backend bug, never a dropout)."""
 
 
+_PRIVACY_KEYS = (
+    "epsilon",
+    "epsilon_enforced_on",
+    "epsilon_vs_server",
+    "epsilon_vs_server_reason",
+    "epsilon_vs_public",
+    "target_epsilon",
+    "participation_cap",
+    "clients_left_out",
+    "attempts_too_small",
+)
+
+
 @dataclass
 class RunReport:
     """What a privagg run on Flower did (returned by :func:`run_privagg`, written to ``output_dir``)."""
@@ -535,8 +548,16 @@ class RunReport:
     stopped: str | None = None
     ledger: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    """Top-level summary fields: with DP, epsilon per adversary (``epsilon``, ``epsilon_enforced_on``,
+    ``epsilon_vs_server`` - None when unbounded, with ``epsilon_vs_server_reason`` - and
+    ``epsilon_vs_public``: :func:`fl_core.accounting.epsilon_report`, as ``privagg run --json``)."""
     model: Any = None
     """The global model after the last committed round (the task's own model object)."""
+
+    @property
+    def privacy(self) -> dict[str, Any]:
+        """The run's epsilon per adversary (empty without DP); see ``extra``."""
+        return {k: v for k, v in self.extra.items() if k in _PRIVACY_KEYS}
 
     def to_json(self) -> dict[str, Any]:
         rounds = []
@@ -619,6 +640,7 @@ def run_privagg(
             the model and the ledger keep the last committed round.
     """
     from dp.errors import BudgetExceededError
+    from fl_core.accounting import epsilon_report
     from fl_core.runner import build_federation
 
     out_dir = Path(options.output_dir) if options.output_dir else None
@@ -659,6 +681,9 @@ def run_privagg(
     else:
         fed, _data, extra = build_federation(cfg, task, role="server")
         nodes = discover_nodes(link, cfg.clients, timeout=options.connect_timeout, config_json=config_to_json(cfg))
+    # Each client's own record and limit live on its node (fl_core.transport.flower.budget); the
+    # server holds none, so its summary reports none.
+    fed.client_guard = None
     if progress is not None:
         _append(progress, {"event": "nodes", "nodes": {str(c): n for c, n in nodes.items()}})
     if on_start is not None:
@@ -704,6 +729,7 @@ def run_privagg(
         from fl_core.transport.flower.record import summarize
 
         summary["record_level"] = summarize(record_dp, driver.record_reports)
+    summary.update(epsilon_report(fed))  # epsilon per adversary, as privagg run --json reports it
     report = RunReport(
         cfg,
         results,

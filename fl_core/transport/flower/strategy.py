@@ -24,13 +24,34 @@ a privagg option. An unknown ``privagg.`` key is an error, never ignored.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+from flwr.serverapp.strategy import Result
 
 from fl_core.config import RunConfig
 from fl_core.errors import ConfigError
 from fl_core.transport.flower.options import FlowerOptions, parse_run_config
 
-__all__ = ["PrivAgg", "privagg_run_config"]
+__all__ = ["PrivAgg", "PrivAggResult", "privagg_run_config"]
+
+
+@dataclass
+class PrivAggResult(Result):
+    """Flower's :class:`~flwr.serverapp.strategy.Result` plus the run's privacy.
+
+    ``privacy`` holds epsilon per adversary exactly as ``privagg run --json`` reports it
+    (:func:`fl_core.accounting.epsilon_report`): ``epsilon`` (the one the budget holds
+    against), ``epsilon_enforced_on`` (``"server"`` or ``"public"``), ``epsilon_vs_server``
+    (None when unbounded, i.e. central mode, with ``epsilon_vs_server_reason``) and
+    ``epsilon_vs_public``, at the run's delta. Empty without DP.
+    """
+
+    privacy: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        lines = [f"\t{k}: {v}" for k, v in self.privacy.items()]
+        return super().__repr__() + ("\nPrivacy:\n" + "\n".join(lines) + "\n" if lines else "")
 
 PREFIX = "privagg."
 
@@ -83,7 +104,8 @@ class PrivAgg:
         evaluate_config: Any = None,
         evaluate_fn: Callable[[int, Any], Any] | None = None,
     ) -> Any:
-        """Run the rounds; returns Flower's ``Result`` (final arrays, server-side evaluation metrics).
+        """Run the rounds; returns Flower's ``Result`` (final arrays, server-side evaluation metrics),
+        as a :class:`PrivAggResult` whose ``privacy`` is the run's epsilon per adversary.
 
         Args:
             grid: the ServerApp's grid.
@@ -106,7 +128,6 @@ class PrivAgg:
                 last committed round).
         """
         from flwr.app import ArrayRecord, MetricRecord
-        from flwr.serverapp.strategy import Result
 
         from fl_core.transport.flower.client import node_task
         from fl_core.transport.flower.server import run_privagg
@@ -125,7 +146,7 @@ class PrivAgg:
         task = node_task(self.task, cfg)
         if initial_arrays is not None:
             task = _with_initial(task, initial_arrays)
-        result = Result()
+        result = PrivAggResult()
 
         def evaluate(server_round: int, model: Any) -> None:
             if evaluate_fn is None:
@@ -148,6 +169,7 @@ class PrivAgg:
         )
         if self.report.model is not None:
             result.arrays = ArrayRecord(self.report.model.state_dict())
+        result.privacy = self.report.privacy
         return result
 
 
