@@ -126,8 +126,16 @@ def execute_async_command(cfg: Any, as_json: bool, *, out: Any = None) -> None:
         f"  simulated time: {result['simulated_time_s']:.0f} s   staleness mean {result['staleness_mean']}",
         f"  test accuracy: {acc:.4f}" if acc is not None else "  no evaluation",
     ]
-    if result.get("epsilon_vs_server") is not None:
-        lines.append(f"  epsilon against the server: {result['epsilon_vs_server']:.3f} at delta = {cfg.delta:g}")
+    if result.get("epsilon_enforced_on"):
+        srv, pub = result.get("epsilon_vs_server"), result.get("epsilon_vs_public")
+        lines.append(
+            f"  privacy: epsilon = {result['epsilon']:.3f} at delta = {cfg.delta:g} "
+            f"(the budget holds against the {result['epsilon_enforced_on']})"
+        )
+        lines.append(
+            f"    against the server: {'unbounded (it sees the exact sum)' if srv is None else f'{srv:.3f}'}"
+            + (f"   against model users: {pub:.3f}" if pub is not None else "")
+        )
     if result.get("ledger"):
         lines.append(f"  ledger: {result['ledger']}")
     if result.get("stopped"):

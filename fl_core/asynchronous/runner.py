@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dp.adversary import epsilon_vs_public, epsilon_vs_server, unbounded_reason
-from fl_core.asynchronous.loop import AsyncFederation, BufferResult
+from fl_core.accounting import epsilon_report
+from fl_core.asynchronous.loop import AsyncFederation, BufferResult, client_limit
 from fl_core.asynchronous.options import AsyncOptions, session_floor
 from fl_core.backends import BackendRequest, build_secure_sum
 from fl_core.config import RunConfig
@@ -46,6 +46,9 @@ def build_async_federation(
         options = dataclasses.replace(options, client_max_epsilon=cfg.client_max_epsilon)
     sync_cfg = cfg.replace(per_round=options.buffer, sampling_rate=None, dropout=options.dropout)
     fed, data, extra = build_federation(sync_cfg, data, open_ledger=open_ledger)
+    # The asynchronous clients keep their own records (fl_core.asynchronous.client); the synchronous
+    # round's client guard is never consulted here, so it must not appear in the summary either.
+    fed.client_guard = None
     try:
         with_session_floor(fed, cfg, options.buffer)
         afed = AsyncFederation(fed, options)
@@ -142,19 +145,19 @@ def async_summary_fields(afed: AsyncFederation) -> dict[str, Any]:
         "speed": o.speed.describe(),
         "async_stats": afed.stats.to_dict(),
     }
-    delta = fed.privacy.delta
-    events = fed.events
-    if delta is not None and fed.privacy.mode != "none":
-        vs_server = epsilon_vs_server(events, delta)
-        out["epsilon_vs_server"] = None if math.isinf(vs_server) else vs_server
-        why = unbounded_reason(events)
-        if why is not None:
-            out["epsilon_vs_server_unbounded"] = why
-        vs_public = epsilon_vs_public(events, delta)
-        out["epsilon_vs_public"] = None if math.isinf(vs_public) else vs_public
+    if fed.privacy.delta is not None and fed.privacy.mode != "none":
+        # The same fields as a synchronous run: epsilon (the enforced one, by default against the
+        # server: the largest over clients of the buffers each joined), epsilon_enforced_on,
+        # epsilon_vs_server (None when unbounded, with epsilon_vs_server_reason), epsilon_vs_public.
+        out.update(epsilon_report(fed))
+        # ... and the clients' own books (each AsyncClient's record), named as ClientGuard.report names them.
         own = afed.client_epsilons()
         own_max = max(own.values(), default=0.0)
-        out["epsilon_client_record_max"] = None if math.isinf(own_max) else own_max
+        limit = client_limit(o, fed.privacy.mode)
+        out["client_max_epsilon"] = None if math.isinf(limit) else limit
+        out["client_epsilon_max"] = None if math.isinf(own_max) else own_max
+        out["clients_charged"] = len(own)
+        out["client_refusals"] = int(afed.stats.refused_by_client.get("budget", 0))
         counts: dict[int, int] = {}
         for b in hist:
             for c in b.survivors:

@@ -40,6 +40,52 @@ def test_run_mode_async_json_contract(tmp_path):
     assert rep["meta"]["schedule"] == "async" and rep["meta"]["buffer"] == 5
 
 
+def _async_run(tmp_path, *extra):
+    ledger = tmp_path / "l.jsonl"
+    res = runner.invoke(
+        app,
+        ["run", "--mode", "async", "--buffer", "5", "--concurrency", "10", "--rounds", "6", "--clients", "20",
+         "--seed", "2", "--graph", "complete", "--noise-multiplier", "3", "--ledger", str(ledger), *extra, "--json"],
+    )
+    assert res.exit_code == 0, res.output
+    return _json_tail(res.output), ledger
+
+
+def test_async_json_epsilon_is_the_enforced_one_per_client_against_the_server(tmp_path):
+    """``epsilon`` is the budget's adversary's: against the server, the largest over clients of the
+    buffers each one joined (no amplification), never the composition of every buffer in the ledger."""
+    from dp.accountants import compute_epsilon
+    from dp.adversary import server_view
+    from dp.ledger import verify_ledger
+
+    out, ledger = _async_run(tmp_path)
+    events = verify_ledger(ledger).events
+    assert len(events) == 6
+    # Slow reference: each client's own buffers, each charged as the server sees it (q = 1), composed.
+    per_client = {
+        c: compute_epsilon([server_view(e) for e in events if c in e.survivor_ids], 1e-5)
+        for c in {c for e in events for c in e.survivor_ids}
+    }
+    assert out["epsilon_enforced_on"] == "server"
+    assert out["epsilon"] == out["epsilon_vs_server"] == pytest.approx(max(per_client.values()), rel=1e-6)
+    assert out["epsilon_vs_public"] <= out["epsilon_vs_server"]
+    # The ledger's composition over all six buffers is larger: no client joined every buffer.
+    assert out["contributions_max"] < 6
+    assert compute_epsilon([server_view(e) for e in events], 1e-5) > out["epsilon"] * 1.05
+    assert "epsilon_vs_server_reason" not in out
+    # The clients' own records (each one's buffers, at its own floor) agree with the server's books.
+    assert out["clients_charged"] == len(per_client) and out["client_max_epsilon"] == 10.0
+    assert out["client_epsilon_max"] >= out["epsilon_vs_server"] - 1e-9 and out["client_refusals"] == 0
+
+
+def test_async_json_epsilon_follows_budget_against_and_central_mode(tmp_path):
+    public, _ = _async_run(tmp_path, "--budget-against", "public")
+    assert public["epsilon_enforced_on"] == "public" and public["epsilon"] == public["epsilon_vs_public"]
+    central, _ = _async_run(tmp_path / "c", "--dp", "central")
+    assert central["epsilon_enforced_on"] == "public" and central["epsilon"] == central["epsilon_vs_public"] > 0
+    assert central["epsilon_vs_server"] is None and "central mode" in central["epsilon_vs_server_reason"]
+
+
 def test_a_synchronous_run_reports_simulated_time_too(tmp_path):
     from fl_core.asynchronous.command import sync_simulated_time
     from fl_core.runner import execute
