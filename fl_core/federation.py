@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -37,7 +38,7 @@ from fl_core.sampling import Cohort, Sampler
 from fl_core.server import ServerOptimizer
 from fl_core.sources import ClientDataView, ClientSource, InMemoryClients
 from fl_core.transport import InProcessTransport, Transport
-from secagg import RingVector, RoundOutcome, SecAggError, SecureSum
+from secagg import DeferredInput, InputWithdrawnError, RingVector, RoundOutcome, SecAggError, SecureSum
 
 __all__ = ["Federation", "RoundResult", "RoundStart", "round_label"]
 
@@ -140,7 +141,10 @@ class Federation:
             ``check(client, round)`` raises :class:`dp.errors.ClientBudgetExceededError` to refuse
             before the client touches its data, and ``charge(client, round)`` records the round once
             the client's input is ready, before it leaves. A refusing client is a dropout.
-        transport: carries each secure-sum round (default: in-process simulation).
+        transport: carries each secure-sum round (default: in-process simulation). It gets each
+            client's input deferred: the client trains, clips, noises and encodes when its session
+            asks (masking: at the masked-input stage, after key setup, as Flower's SecAgg+
+            workflow trains), so a ``train_fn`` failure makes it a dropout of that stage.
         device: where clients train (``"cpu"``, ``"cuda"``, a torch.device): the local copy of the
             model is moved there for ``train_fn``; the update comes back to the CPU before clipping,
             so DP and secure-sum arithmetic never leave the CPU. The global model stays on the CPU.
@@ -309,55 +313,52 @@ class Federation:
         return out
 
     def run_round(self) -> RoundResult:
-        """Run one round. On any error the model, optimizer, events and ledger are unchanged."""
+        """Run one round. On any error the model, optimizer, events and ledger are unchanged.
+
+        The round streams: each client trains, clips, noises and encodes when its secure-sum
+        session asks for its input (the masked-input stage of the masking backend, the start
+        of the others), and the server folds what it sends into a running sum, so no more than
+        one client's encoded input is alive at a time, whatever the cohort size (see
+        :class:`_RoundInputs`).
+        """
         t0 = time.perf_counter()
         start = self.begin_round()
         if start.skipped:
             return self._skip(start, t0)
         global_vec = self.codec.flatten(self.model)
-        inputs: dict[int, RingVector] = {}
-        clipped = saturated = 0
-        failed: dict[int, str] = {}
+        r = start.round
         refused: list[int] = []
+        admitted: list[int] = []
         for c in start.cohort.members:
             try:
-                vec, clip = self.client_contribution(c, start.round, global_vec, self.source.get(c))
+                self._check_own_limit(c, r)
             except ClientBudgetExceededError:
                 refused.append(c)  # its own limit: it sends nothing, the round goes on without it
                 continue
-            except (ClientTrainingError, UpdateError) as exc:
-                # The client's own code failed: it sends nothing and is a dropout for this round.
-                failed[c] = str(exc)
-                continue
-            inputs[c] = vec
-            clipped += int(clip.clipped)
-            saturated += clip.saturated
-        stages = self.dropouts(start.cohort.members, start.round)
-        if failed:
-            zero = self.plan.ring.zeros(self.plan.dim)  # never sent: the client never starts
-            for c in failed:
-                inputs[c] = zero
-                stages[c] = 0
+            admitted.append(c)
+        stages = self.dropouts(start.cohort.members, r)
+        feed = _RoundInputs(self, r, global_vec, admitted, stages)
         try:
             outcome = self.transport.run(
                 self.secure_sum,
-                dict(sorted(inputs.items())),
-                round_id=start.round,
-                rng_for=lambda c: self.secagg_rng(c, start.round),
+                feed.deferred(),
+                round_id=r,
+                rng_for=lambda c: self.secagg_rng(c, r),
                 stages_completed=stages,
             )
+            feed.finish()
         except SecAggError as exc:
-            self._abort(start, f"round {start.round}: secure sum failed: {exc}", failed, t0)
-            raise RoundFailedError(f"round {start.round}: secure sum failed: {exc}", round=start.round) from exc
+            self._abort(start, f"round {r}: secure sum failed: {exc}", feed.failed, t0)
+            raise RoundFailedError(f"round {r}: secure sum failed: {exc}", round=r) from exc
         return self.finish_round(
             start,
             outcome,
             global_vec,
-            clipped=clipped,
-            saturated=saturated,
+            clipped=feed.clipped,
+            saturated=feed.saturated,
             t0=t0,
-            failed=failed,
-            refused=tuple(refused),
+            failed=feed.failed,
+            refused=tuple(refused + feed.refused),
         )
 
     # -- the round in pieces (a networked transport runs them on different machines) --
@@ -408,9 +409,18 @@ class Federation:
         Raises:
             ClientBudgetExceededError: the client's own limit refuses the round (before training).
         """
-        guard = self.client_guard
-        if guard is not None:
-            guard.check(client, round_id)
+        self._check_own_limit(client, round_id)
+        return self._contribute(client, round_id, global_vec, client_data)
+
+    def _check_own_limit(self, client: int, round_id: int) -> None:
+        """The client's own limit, before it touches its data (raises ClientBudgetExceededError)."""
+        if self.client_guard is not None:
+            self.client_guard.check(client, round_id)
+
+    def _contribute(
+        self, client: int, round_id: int, global_vec: Any, client_data: Any
+    ) -> tuple[RingVector, ClipOutcome]:
+        """:meth:`client_contribution` once the client's own limit admitted the round."""
         model = self.model
         if not np.array_equal(self.codec.flatten(model), global_vec):
             model = copy.deepcopy(self.model)
@@ -420,8 +430,8 @@ class Federation:
                 model, global_vec, self.codec, self.train_fn, client_data, client_id=client, device=self.device
             )
         out = self.client_pipeline.run(delta, self.rng.spawn(f"client/{client}/round/{self._label(round_id)}"))
-        if guard is not None:
-            guard.charge(client, round_id)  # the input is ready: charged before anything leaves
+        if self.client_guard is not None:
+            self.client_guard.charge(client, round_id)  # the input is ready: charged before anything leaves
         return out
 
     def secagg_rng(self, client: int, round_id: int) -> Any:
@@ -631,6 +641,73 @@ class Federation:
         # dropping clients complete every stage before it (key setup) and then vanish.
         stage = int(getattr(self.secure_sum, "input_stage", 0))
         return {c: stage for c in pool[:k]}
+
+
+class _RoundInputs:
+    """The clients' inputs of one in-process round, each produced when its session asks for it.
+
+    A deferred input trains the client, runs its pipeline (clip, noise, encode) and charges
+    its own record, then hands the encoded vector to the session, which masks and sends it
+    at once; nothing here keeps it. ``train_fn`` failing (or a NaN/Inf update) withdraws the
+    input (:class:`secagg.InputWithdrawnError`): the client is a dropout of that stage.
+
+    A member the dropout schedule sends away before its input stage is never asked; as
+    before streaming, it still trains and charges its record ("it vanished just before
+    sending"), in cohort order among the others: its input is produced and dropped when the
+    first later member is asked, or at :meth:`finish`. So every member computes in cohort
+    order, exactly as when all inputs were computed up front.
+    """
+
+    def __init__(
+        self, fed: Federation, round_id: int, global_vec: Any, members: Sequence[int], stages: Mapping[int, int]
+    ) -> None:
+        self._fed = fed
+        self._round = round_id
+        self._global = global_vec
+        self._members = tuple(members)
+        last = int(getattr(fed.secure_sum, "input_stage", 0))
+        self._vanishing = [c for c in self._members if c in stages and stages[c] <= last]
+        self._done: set[int] = set()
+        self.clipped = 0
+        self.saturated = 0
+        self.failed: dict[int, str] = {}
+        self.refused: list[int] = []
+
+    def deferred(self) -> dict[int, RingVector | DeferredInput]:
+        """Member -> its deferred input (a :data:`secagg.DeferredInput`)."""
+        return {c: functools.partial(self._asked, c) for c in self._members}
+
+    def finish(self) -> None:
+        """Members sent away before their input stage that no later member's turn covered."""
+        self._catch_up(None)
+
+    def _asked(self, c: int) -> RingVector:
+        self._catch_up(c)
+        vec = self._produce(c)
+        if vec is None:
+            raise InputWithdrawnError(f"client {c} has no input: {self.failed.get(c, 'refused')}", client=c)
+        return vec
+
+    def _catch_up(self, before: int | None) -> None:
+        while self._vanishing and (before is None or self._vanishing[0] < before):
+            self._produce(self._vanishing.pop(0))  # computed, then lost with its client
+
+    def _produce(self, c: int) -> RingVector | None:
+        if c in self._done:  # pragma: no cover - a session asks for its input once
+            raise InputWithdrawnError(f"client {c}'s input was already produced", client=c)
+        self._done.add(c)
+        fed = self._fed
+        try:
+            vec, clip = fed._contribute(c, self._round, self._global, fed.source.get(c))
+        except ClientBudgetExceededError:
+            self.refused.append(c)  # its own limit, at charge time: it sends nothing
+            return None
+        except (ClientTrainingError, UpdateError) as exc:
+            self.failed[c] = str(exc)  # the client's own code failed: a dropout of this round
+            return None
+        self.clipped += int(clip.clipped)
+        self.saturated += clip.saturated
+        return vec
 
 
 def _failures(failed: Mapping[int, str]) -> str:

@@ -6,6 +6,7 @@ __all__ = [
     "SecAggError",
     "ConfigurationError",
     "EncodingOverflowError",
+    "InputWithdrawnError",
     "LocalProtocolError",
     "RemoteProtocolError",
     "TooFewSurvivorsError",
@@ -55,3 +56,17 @@ class TooFewSurvivorsError(SecAggError):
         super().__init__(message)
         self.survivors = survivors
         self.required = required
+
+
+class InputWithdrawnError(SecAggError):
+    """A client's deferred input was withdrawn: the computation producing it failed or refused.
+
+    Raised by a :data:`~secagg.protocol.DeferredInput` when its session asks for it. Nothing
+    derived from the input was produced, so the client sends nothing from then on and counts
+    as a dropout of the stage that asked (the simulation stops delivering to it); the round
+    goes on without it, or aborts if too few are left.
+    """
+
+    def __init__(self, message: str, *, client: int) -> None:
+        super().__init__(message)
+        self.client = client

@@ -73,7 +73,9 @@ class RandomSource(Protocol):
 DeferredInput = Callable[[], RingVector]
 """An input produced on demand: a session calls it once, when it first needs the input (the
 masking client at its masked-input stage), and drops it right after. A simulation that
-passes these holds no client's input for longer than that client's own stage."""
+passes these holds no client's input for longer than that client's own stage. It may raise
+:class:`~secagg.errors.InputWithdrawnError` (the client's own computation failed): the
+session then sends nothing derived from it and the client is a dropout."""
 
 
 def resolve_input(x: RingVector | DeferredInput) -> RingVector:

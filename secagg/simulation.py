@@ -4,6 +4,12 @@ It moves messages only (the sessions are sans-I/O), simulates clients that drop
 out after a given number of stages, meters bytes and CPU time per party, and
 lets tests tamper with messages in flight. It knows nothing of torch or DP; the
 federated round loop and the benchmarks both drive backends through it.
+
+Inputs may be deferred (:data:`~secagg.protocol.DeferredInput`): each is produced when
+its session asks for it and handed on at once (the server folds it into a running
+sum), so a round holds one client's input at a time, whatever the cohort size. The
+CPU spent producing an input is metered apart from the client's secure-sum work; an
+input withdrawn while being produced makes its client a dropout of that stage.
 """
 
 from __future__ import annotations
@@ -12,8 +18,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from secagg.errors import LocalProtocolError, SecAggError
-from secagg.protocol import SERVER, ClientId, ClientSession, Message, RandomSource, SecureSum
+from secagg.errors import InputWithdrawnError, LocalProtocolError, SecAggError
+from secagg.protocol import SERVER, ClientId, ClientSession, DeferredInput, Message, RandomSource, SecureSum
 from secagg.pump import pump_stages
 from secagg.ring import RingVector
 
@@ -35,13 +41,18 @@ class RoundOutcome:
     bytes_up: dict[ClientId, int] = field(default_factory=dict)
     bytes_down: dict[ClientId, int] = field(default_factory=dict)
     client_cpu_s: dict[ClientId, float] = field(default_factory=dict)
+    """Each client's secure-sum CPU (key agreement, shares, masking), without producing its input."""
     server_cpu_s: float = 0.0
     stages: int = 0
+    input_cpu_s: dict[ClientId, float] = field(default_factory=dict)
+    """CPU spent producing each deferred input (when its session asked for it)."""
+    withdrawn: frozenset[ClientId] = frozenset()
+    """Clients whose deferred input was withdrawn (:class:`~secagg.errors.InputWithdrawnError`)."""
 
 
 def run_round(
     secure_sum: SecureSum,
-    inputs: Mapping[ClientId, RingVector],
+    inputs: Mapping[ClientId, RingVector | DeferredInput],
     *,
     round_id: int,
     rng_for: Callable[[ClientId], RandomSource],
@@ -53,7 +64,8 @@ def run_round(
 
     Args:
         secure_sum: the backend.
-        inputs: each cohort member's ring vector.
+        inputs: each cohort member's ring vector, or a deferred input its session calls
+            when it needs it (see the module docstring).
         round_id: the round number bound into every message.
         rng_for: the random source of each client.
         stages_completed: client -> number of stages it takes part in before it
@@ -75,12 +87,33 @@ def run_round(
         outcome.bytes_up[c] = 0
         outcome.bytes_down[c] = 0
         outcome.client_cpu_s[c] = 0.0
+        outcome.input_cpu_s[c] = 0.0
+    withdrawn: set[ClientId] = set()
 
     def alive(c: ClientId, step: int) -> bool:
         return step < drops.get(c, max_steps + 1)
 
     def in_flight(msg: Message) -> list[Message]:
         return tamper(msg) if tamper is not None else [msg]
+
+    def metered(c: ClientId) -> RingVector | DeferredInput:
+        x = inputs[c]
+        if not callable(x):
+            return x
+
+        def produce() -> RingVector:
+            t = time.process_time()
+            try:
+                return x()
+            finally:
+                outcome.input_cpu_s[c] += time.process_time() - t
+
+        return produce
+
+    def withdraw(c: ClientId, step: int) -> None:
+        """``c``'s input was withdrawn at ``step``: it sends nothing from this stage on."""
+        withdrawn.add(c)
+        drops[c] = min(drops.get(c, step), step)
 
     t0 = time.process_time()
     server = secure_sum.server(cohort, round_id)
@@ -104,9 +137,15 @@ def run_round(
         if not alive(c, 0):
             continue
         t = time.process_time()
-        clients[c] = secure_sum.client(c, round_id, rng_for(c))
-        out = clients[c].start(inputs[c])
-        outcome.client_cpu_s[c] += time.process_time() - t
+        session = secure_sum.client(c, round_id, rng_for(c))
+        try:
+            out = session.start(metered(c))
+        except InputWithdrawnError:
+            withdraw(c, 0)
+            continue
+        finally:
+            outcome.client_cpu_s[c] += time.process_time() - t
+        clients[c] = session
         to_server(out, c)
 
     def deliver(batch: list[Message], step: int) -> list[Message]:
@@ -117,8 +156,13 @@ def run_round(
             outcome.bytes_down[rcpt] += m.size
             for d in in_flight(m):
                 t = time.process_time()
-                replies = clients[rcpt].receive(d)
-                outcome.client_cpu_s[rcpt] += time.process_time() - t
+                try:
+                    replies = clients[rcpt].receive(d)
+                except InputWithdrawnError:
+                    withdraw(rcpt, step)
+                    break
+                finally:
+                    outcome.client_cpu_s[rcpt] += time.process_time() - t
                 to_server(replies, rcpt)
         out, to_clients[:] = list(to_clients), []
         return out
@@ -134,4 +178,7 @@ def run_round(
     except SecAggError as exc:
         outcome.error = exc
     outcome.server_cpu_s += time.process_time() - t
+    for c in cohort:  # producing an input is the caller's work, not the secure sum's
+        outcome.client_cpu_s[c] -= outcome.input_cpu_s[c]
+    outcome.withdrawn = frozenset(withdrawn)
     return outcome

@@ -128,3 +128,35 @@ def test_client_may_not_address_peers():
 
     with pytest.raises(LocalProtocolError, match="server only"):
         run_round(Rogue(), _inputs(2, 1), round_id=1, rng_for=SeededRandomSource)
+
+
+@pytest.mark.parametrize("backend", ["plain", "masking"])
+def test_deferred_inputs_are_produced_once_when_asked_and_a_withdrawn_one_is_a_dropout(backend):
+    """Each deferred input is called once, by its own session (plain: at start; masking: at the
+    masked-input stage, after key setup); one that raises InputWithdrawnError sends nothing from
+    then on, and the sum is the other clients'. Producing inputs is metered apart from the secure sum."""
+    from secagg import InputWithdrawnError, MaskingSecureSum
+
+    n, dim = 6, 5
+    inputs = _inputs(n, dim)
+    calls: list[int] = []
+
+    def deferred(c):
+        def produce():
+            calls.append(c)
+            if c == 4:
+                raise InputWithdrawnError("client 4's training failed", client=4)
+            return inputs[c]
+
+        return produce
+
+    ss = PlainSum(RING, dim) if backend == "plain" else MaskingSecureSum(RING, dim, graph="complete")
+    out = run_round(ss, {c: deferred(c) for c in inputs}, round_id=1, rng_for=lambda c: SeededRandomSource(c))
+    assert sorted(calls) == list(range(1, n + 1))  # each produced exactly once
+    assert out.withdrawn == frozenset({4}) and out.survivors == frozenset(set(inputs) - {4})
+    assert np.array_equal(out.total, RING.sum((inputs[c] for c in out.survivors), dim))
+    assert set(out.input_cpu_s) == set(inputs) and all(t >= 0 for t in out.client_cpu_s.values())
+    if backend == "masking":
+        assert out.bytes_up[4] > 0  # it took part in key setup before its input was withdrawn
+    else:
+        assert out.bytes_up[4] == 0  # plain asks at start: it never sent anything
