@@ -544,9 +544,21 @@ def test_two_rounds_masking_distributed_dp_with_a_killed_supernode(tmp_path: Pat
     seen: dict[int, Any] = {}
 
     class Recording(InProcessTransport):
+        """Keeps a copy of each input as its session produces it (the round streams its inputs)."""
+
         def run(self, secure_sum: Any, inputs: Any, **kw: Any) -> Any:
-            outcome = super().run(secure_sum, inputs, **kw)
-            seen[kw["round_id"]] = (dict(inputs), outcome)
+            produced: dict[int, Any] = {}
+
+            def recorded(c: int, x: Any) -> Any:
+                def produce() -> Any:
+                    v = x() if callable(x) else x
+                    produced[c] = np.array(v, copy=True)
+                    return v
+
+                return produce
+
+            outcome = super().run(secure_sum, {c: recorded(c, x) for c, x in inputs.items()}, **kw)
+            seen[kw["round_id"]] = (produced, outcome)
             return outcome
 
     fed.transport = Recording()
