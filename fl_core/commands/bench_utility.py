@@ -36,6 +36,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "distributed,central", help="DP modes, comma-separated: distributed, central, local, record."
         ),
         rounds: Optional[int] = typer.Option(None, help="Rounds per run (default: per dataset and model)."),
+        partition: str = typer.Option(
+            "iid", help="How the training set is split: iid, dirichlet, dirichlet-balanced (equal sizes) or shards."
+        ),
+        alpha: float = typer.Option(0.5, help="Dirichlet concentration of the dirichlet partitions."),
         seeds: int = typer.Option(1, help="Seeds per cell (accuracy is averaged; std reported)."),
         delta: float = typer.Option(1e-5, help="Delta of every guarantee."),
         secure_sum: str = typer.Option(
@@ -93,6 +97,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 accountant=accountant,
                 against=against,
                 split=split_v,
+                partition=partition,
+                alpha=alpha,
             )
             result = run_sweep(spec, out, workers=workers, tune_grid=tune and not report_only, run=not report_only)
         except FLError as exc:
