@@ -73,16 +73,36 @@ class MaskingParameters:
     privacy_failure_probability: float
 
 
+def _binom_range(k: int, p: float, lo: int, hi: int) -> float:
+    """P[lo <= Bin(k, p) < hi], summed term by term in log space.
+
+    Each term C(k, i) p^i (1-p)^(k-i) is taken as exp(lgamma ... + i log p + (k-i) log(1-p)),
+    scaled by the largest before summing: no float overflow for any k (``math.comb(k, i)``
+    exceeds a float beyond k of about 1030, which large degrees at high dropout reach).
+    """
+    lo, hi = max(lo, 0), min(hi, k + 1)
+    if lo >= hi:
+        return 0.0
+    if p <= 0.0:
+        return 1.0 if lo == 0 else 0.0  # Bin(k, 0) = 0
+    if p >= 1.0:
+        return 1.0 if hi == k + 1 else 0.0  # Bin(k, 1) = k
+    lp, lq, lk = math.log(p), math.log1p(-p), math.lgamma(k + 1)
+    logs = [lk - math.lgamma(i + 1) - math.lgamma(k - i + 1) + i * lp + (k - i) * lq for i in range(lo, hi)]
+    top = max(logs)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(x - top) for x in logs))
+
+
 def _binom_sf(k: int, p: float, t: int) -> float:
-    """P[Bin(k, p) >= t], summed exactly term by term."""
+    """P[Bin(k, p) >= t], summed term by term."""
     if t <= 0:
         return 1.0
-    return min(1.0, sum(math.comb(k, i) * p**i * (1 - p) ** (k - i) for i in range(t, k + 1)))
+    return _binom_range(k, p, t, k + 1)
 
 
 def _binom_below(k: int, p: float, t: int) -> float:
     """P[Bin(k, p) < t], summed directly (no 1 - sf cancellation)."""
-    return min(1.0, sum(math.comb(k, i) * p**i * (1 - p) ** (k - i) for i in range(0, min(t, k + 1))))
+    return _binom_range(k, p, 0, t)
 
 
 def _bounds(n: int, k: int, t: int, gamma: float, delta: float) -> tuple[float, float]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -85,3 +87,33 @@ def test_sparse_falls_back_to_complete_for_small_cohorts() -> None:
 def test_bad_parameters(kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         choose_parameters(**kwargs)
+
+
+def test_large_degrees_at_high_dropout_do_not_overflow() -> None:
+    """Regression: C(k, i) beyond a float (k above about 1030, which a 50 % dropout rate drives the
+    sparse search to) raised OverflowError. The tails are summed in log space now; a majority
+    threshold with half the clients dropping fails about half the time, and the bound says so."""
+    p = choose_parameters(1500, dropout_rate=0.5)
+    assert p.graph is GraphKind.COMPLETE and p.degree == 1499 and p.threshold == 750
+    assert p.failure_probability == 1.0 and p.privacy_failure_probability == 0.0
+    forced = choose_parameters(1100, dropout_rate=0.5, degree=1050)
+    k, t = forced.degree, forced.threshold
+    assert forced.failure_probability == pytest.approx(min(1.0, 1100 * stats.binom.cdf(t - 1, k, 0.5)), rel=1e-9)
+    assert forced.privacy_failure_probability == pytest.approx(
+        1100 * stats.binom.sf(t - 1, k, 0.05) + 1100 * 0.55 ** (k // 2), rel=1e-9, abs=1e-300
+    )
+
+
+@given(k=st.integers(0, 400), p=st.sampled_from([0.0, 1e-9, 0.05, 0.3, 0.5, 0.9, 1.0]), t=st.integers(-2, 402))
+def test_binomial_tails_equal_exact_rational_sums(k: int, p: float, t: int) -> None:
+    """Slow reference: the tails summed with exact rationals (the float p at its exact value)."""
+    from fractions import Fraction
+
+    from secagg.masking.params import _binom_below, _binom_sf
+
+    q = Fraction(p)
+    terms = [Fraction(math.comb(k, i)) * q**i * (1 - q) ** (k - i) for i in range(k + 1)]
+    sf = float(sum(terms[max(t, 0) :], Fraction(0))) if t > 0 else 1.0
+    below = float(sum(terms[: max(0, min(t, k + 1))], Fraction(0)))
+    assert _binom_sf(k, p, t) == pytest.approx(min(1.0, sf), rel=1e-11, abs=1e-300)
+    assert _binom_below(k, p, t) == pytest.approx(min(1.0, below), rel=1e-11, abs=1e-300)
