@@ -20,6 +20,11 @@ Options (``BackendRequest.options``; options of other backends are ignored):
 * ``identity_keys``: when true, Ed25519 identity keys are generated for clients
   1..max_clients from the request's random source (in-process simulation of a PKI);
   advertisements and survivor lists are then signed and checked.
+
+The backend is built unbound; each round's sessions are bound to the digests of the
+terms their clients used (:mod:`fl_core.binding`: ``Federation.bound_secure_sum`` in
+process and in asynchronous buffers, the node's checked terms on Flower), so that masks
+cancel only between clients that used identical terms.
 """
 
 from __future__ import annotations

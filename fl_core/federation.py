@@ -21,6 +21,7 @@ from torch import nn
 
 from dp.errors import ClientBudgetExceededError
 from fl_core.backends import BackendRequest, build_secure_sum
+from fl_core.binding import bind, terms_binding
 from fl_core.client import TrainFn, compute_update
 from fl_core.errors import ClientTrainingError, ConfigError, RoundFailedError, TooManyAbortsError, UpdateError
 from fl_core.evaluation import EvalFn
@@ -39,6 +40,7 @@ from fl_core.server import ServerOptimizer
 from fl_core.sources import ClientDataView, ClientSource, InMemoryClients
 from fl_core.transport import InProcessTransport, Transport
 from secagg import DeferredInput, InputWithdrawnError, RingVector, RoundOutcome, SecAggError, SecureSum
+from secagg.masking import TermsBinding
 
 __all__ = ["Federation", "RoundResult", "RoundStart", "round_label"]
 
@@ -340,7 +342,7 @@ class Federation:
         feed = _RoundInputs(self, r, global_vec, admitted, stages)
         try:
             outcome = self.transport.run(
-                self.secure_sum,
+                self.bound_secure_sum(),
                 feed.deferred(),
                 round_id=r,
                 rng_for=lambda c: self.secagg_rng(c, r),
@@ -433,6 +435,20 @@ class Federation:
         if self.client_guard is not None:
             self.client_guard.charge(client, round_id)  # the input is ready: charged before anything leaves
         return out
+
+    def terms_binding(self) -> TermsBinding:
+        """The digests of this round's terms (the run's DP configuration and encoding, the round's clip).
+
+        In process every client runs this federation's pipeline, so each client's own terms
+        are these; a Flower node computes them from its own federation after checking the
+        announced clip (:mod:`fl_core.binding`).
+        """
+        return terms_binding(self)
+
+    def bound_secure_sum(self) -> SecureSum:
+        """The secure sum with its sessions bound to :meth:`terms_binding` (masking; other backends unchanged)."""
+        bound: SecureSum = bind(self.secure_sum, self.terms_binding())
+        return bound
 
     def secagg_rng(self, client: int, round_id: int) -> Any:
         """The random source of ``client``'s secure-sum session in round ``round_id`` (its current attempt)."""

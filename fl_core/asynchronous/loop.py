@@ -343,7 +343,9 @@ class AsyncFederation:
             return None
         drops = self._dropouts(tuple(inputs), sid)
         bo = run_buffer_session(
-            fed.secure_sum,
+            # Every member's session is bound to this buffer's terms (its clip included): a member
+            # told other terms would have masks that do not cancel (fl_core.binding).
+            fed.bound_secure_sum(),
             inputs,
             session=sid,
             rng_for=lambda c: fed.rng.spawn(f"async/secagg/{c}/session/{sid}"),

@@ -270,7 +270,7 @@ def test_client_handlers_reproduce_the_in_process_round() -> None:
     cfg = _small_cfg()
     fed, _ = _opening(cfg, 1)
     states: dict[int, Any] = {}
-    server = fed.secure_sum.server([1, 2, 3], 1)
+    server = fed.bound_secure_sum().server([1, 2, 3], 1)  # the honest server: bound to the terms it announces
     to_clients = []
     inputs = {}
     for c in (1, 2, 3):
@@ -674,3 +674,6 @@ def test_stage_side_secure_sum_is_configured_like_the_nodes_federation(secure_su
     assert fed.privacy.min_survivors == 3  # fixed-size cohort of 3: the guard is the whole cohort
     assert rebuilt.min_survivors == fed.secure_sum.min_survivors == 3
     assert (rebuilt.ring, rebuilt.dim) == (fed.secure_sum.ring, fed.secure_sum.dim)
+    # The stage process binds the rebuilt session to the digests the node computed at the opening:
+    # the same as the in-process federation's for the same run and clip.
+    assert state.binding == fed.terms_binding()

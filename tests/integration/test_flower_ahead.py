@@ -159,7 +159,7 @@ def test_node_runs_key_setup_ahead_then_answers_the_opening_with_its_masked_inpu
 
     cfg = _small_cfg(dp="distributed", noise_multiplier=1.0, clip=1.0)
     fed, packet, (params, _, _) = _advertised(cfg)
-    server = fed.secure_sum.server([1, 2, 3], 1)
+    server = fed.bound_secure_sum().server([1, 2, 3], 1)  # the honest server: bound to the terms it announces
     kept: dict[int, Any] = {}
     out: list[Any] = []
     for c in (1, 2, 3):  # stage 0 ahead: the advertisements

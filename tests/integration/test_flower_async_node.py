@@ -83,7 +83,7 @@ def test_a_buffer_of_nodes_sums_exactly_their_weighted_inputs_and_never_sends_an
     ctxs = {c: _Context(c) for c in (1, 2, 3)}
     for c, ctx in ctxs.items():
         assert _train(ctx, cfg, fed, version=0).fields["trained"] is True
-    server = fed.secure_sum.server([1, 2, 3], 2)
+    server = fed.bound_secure_sum().server([1, 2, 3], 2)  # the honest server: bound to the terms it announces
     to_clients = []
     for c, ctx in ctxs.items():
         reply = _open(ctx, cfg, fed, r=2, base=1)  # one buffer was applied since they trained

@@ -181,9 +181,12 @@ def test_the_node_passes_its_checked_min_survivors_to_its_own_session(tmp_path: 
     assert refused and all(st == "share-keys" and "3000000" in why for _, st, why in refused), refused
 
 
-def test_session_terms_check_the_resolved_min_survivors() -> None:
+def test_session_terms_check_the_resolved_min_survivors(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without an explicit min-survivors, the one the node's own federation resolves is checked."""
+    import fl_core.binding
     from fl_core.transport.flower.policy import NodeFloor, NodePolicyError, session_terms
+
+    monkeypatch.setattr(fl_core.binding, "setup_digest", lambda fed: bytes(32))  # this stand-in has no DP config
 
     fed = SimpleNamespace(
         privacy=SimpleNamespace(min_survivors=5000),

@@ -31,7 +31,9 @@ Security:
     input-free stages send anyway (public keys, sealed shares of fresh per-round
     secrets; Bonawitz et al. 2017, section 4). A server message of the input stage or
     later is refused ahead (:func:`advance`), so the placeholder input is never masked
-    and sent. The session seed stays in the node's state like in any stage
+    and sent. Shares dealt ahead are sealed under the node's own setup-terms digest (the
+    round's clip is not known yet); the round's full terms are bound into the masks when
+    the round opens (:mod:`fl_core.binding`). The session seed stays in the node's state like in any stage
     (:mod:`fl_core.transport.flower.client`). Tests: tests/integration/test_flower_ahead.py.
 """
 
@@ -43,6 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fl_core.binding import bind, setup_binding
 from fl_core.config import RunConfig
 from fl_core.transport.flower.options import config_from_json
 from fl_core.transport.flower.policy import NodeFloor, SessionTerms, check_node_policy
@@ -256,7 +259,9 @@ def advance(
             f"{params.dim}, cohort bound {params.max_clients}, min survivors {params.min_survivors}) differ from "
             f"this node's own ({own.ring_bits}, {own.dim}, {own.max_clients}, {own.min_survivors}): refused"
         )
-    ss = secure_sum_for(cfg, own.ring_bits, own.dim, own.max_clients, own.min_survivors)
+    # Bound to the node's own setup terms only: the round's clip is not known yet, so this
+    # session deals and holds shares (sealed under those terms) but can derive no mask.
+    ss = bind(secure_sum_for(cfg, own.ring_bits, own.dim, own.max_clients, own.min_survivors), setup_binding(own.setup))
     if not supports_ahead(ss):
         raise AheadError(f"the {cfg.secure_sum} backend's first messages depend on the input: cannot run them ahead")
     allowed = input_free_stages(ss)
@@ -303,7 +308,10 @@ def resume_session(
     """Rebuild the session run ahead, now with the real input ``x``; returns it past the kept stages.
 
     ``own`` holds the parameters the node derives from its own federation; ``rng`` is the
-    session's random source rebuilt from the kept seed; ``ss`` the node's secure sum.
+    session's random source rebuilt from the kept seed; ``ss`` the node's secure sum, bound
+    to the terms the node checked for the round (their setup digest is the one the shares
+    were sealed under ahead, so the re-emission is byte for byte; the round digest, known
+    only now, keys the masks).
 
     Raises:
         AheadError: the kept session is for another round, client or configuration; the

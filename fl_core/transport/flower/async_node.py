@@ -198,6 +198,7 @@ def handle_async_open(
     """
     from fl_core.asynchronous.staleness import parse_staleness
     from fl_core.asynchronous.weighting import StalenessWeighted
+    from fl_core.binding import bind
     from fl_core.pipeline import ClientPipeline
     from fl_core.transport.flower.client import ClientStateError, NodeSession, _client_build
     from fl_core.transport.flower.options import config_from_json
@@ -240,7 +241,8 @@ def handle_async_open(
     fed, _record = _client_build(cfg, task=task, node_config=context.node_config)
     if fed.dim != f["dim"] or held.dim != fed.dim:
         raise FlowerCodecError(f"model sizes differ: server {f['dim']}, node {fed.dim}, held update {held.dim}")
-    terms = check_round_terms(fed, floor, clip=f.get(CLIP_FIELD)).session
+    checked = check_round_terms(fed, floor, clip=f.get(CLIP_FIELD))
+    terms = checked.session
     from fl_core.transport.flower.budget import node_budget
 
     kept = {"privacy": privacy}
@@ -261,7 +263,8 @@ def handle_async_open(
     _save(context, AsyncHeld(held.version, held.task, held.delta, held.dim, True, held.contributions + 1))
     guard.charge(client, r)
     min_survivors = max(2, terms.min_survivors)  # never help unmask one update alone
-    ss = secure_sum_for(cfg, terms.ring_bits, terms.dim, terms.max_clients, min_survivors)
+    # Bound to the terms this node checked and uses for this buffer (fl_core.binding).
+    ss = bind(secure_sum_for(cfg, terms.ring_bits, terms.dim, terms.max_clients, min_survivors), checked.binding)
     seeded = cfg.seed is not None
     seed = b"" if seeded else os.urandom(32)
     session = ss.client(client, r, session_rng(cfg, client, r, seed, seeded))
@@ -278,6 +281,8 @@ def handle_async_open(
         seeded=seeded,
         x=vector_to_bytes(vec),
         history=(),
+        terms_setup=checked.binding.setup,
+        terms_round=checked.binding.round or b"",
     )
     fields = {"clipped": bool(clip.clipped), "saturated": int(clip.saturated), "weight": float(weight),
               "staleness": int(staleness)}

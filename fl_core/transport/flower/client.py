@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from fl_core.binding import bind
 from fl_core.config import RunConfig
 from fl_core.errors import ConfigError, FLError
 from fl_core.transport.flower.ahead import (
@@ -73,6 +74,7 @@ from fl_core.transport.flower.policy import (
 from fl_core.transport.flower.record import RecordState
 from fl_core.transport.flower.sessions import secure_sum_for, session_rng
 from secagg import Message, RingSpec
+from secagg.masking import TermsBinding
 
 __all__ = [
     "TRAIN_STAGE",
@@ -111,6 +113,15 @@ class NodeSession:
     seeded: bool
     x: bytes
     history: tuple[Message, ...] = ()
+    terms_setup: bytes = b""
+    """The digests of the terms this node checked and uses this round (:class:`secagg.masking.TermsBinding`),
+    computed by the node itself at the opening: every rebuilt session is bound to them."""
+    terms_round: bytes = b""
+
+    @property
+    def binding(self) -> TermsBinding:
+        """The node's own terms binding (a typed error if the kept digests are malformed)."""
+        return TermsBinding(self.terms_setup, self.terms_round)
 
     def to_record(self) -> Any:
         from flwr.app import ConfigRecord
@@ -132,6 +143,8 @@ class NodeSession:
                 "h_round": [m.round_id for m in self.history],
                 "h_stage": [m.stage for m in self.history],
                 "h_payload": [m.payload for m in self.history],
+                "terms_setup": self.terms_setup,
+                "terms_round": self.terms_round,
             }
         )
 
@@ -155,6 +168,8 @@ class NodeSession:
             seeded=bool(rec["seeded"]),
             x=bytes(rec["x"]),
             history=hist,
+            terms_setup=bytes(rec["terms_setup"]),
+            terms_round=bytes(rec["terms_round"]),
         )
 
 
@@ -359,7 +374,11 @@ def _open_round(
         )
     # The round's clip, the survivors the noise share is sized for, the round's epsilon: checked
     # against the floor before training; from here on the node clips at exactly the announced clip.
-    terms = check_round_terms(fed, floor, clip=f.get(CLIP_FIELD)).session
+    checked = check_round_terms(fed, floor, clip=f.get(CLIP_FIELD))
+    terms = checked.session
+    # The node's session is bound to the digests of the terms it just checked and will use:
+    # its masks cancel only against nodes that used the same ones (fl_core.binding).
+    ss = bind(fed.secure_sum, checked.binding)
     # The node's own budget: checked before training, charged once the input is ready and
     # before any reply leaves (Federation.client_contribution calls the guard).
     kept = {"privacy": privacy}
@@ -389,20 +408,20 @@ def _open_round(
     if paillier is not None:  # one message, nothing after it: no session to keep
         seeded = cfg.seed is not None
         seed = b"" if seeded else os.urandom(32)
-        out = fed.secure_sum.client(client, r, session_rng(cfg, client, r, seed, seeded)).start(vec)
+        out = ss.client(client, r, session_rng(cfg, client, r, seed, seeded)).start(vec)
         return StagePacket(r, TRAIN_STAGE, tuple(out), fields), None, record, kept["privacy"]
     if packet.messages and ahead is not None:  # (messages without an ahead session were refused above)
         seed, seeded = ahead.session_seed, ahead.seeded
         own = AheadParams(r, str(f["config"]), terms.ring_bits, terms.dim, terms.max_clients, terms.min_survivors)
         rng = session_rng(cfg, client, r, seed, seeded)
         session = resume_session(
-            ahead, round_id=r, client=client, config_json=str(f["config"]), own=own, x=vec, rng=rng, ss=fed.secure_sum
+            ahead, round_id=r, client=client, config_json=str(f["config"]), own=own, x=vec, rng=rng, ss=ss
         )
         out = [reply for m in packet.messages for reply in session.receive(m)]
     else:
         seeded = cfg.seed is not None
         seed = b"" if seeded else os.urandom(32)
-        session = fed.secure_sum.client(client, r, session_rng(cfg, client, r, seed, seeded))
+        session = ss.client(client, r, session_rng(cfg, client, r, seed, seeded))
         out = session.start(vec)
     state = NodeSession(
         round_id=r,
@@ -416,6 +435,8 @@ def _open_round(
         seeded=seeded,
         x=vector_to_bytes(vec),
         history=(ahead.history if packet.messages and ahead is not None else ()) + tuple(packet.messages),
+        terms_setup=checked.binding.setup,
+        terms_round=checked.binding.round or b"",
     )
     reply = StagePacket(r, TRAIN_STAGE, tuple(out), fields)
     return reply, state, record, kept["privacy"]
@@ -439,7 +460,7 @@ def handle_stage(packet: StagePacket, state: NodeSession | None) -> tuple[StageP
             f"{state.round_id}: refused (late or replayed)"
         )
     cfg = config_from_json(state.config_json)
-    ss = secure_sum_for(cfg, state.ring_bits, state.dim, state.max_clients, state.min_survivors)
+    ss = bind(secure_sum_for(cfg, state.ring_bits, state.dim, state.max_clients, state.min_survivors), state.binding)
     ring = RingSpec(state.ring_bits)
     x = vector_from_bytes(state.x, ring.dtype, state.dim)
     session = ss.client(
@@ -465,6 +486,8 @@ def handle_stage(packet: StagePacket, state: NodeSession | None) -> tuple[StageP
         seeded=state.seeded,
         x=state.x,
         history=state.history + tuple(packet.messages),
+        terms_setup=state.terms_setup,
+        terms_round=state.terms_round,
     )
     return StagePacket(state.round_id, packet.stage, tuple(out)), new_state
 
@@ -487,12 +510,19 @@ class KeptTerms:
                 "dim": t.dim,
                 "max_clients": t.max_clients,
                 "min_survivors": t.min_survivors,
+                "setup": t.setup,
             }
         )
 
     @classmethod
     def from_record(cls, rec: Any) -> KeptTerms:
-        terms = SessionTerms(int(rec["ring_bits"]), int(rec["dim"]), int(rec["max_clients"]), int(rec["min_survivors"]))
+        terms = SessionTerms(
+            int(rec["ring_bits"]),
+            int(rec["dim"]),
+            int(rec["max_clients"]),
+            int(rec["min_survivors"]),
+            bytes(rec["setup"]),
+        )
         return cls(str(rec["config"]), terms)
 
 
@@ -558,7 +588,9 @@ def handle_packet(
         if session is not None:
             terms = KeptTerms(
                 session.config_json,
-                SessionTerms(session.ring_bits, session.dim, session.max_clients, session.min_survivors),
+                SessionTerms(
+                    session.ring_bits, session.dim, session.max_clients, session.min_survivors, session.terms_setup
+                ),
             )
         new = NodeState(session, None, record, terms, privacy)
     elif packet.stage == AHEAD_STAGE:

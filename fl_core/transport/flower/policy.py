@@ -12,7 +12,9 @@ anything derived from its data leaves it. Two steps:
   the server announced, the noise share the node will really add and the per-round
   epsilon against the server it implies. It returns the :class:`SessionTerms` the node
   then uses for its own secure-sum session (threshold guard, cohort bound, ring), which
-  therefore come from values the node checked, never from the server's raw numbers.
+  therefore come from values the node checked, never from the server's raw numbers, and
+  the digests of those terms (:mod:`fl_core.binding`) its session's masks are bound to,
+  so that a server announcing other terms to other nodes of the round gets no usable sum.
 
 Every Flower transport module that acts for a node reads the node configuration
 through here; this module imports no other transport module.
@@ -34,6 +36,7 @@ from typing import Any
 
 from fl_core.config import CHOICES, RunConfig
 from fl_core.errors import ConfigError, FLError
+from secagg.masking import TermsBinding
 
 __all__ = [
     "DEFAULT_MAX_MIN_SURVIVORS",
@@ -278,12 +281,15 @@ class SessionTerms:
         max_clients: the cohort bound of the node's own sampler.
         min_survivors: the survivors the node's noise share is sized for; its session
             refuses to help unmask with fewer.
+        setup: the digest of the run terms the node derived with its own federation
+            (:func:`fl_core.binding.setup_digest`): its session's sealed shares are bound to it.
     """
 
     ring_bits: int
     dim: int
     max_clients: int
     min_survivors: int
+    setup: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +302,9 @@ class RoundTerms:
     """Std (float units, per coordinate) of the noise share this node adds: distributed only, else 0."""
     epsilon_vs_server: float
     """This round's epsilon against the server (no amplification by sampling; inf without DP or in central mode)."""
+    binding: TermsBinding
+    """The digests of the terms the node checked and will use (its setup terms and this clip): its session's
+    masks are bound to them, so they cancel only against clients that used the same terms."""
 
 
 def session_terms(fed: Any, floor: NodeFloor, dp: str) -> SessionTerms:
@@ -306,7 +315,9 @@ def session_terms(fed: Any, floor: NodeFloor, dp: str) -> SessionTerms:
     """
     m = int(fed.privacy.min_survivors)
     _check_survivors(m, floor, dp)
-    return SessionTerms(int(fed.plan.ring.bits), int(fed.plan.dim), int(fed.sampler.max_cohort()), m)
+    from fl_core.binding import setup_digest
+
+    return SessionTerms(int(fed.plan.ring.bits), int(fed.plan.dim), int(fed.sampler.max_cohort()), m, setup_digest(fed))
 
 
 def round_epsilon_vs_server(fed: Any, clip: float) -> float:
@@ -385,4 +396,7 @@ def check_round_terms(fed: Any, floor: NodeFloor, *, clip: Any) -> RoundTerms:
             f"sampling; {session.min_survivors} survivors' noise, noise share std {noise_std:.3g}); this node "
             f"allows at most {floor.max_round_epsilon} per round ({MAX_ROUND_EPSILON}): refused"
         )
-    return RoundTerms(session, c, noise_std, eps)
+    from fl_core.binding import round_digest
+
+    binding = TermsBinding(setup=session.setup, round=round_digest(session.setup, float(policy.clip_norm)))
+    return RoundTerms(session, c, noise_std, eps, binding)

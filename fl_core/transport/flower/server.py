@@ -381,6 +381,12 @@ class FlowerRoundDriver:
             trace.stages.extend(pre.stages)
         else:
             server = fed.secure_sum.server(members, r)
+        expect = getattr(server, "expect_terms", None)
+        if expect is not None:
+            # Masked inputs must be bound to the terms this server announces and charges (its clip
+            # included); one bound to other terms is refused (fl_core.binding). A session opened
+            # ahead, before this round's clip was known, learns them here.
+            expect(fed.terms_binding().round)
         outcome.server_cpu_s += time.process_time() - t
         counts = {"clipped": 0, "saturated": 0}
 
