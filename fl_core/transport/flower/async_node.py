@@ -21,7 +21,10 @@ Security:
     opens (before any message derived from it leaves the node), so it is never put into a
     second session, whatever the server says (on Flower a member that misses its session
     therefore loses that update rather than reporting it again: the conservative choice,
-    since the node cannot see whether its masked input reached the server).
+    since the node cannot see whether its masked input reached the server). A session the
+    server retries after an abort keeps its round id with the next attempt number: the
+    node's noise and (seeded) session keys are keyed by the attempt, and the mod opens each
+    (round, attempt) once, so a later update is never masked or noised like an earlier one.
 """
 
 from __future__ import annotations
@@ -208,7 +211,7 @@ def handle_async_open(
         check_round_terms,
         client_id_of,
     )
-    from fl_core.transport.flower.sessions import secure_sum_for, session_rng
+    from fl_core.transport.flower.sessions import attempt_label, opening_attempt, secure_sum_for, session_rng
 
     f = packet.fields
     for key in ("config", "client", "dim", CLIP_FIELD, ASYNC_BASE_FIELD):
@@ -256,9 +259,10 @@ def handle_async_open(
     guard.check(client, packet.round_id)
     weight = parse_staleness(cfg.staleness or "fedbuff")(staleness)
     r = packet.round_id
+    attempt = opening_attempt(f)  # a session retried after an abort: fresh noise and (seeded) fresh keys
     delta = vector_from_bytes(held.delta, np.float32, held.dim)
     pipeline = ClientPipeline(StalenessWeighted(fed.privacy, weight), fed.encoder, fed.sampler)
-    vec, clip = pipeline.run(delta, fed.rng.spawn(f"async/client/{client}/session/{r}"))
+    vec, clip = pipeline.run(delta, fed.rng.spawn(f"async/client/{client}/session/{attempt_label(r, attempt)}"))
     # Spent and charged from here on, before anything derived from the update leaves the node.
     _save(context, AsyncHeld(held.version, held.task, held.delta, held.dim, True, held.contributions + 1))
     guard.charge(client, r)
@@ -267,7 +271,7 @@ def handle_async_open(
     ss = bind(secure_sum_for(cfg, terms.ring_bits, terms.dim, terms.max_clients, min_survivors), checked.binding)
     seeded = cfg.seed is not None
     seed = b"" if seeded else os.urandom(32)
-    session = ss.client(client, r, session_rng(cfg, client, r, seed, seeded))
+    session = ss.client(client, r, session_rng(cfg, client, r, seed, seeded, attempt))
     out = session.start(vec)
     session_kept = NodeSession(
         round_id=r,
@@ -283,6 +287,7 @@ def handle_async_open(
         history=(),
         terms_setup=checked.binding.setup,
         terms_round=checked.binding.round or b"",
+        attempt=attempt,
     )
     fields = {"clipped": bool(clip.clipped), "saturated": int(clip.saturated), "weight": float(weight),
               "staleness": int(staleness)}

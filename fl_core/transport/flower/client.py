@@ -25,7 +25,10 @@ Security:
     noise, are only as secret as that seed, so a node takes part only if its own
     operator opted in (``allow-seeded-run``; :mod:`fl_core.transport.flower.policy`
     checks this and every other setting that changes the node's protection before the
-    node builds or trains anything). A replayed session
+    node builds or trains anything). A seeded stream is keyed by the round's attempt, and
+    a node opens each (round, attempt) once, in order, so a round retried after an abort
+    never reuses the keys, masks or noise of the attempt before it
+    (:func:`fl_core.transport.flower.sessions.check_fresh_opening`). A replayed session
     emits nothing: only replies to the current stage are sent, and a stage message
     that does not continue the stored round is refused
     (tests/integration/test_flower.py::test_client_refuses_stage_of_another_round).
@@ -72,7 +75,13 @@ from fl_core.transport.flower.policy import (
     session_terms,
 )
 from fl_core.transport.flower.record import RecordState
-from fl_core.transport.flower.sessions import secure_sum_for, session_rng
+from fl_core.transport.flower.sessions import (
+    ReopenedRoundError,
+    check_fresh_opening,
+    opening_attempt,
+    secure_sum_for,
+    session_rng,
+)
 from secagg import Message, RingSpec
 from secagg.masking import TermsBinding
 
@@ -83,6 +92,7 @@ __all__ = [
     "NodePolicyError",
     "NodeSession",
     "NodeState",
+    "ReopenedRoundError",
     "check_node_policy",
     "client_id_of",
     "handle_hello",
@@ -117,6 +127,8 @@ class NodeSession:
     """The digests of the terms this node checked and uses this round (:class:`secagg.masking.TermsBinding`),
     computed by the node itself at the opening: every rebuilt session is bound to them."""
     terms_round: bytes = b""
+    attempt: int = 0
+    """The round's attempt (0, or the retries after aborts): keys a seeded session's randomness."""
 
     @property
     def binding(self) -> TermsBinding:
@@ -129,6 +141,7 @@ class NodeSession:
         return ConfigRecord(
             {
                 "round": self.round_id,
+                "attempt": self.attempt,
                 "client": self.client,
                 "config": self.config_json,
                 "ring_bits": self.ring_bits,
@@ -170,6 +183,7 @@ class NodeSession:
             history=hist,
             terms_setup=bytes(rec["terms_setup"]),
             terms_round=bytes(rec["terms_round"]),
+            attempt=int(rec.get("attempt", 0)),
         )
 
 
@@ -321,7 +335,8 @@ def handle_round(
 
     Raises:
         ClientStateError: the server addressed another client than this node, or sent
-            messages of a session run ahead to a node that ran none for this round.
+            messages of a session run ahead to a node that ran none for this round (or
+            with a retried attempt: only a round's first attempt runs ahead).
         AheadError: the session kept from the stages run ahead does not fit this round
             (see ``resume_session``).
         NodePolicyError: the run is weaker than the node operator's floor.
@@ -359,6 +374,14 @@ def _open_round(
     cfg = config_from_json(str(f["config"]))
     floor = check_node_policy(cfg, node_config)  # before building or loading anything
     r = packet.round_id
+    attempt = opening_attempt(f)
+    if packet.messages and attempt != 0:
+        # Stages run ahead belong to a round's first attempt (they run before it opens); a retry
+        # starts a fresh session.
+        raise ClientStateError(
+            f"the opening of round {r}, attempt {attempt}, continues a session run ahead: refused (only a "
+            "round's first attempt runs ahead)"
+        )
     paillier = None
     if cfg.secure_sum == "paillier":
         from fl_core.transport.flower.paillier import client_factory, client_public_key
@@ -398,6 +421,8 @@ def _open_round(
     global_vec = vector_from_bytes(bytes(f["global"]), np.float32, fed.dim)
     if record_dp is not None:
         record_state.restore(record_dp, client, record)
+    if attempt:
+        fed.attempts[r] = attempt  # the client's noise is keyed by the attempt, as in the in-process simulation
     vec, clip = fed.client_contribution(client, r, global_vec, fed.source.get(client))
     fields: dict[str, Any] = {"clipped": bool(clip.clipped), "saturated": int(clip.saturated)}
     if record_dp is not None:
@@ -408,7 +433,7 @@ def _open_round(
     if paillier is not None:  # one message, nothing after it: no session to keep
         seeded = cfg.seed is not None
         seed = b"" if seeded else os.urandom(32)
-        out = ss.client(client, r, session_rng(cfg, client, r, seed, seeded)).start(vec)
+        out = ss.client(client, r, session_rng(cfg, client, r, seed, seeded, attempt)).start(vec)
         return StagePacket(r, TRAIN_STAGE, tuple(out), fields), None, record, kept["privacy"]
     if packet.messages and ahead is not None:  # (messages without an ahead session were refused above)
         seed, seeded = ahead.session_seed, ahead.seeded
@@ -421,7 +446,7 @@ def _open_round(
     else:
         seeded = cfg.seed is not None
         seed = b"" if seeded else os.urandom(32)
-        session = ss.client(client, r, session_rng(cfg, client, r, seed, seeded))
+        session = ss.client(client, r, session_rng(cfg, client, r, seed, seeded, attempt))
         out = session.start(vec)
     state = NodeSession(
         round_id=r,
@@ -437,6 +462,7 @@ def _open_round(
         history=(ahead.history if packet.messages and ahead is not None else ()) + tuple(packet.messages),
         terms_setup=checked.binding.setup,
         terms_round=checked.binding.round or b"",
+        attempt=attempt,
     )
     reply = StagePacket(r, TRAIN_STAGE, tuple(out), fields)
     return reply, state, record, kept["privacy"]
@@ -466,7 +492,7 @@ def handle_stage(packet: StagePacket, state: NodeSession | None) -> tuple[StageP
     session = ss.client(
         state.client,
         state.round_id,
-        session_rng(cfg, state.client, state.round_id, state.session_seed, state.seeded),
+        session_rng(cfg, state.client, state.round_id, state.session_seed, state.seeded, state.attempt),
     )
     session.start(x)
     for m in state.history:  # replay: re-derives the same keys and re-checks every message
@@ -488,6 +514,7 @@ def handle_stage(packet: StagePacket, state: NodeSession | None) -> tuple[StageP
         history=state.history + tuple(packet.messages),
         terms_setup=state.terms_setup,
         terms_round=state.terms_round,
+        attempt=state.attempt,
     )
     return StagePacket(state.round_id, packet.stage, tuple(out)), new_state
 
@@ -541,6 +568,8 @@ class NodeState:
     terms: KeptTerms | None = None
     privacy: bytes | None = None
     """The node's own privacy record (:mod:`fl_core.transport.flower.budget`), when kept in memory."""
+    opened: tuple[int, int] | None = None
+    """The last (round, attempt) the server opened on this node: a later opening must come after it."""
 
 
 def _terms_for(
@@ -575,11 +604,18 @@ def handle_packet(
     ``on_record`` (record-level DP) and ``task``: see :func:`handle_round`. ``on_privacy``
     receives the node's privacy record (bytes) as soon as a round is charged to it.
 
+    An opening names its round's attempt (``attempt``, 0 before any abort): the node keys its
+    seeded randomness by it and refuses an opening that does not come after the last one it
+    opened (``state.opened``), so no attempt is ever opened twice.
+
     Raises:
+        ReopenedRoundError: the opening repeats, or precedes, one this node already opened.
         The errors of :func:`handle_round`, :func:`handle_stage` and
         :func:`fl_core.transport.flower.ahead.advance`.
     """
     if packet.stage == TRAIN_STAGE:
+        opened = (packet.round_id, opening_attempt(packet.fields))
+        check_fresh_opening(state.opened, *opened)
         ahead = state.ahead if state.ahead is not None and state.ahead.params.round_id == packet.round_id else None
         reply, session, record, privacy = _open_round(
             packet, node_config, ahead, state.record, on_record, task, state.privacy, on_privacy
@@ -592,7 +628,7 @@ def handle_packet(
                     session.ring_bits, session.dim, session.max_clients, session.min_survivors, session.terms_setup
                 ),
             )
-        new = NodeState(session, None, record, terms, privacy)
+        new = NodeState(session, None, record, terms, privacy, opened)
     elif packet.stage == AHEAD_STAGE:
         reply, new = StagePacket(packet.round_id, AHEAD_STAGE), state
     else:

@@ -30,6 +30,7 @@ from fl_core.errors import FLError
 from secagg import Message
 
 __all__ = [
+    "ATTEMPT_FIELD",
     "CLIP_FIELD",
     "ERROR_FIELD",
     "MESSAGE_TYPE",
@@ -63,6 +64,8 @@ SIGNATURE_FIELD = "data_signature"
 
 CLIP_FIELD = "clip"
 """Opening-message field: the round's clip, the one the server's ledger charges (nodes clip at exactly it)."""
+ATTEMPT_FIELD = "attempt"
+"""Opening-message field: the round's attempt (0, then 1, 2, ... after aborts); keys a seeded node's randomness."""
 
 RECORD = "privagg"
 """Name of the ConfigRecord that holds a stage packet inside the Flower RecordDict."""

@@ -81,6 +81,7 @@ _STATE = "privagg.session"
 _AHEAD = "privagg.ahead"
 _TERMS = "privagg.terms"
 _PRIVACY = "privagg.client_record"
+_OPENED = "privagg.opened"
 
 
 def is_privagg_message(msg: Any) -> bool:
@@ -96,12 +97,14 @@ def load_state(context: Any) -> NodeState:
     arec = context.state.config_records.get(_AHEAD)
     trec = context.state.config_records.get(_TERMS)
     prec = context.state.config_records.get(_PRIVACY)
+    orec = context.state.config_records.get(_OPENED)
     return NodeState(
         NodeSession.from_record(rec) if rec is not None else None,
         AheadSession.from_record(arec) if arec is not None else None,
         record.load_state(context),
         KeptTerms.from_record(trec) if trec is not None else None,
         bytes(prec["record"]) if prec is not None else None,
+        (int(orec["round"]), int(orec["attempt"])) if orec is not None else None,
     )
 
 
@@ -120,6 +123,27 @@ def save_state(context: Any, state: NodeState) -> None:
         from flwr.app import ConfigRecord
 
         context.state.config_records[_PRIVACY] = ConfigRecord({"record": state.privacy})
+    if state.opened is not None:  # the last round attempt opened here: never dropped, only moved on
+        from flwr.app import ConfigRecord
+
+        context.state.config_records[_OPENED] = ConfigRecord({"round": state.opened[0], "attempt": state.opened[1]})
+
+
+def _mark_opened(context: Any, state: NodeState, packet: StagePacket) -> NodeState:
+    """Refuse an opening that is not after the last one this node opened; else keep it as the last, at once.
+
+    Kept before the node trains or sends anything, so a refusal or failure later in the
+    opening still counts the attempt as opened (the server may never open it again).
+    """
+    from dataclasses import replace
+
+    from fl_core.transport.flower.sessions import check_fresh_opening, opening_attempt
+
+    opened = (packet.round_id, opening_attempt(packet.fields))
+    check_fresh_opening(state.opened, *opened)
+    state = replace(state, opened=opened)
+    save_state(context, state)
+    return state
 
 
 def _not_a_client(what: str) -> ClientStateError:
@@ -148,6 +172,7 @@ def answer(packet: StagePacket, context: Any, task: TaskSpec = None) -> StagePac
     if packet.stage == ASYNC_TRAIN_STAGE:  # asynchronous mode (fl_core.transport.flower.async_node)
         return handle_async_train(packet, context, task, privacy=state.privacy)
     if is_async_opening(packet):
+        state = _mark_opened(context, state, packet)
 
         def keep(blob: bytes) -> None:  # the node's privacy record, saved as soon as the buffer is charged
             save_state(context, NodeState(record=state.record, terms=state.terms, privacy=blob))
@@ -167,6 +192,7 @@ def answer(packet: StagePacket, context: Any, task: TaskSpec = None) -> StagePac
 
     opening = packet.stage == TRAIN_STAGE
     if opening:
+        _mark_opened(context, state, packet)  # before anything else: an attempt is opened once
         # A new round discards whatever the node held, even if it fails; the record-DP
         # accountant, the checked terms and the node's privacy record are kept.
         save_state(context, NodeState(record=state.record, terms=state.terms, privacy=state.privacy))

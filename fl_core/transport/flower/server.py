@@ -42,6 +42,7 @@ from fl_core.config import RunConfig
 from fl_core.errors import FLError
 from fl_core.transport.flower.ahead import AHEAD_STAGE, AheadPipeline
 from fl_core.transport.flower.codec import (
+    ATTEMPT_FIELD,
     CLIP_FIELD,
     ERROR_FIELD,
     MESSAGE_TYPE,
@@ -417,6 +418,7 @@ class FlowerRoundDriver:
                     "global": gbytes,
                     "dim": fed.dim,
                     CLIP_FIELD: float(fed.privacy.clip_norm),
+                    ATTEMPT_FIELD: int(getattr(start, "attempt", 0)),
                     **self.opening_fields,
                 },
             )
@@ -642,11 +644,20 @@ def run_privagg(
         fl_core.transport.flower.paillier.KeyHolderSetupError: the key holders do not form one key.
         ConfigError: the holders' key cannot serve the run (e.g. a test-size key without
             ``insecure-small-key-for-tests``).
-        fl_core.errors.RoundFailedError: a round aborted (e.g. too few survivors);
-            the model and the ledger keep the last committed round.
+        fl_core.errors.TooManyAbortsError: more than ``cfg.max_consecutive_aborts``
+            attempts in a row aborted; the model and the ledger keep the last committed round.
+        fl_core.errors.RoundFailedError: a Paillier round aborted after its decryption request
+            (the key holders decrypt one sum per round id, so it cannot be retried).
+
+    An aborted attempt (too few survivors, a failed secure sum, a drawn cohort too small
+    to release) released nothing and changed neither the model nor the ledger; the round
+    is attempted again with a fresh cohort, its opening naming the next attempt number
+    (each node keys its randomness by it). The summary counts ``rounds_aborted`` and lists
+    ``aborted_attempts`` (round, attempt, cohort, reason, the exchanges).
     """
     from dp.errors import BudgetExceededError
     from fl_core.accounting import epsilon_report
+    from fl_core.errors import RoundFailedError, TooManyAbortsError
     from fl_core.runner import build_federation
 
     out_dir = Path(options.output_dir) if options.output_dir else None
@@ -701,25 +712,78 @@ def run_privagg(
     results: list[Any] = []
     traces: list[RoundTrace] = []
     totals: dict[int, np.ndarray] = {}
+    aborted: list[dict[str, Any]] = []
     stopped = None
+    consecutive = 0
+    last_error: RoundFailedError | None = None
+
+    def abort(res: Any, trace: RoundTrace | None) -> None:
+        # The attempt released nothing and changed nothing (the federation recorded it and
+        # keys the round's next attempt, with a fresh cohort, by the new attempt number).
+        nonlocal consecutive
+        consecutive += 1
+        log.warning("round %d, attempt %d aborted: %s", res.round, res.attempt, res.reason)
+        aborted.append(
+            {
+                "round": res.round,
+                "attempt": res.attempt,
+                "cohort": list(res.cohort),
+                "reason": res.reason,
+                "stages": trace.stages if trace is not None else [],
+                "rejected": trace.rejected if trace is not None else [],
+            }
+        )
+        if progress is not None:
+            _append(progress, {"event": "aborted", "round": res.round, "attempt": res.attempt})
+
     try:
-        for i in range(cfg.rounds):
+        while len(results) < cfg.rounds:
+            if consecutive >= cfg.max_consecutive_aborts:
+                last = aborted[-1]
+                raise TooManyAbortsError(
+                    f"{consecutive} consecutive attempts of round {last['round']} aborted (last: {last['reason']}); "
+                    "each released nothing. Make aborts rarer (lower min-survivors, larger cohorts, nodes that "
+                    "answer within stage-timeout), or allow more with max-consecutive-aborts",
+                    round=last["round"],
+                    aborts=consecutive,
+                ) from last_error
             t0 = time.perf_counter()
             try:
                 start = fed.begin_round()
             except BudgetExceededError as exc:
                 stopped = str(exc)
                 break
+            except RoundFailedError as exc:  # the drawn cohort cannot release (too small): nothing ran
+                last_error = exc
+                fed.attempts[exc.round] = fed.attempts.get(exc.round, 0) + 1
+                res = fed._aborted(exc, None, {})
+                fed.aborts.append(res)
+                abort(res, None)
+                continue
             if start.skipped:
                 results.append(fed._skip(start, t0))  # nobody sampled: nothing runs, nothing is released
                 traces.append(RoundTrace(start.round))
                 continue
             global_vec = fed.codec.flatten(fed.model)
             nxt = None
-            if i + 1 < cfg.rounds and options.advertise_ahead:
+            if len(results) + 1 < cfg.rounds and options.advertise_ahead:
                 nxt = tuple(fed.cohort_of(start.round + 1).members) or None
             outcome, clipped, saturated, trace = driver.run(fed, start, global_vec, config_json, next_members=nxt)
-            res = fed.finish_round(start, outcome, global_vec, clipped=clipped, saturated=saturated, t0=t0)
+            try:
+                res = fed.finish_round(start, outcome, global_vec, clipped=clipped, saturated=saturated, t0=t0)
+            except RoundFailedError as exc:
+                last_error = exc
+                abort(fed.aborts[-1], trace)
+                if router is not None and any(st["stage"] == "decrypt" for st in trace.stages):
+                    # A key holder decrypts one sum per round id (so a server cannot have it decrypt
+                    # single ciphertexts under made-up attempts): this round cannot be decrypted again.
+                    raise RoundFailedError(
+                        f"{exc}; the Paillier key holders already took this round's decryption request and "
+                        "decrypt one sum per round id, so the round is not retried",
+                        round=exc.round,
+                    ) from exc
+                continue
+            consecutive = 0
             if outcome.total is not None:
                 totals[res.round] = np.asarray(outcome.total).copy()
             results.append(res)
@@ -730,6 +794,8 @@ def run_privagg(
                 on_round(res, fed)
     finally:
         fed.close()  # the ledger's lock
+    summary["rounds_aborted"] = len(aborted)
+    summary["aborted_attempts"] = aborted
     record_dp = extra.get("_record_dp")
     if record_dp is not None:
         from fl_core.transport.flower.record import summarize

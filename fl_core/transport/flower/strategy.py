@@ -124,8 +124,9 @@ class PrivAgg:
                 an impossible asynchronous setting; :mod:`fl_core.transport.flower.async_server`).
             TaskError: ``initial_arrays`` does not fit the task's model.
             fl_core.transport.flower.server.NodeUnavailableError: the nodes did not all start.
-            fl_core.errors.RoundFailedError: a round aborted (the model and ledger keep the
-                last committed round).
+            fl_core.errors.TooManyAbortsError: more than ``max-consecutive-aborts`` attempts in a
+                row aborted (each aborted attempt is retried with a fresh cohort; the model and
+                ledger keep the last committed round).
         """
         from flwr.app import ArrayRecord, MetricRecord
 
