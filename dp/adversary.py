@@ -92,6 +92,7 @@ CENTRAL_UNBOUNDED_REASON = (
 ANY_CLIENT = -1
 
 
+@lru_cache(maxsize=4096)  # a pure function of a frozen event: every client's view of a round is built once
 def server_view(event: RoundEvent) -> RoundEvent:
     """The round as the server sees it: no amplification by sampling.
 

@@ -68,10 +68,11 @@ import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from dp.adversary import epsilon_vs_server, server_view
+from dp.adversary import ServerAccount, epsilon_vs_server, server_view
 from dp.calibration import DPConfig, make_round_event
 from dp.errors import ClientBudgetExceededError, ConfigurationError, LedgerError
 from dp.events import RoundEvent, Sampling
@@ -130,6 +131,11 @@ def _client_view(event: RoundEvent) -> RoundEvent:
     """The server's view of ``event`` with the (unverifiable, irrelevant) id lists dropped."""
     if not isinstance(event, RoundEvent):
         raise ConfigurationError(f"expected a RoundEvent, got {type(event).__name__}")
+    return _client_view_of(event)
+
+
+@lru_cache(maxsize=1024)  # a pure function of a frozen event: built once per round, not per client and check
+def _client_view_of(event: RoundEvent) -> RoundEvent:
     return dataclasses.replace(server_view(event), cohort_ids=(), survivor_ids=())
 
 
@@ -408,6 +414,8 @@ class ClientRecord:
         self._lines = [canonical_json(header) + b"\n"]
         self._path: Path | None = None
         self._epsilon = charges[-1].epsilon if charges else 0.0
+        self._acc: ServerAccount | None = None  # the charges composed so far (see _account)
+        self._acc_charges = 0
 
     # -- construction
 
@@ -537,8 +545,23 @@ class ClientRecord:
         return self._epsilon
 
     def epsilon_if_charged(self, event: RoundEvent) -> float:
-        """The epsilon against the server if ``event`` were charged next."""
-        return epsilon_vs_server([*self.events, _client_view(event)], self._delta)
+        """The epsilon against the server if ``event`` were charged next.
+
+        Equal to ``epsilon_vs_server([*self.events, view])`` (the same compositions in the same
+        order), from an account kept up to date with the charges instead of recomposed at
+        every check.
+        """
+        return self._account().epsilon_if(_client_view(event))
+
+    def _account(self) -> ServerAccount:
+        """The charged events composed so far (extended with charges appended since the last call)."""
+        acc, done = self._acc, self._acc_charges
+        if acc is None or done > len(self._charges):
+            acc, done = ServerAccount(self._delta), 0
+        for c in self._charges[done:]:
+            acc.add(c.event)
+        self._acc, self._acc_charges = acc, len(self._charges)
+        return acc
 
     def to_bytes(self) -> bytes:
         """The record as JSON lines (exactly the file :meth:`open` and :meth:`save` write)."""

@@ -18,6 +18,7 @@ from dp.client_record import (
     CLIENT_GENESIS_HASH,
     DEFAULT_CLIENT_MAX_EPSILON,
     ClientRecord,
+    _client_view,
     client_round_event,
     verify_client_record,
 )
@@ -221,3 +222,29 @@ def test_file_persistence_appends_durably_and_drops_a_torn_tail(tmp_path: Path) 
         ClientRecord.open(path, client="8", delta=DELTA)
     with pytest.raises(LedgerError):
         verify_client_record(tmp_path / "missing.jsonl")
+
+
+def _skellam_event(r: int, var_scale: float) -> RoundEvent:
+    l2 = 1034.0
+    return RoundEvent(
+        round=r, mode=DPMode.DISTRIBUTED, mechanism=Mechanism.SKELLAM, l2_sensitivity=l2, l1_sensitivity=10 * l2,
+        noise_variance=var_scale * l2 * l2, clip_norm=1.0, sampling=Sampling.POISSON, sampling_rate=0.1,
+        population=100, cohort=10, survivors=10, dim=100,
+    )  # fmt: skip
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.floats(0.5, 4.0)), min_size=1, max_size=8))
+def test_epsilon_if_charged_equals_composing_the_record_from_scratch(rounds: list[tuple[bool, float]]) -> None:
+    """The record keeps its charges composed (an account extended at each charge, rebuilt on a
+    reload); what it checks is exactly the slow reference: every charged event and the next one
+    composed from scratch, whatever mix of Gaussian and Skellam rounds (the account switches engine)."""
+    rec = ClientRecord.create("u", delta=DELTA)
+    for r, (is_skellam, scale) in enumerate(rounds, start=1):
+        event = _skellam_event(r, scale) if is_skellam else gauss(r, scale)
+        rec.charge(event, max_epsilon=math.inf)
+        reloaded = ClientRecord.from_bytes(rec.to_bytes())
+        nxt = _skellam_event(r + 1, scale) if not is_skellam else gauss(r + 1, scale)
+        for record in (rec, reloaded):
+            assert record.epsilon_if_charged(nxt) == epsilon_vs_server([*record.events, _client_view(nxt)], DELTA)
+        assert rec.epsilon_vs_server() == epsilon_vs_server(rec.events, DELTA)
