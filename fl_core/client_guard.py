@@ -50,6 +50,7 @@ class ClientGuard:
     clip_norm: Any = None
     records: dict[int, ClientRecord] = field(default_factory=dict)
     refusals: list[tuple[int, int]] = field(default_factory=list)
+    _event: tuple[tuple[int, float | None], RoundEvent] | None = field(default=None, repr=False, compare=False)
 
     def record(self, client: int) -> ClientRecord:
         """``client``'s record (created empty on first use)."""
@@ -59,9 +60,17 @@ class ClientGuard:
         return rec
 
     def event(self, round_id: int) -> RoundEvent:
-        """What a client charges for round ``round_id``: its own floor, no amplification."""
+        """What a client charges for round ``round_id``: its own floor, no amplification.
+
+        The same for every client of the round: built once per (round, clip) and reused by
+        every check and charge of that round.
+        """
         clip = self.clip_norm() if callable(self.clip_norm) else None
-        return client_round_event(self.config, round=round_id, dim=self.dim, scale=self.scale, clip_norm=clip)
+        key = (round_id, clip)
+        if self._event is None or self._event[0] != key:
+            event = client_round_event(self.config, round=round_id, dim=self.dim, scale=self.scale, clip_norm=clip)
+            self._event = (key, event)
+        return self._event[1]
 
     def check(self, client: int, round_id: int) -> float:
         """Refuse (:class:`dp.errors.ClientBudgetExceededError`) before the client touches its data."""
