@@ -366,3 +366,20 @@ def test_skellam_table_sampler_equals_the_plain_inverse_cdf_on_the_same_coins(va
     fast = noise._skellam_by_table(n, variance, noise._Coins(SeededRandomSource(key)))
     assert fast.dtype == np.int64
     assert np.array_equal(fast, obvious(noise._Coins(SeededRandomSource(key))))
+
+
+@pytest.mark.parametrize("variance", [0.3, 400.0, 2.0**24])
+def test_skellam_cells_hold_the_inverse_cdf_of_every_uniform_in_them(variance: float) -> None:
+    """White box: a cell with a value maps both its ends (and so everything between: the inverse
+    cdf is monotone) to that value; the cells with none are few."""
+    cdf, _ = noise._skellam_table(variance)
+    shift, cell = noise._skellam_cells(variance)
+    size = cell.shape[0]
+    assert size == 1 << (64 - shift) and np.mean(cell < 0) < 0.02
+    j = np.unique(np.concatenate([SeededRandomSource("cells").uint64(5000) % np.uint64(size), [0, size - 1]]))
+    j = j.astype(np.int64)
+    lo = j.astype(np.float64) / size
+    hi = np.nextafter((j + 1).astype(np.float64) / size, 0.0)
+    known = cell[j] >= 0
+    assert np.array_equal(np.searchsorted(cdf, lo[known], side="right"), cell[j][known])
+    assert np.array_equal(np.searchsorted(cdf, hi[known], side="right"), cell[j][known])
