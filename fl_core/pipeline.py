@@ -260,8 +260,12 @@ class ClientPipeline:
             v = self.policy.local_noise(clip.vector, rng.spawn("local-noise"))
         with timer.phase("encode"):
             if plan.rotation is not None:
-                # Orthogonal: the norm is unchanged up to float rounding, which the re-clip removes.
-                v = l2_clip(plan.rotation.forward(v), self.policy.clip_norm).vector
+                # Orthogonal: the norm is unchanged up to float rounding, which the re-clip removes
+                # (in place: the rotation returned a new vector; the same values as l2_clip).
+                v = plan.rotation.forward(v)
+                norm = float(np.linalg.norm(v))
+                if norm > self.policy.clip_norm:
+                    v *= self.policy.clip_norm / norm
             bound = plan.bound
             saturated = int(np.count_nonzero(np.abs(v) > bound))
             if saturated:
@@ -273,7 +277,7 @@ class ClientPipeline:
             n_update = v.shape[0]
             if self.policy.extra_coordinates:
                 v = np.concatenate([v, self.policy.client_extra(clip)])
-            ring_vec = self.encoder.encode(
+            ints = self.encoder.encode_signed(
                 v,
                 rng.spawn("rounding"),
                 max_norm=self.policy.rounding_norm_bound(plan.scale, n_update),
@@ -281,9 +285,10 @@ class ClientPipeline:
             )
         with timer.phase("noise"):
             noise = self.policy.client_integer_noise(v.shape[0], plan.scale, self.sampler, rng.spawn("integer-noise"))
-        if noise is not None:
-            with timer.phase("encode"):
-                self.encoder.ring.add_into(ring_vec, self.encoder.encode_integers(noise))
+        with timer.phase("encode"):
+            if noise is not None:
+                ints += noise  # the ring is Z_2^b: adding before or after mapping into it is the same
+            ring_vec = self.encoder.ring.from_signed(ints)
         return ring_vec, clip
 
 

@@ -239,7 +239,25 @@ class FixedPointEncoder:
         max_norm: float | None = None,
         norm_coordinates: int | None = None,
     ) -> RingVector:
-        """Encode one client's vector.
+        """Encode one client's vector: :meth:`encode_signed`, mapped into the ring.
+
+        Raises:
+            EncodingOverflowError: see :meth:`encode_signed`.
+        """
+        return self.ring.from_signed(
+            self.encode_signed(x, rng, max_norm=max_norm, norm_coordinates=norm_coordinates)
+        )
+
+    def encode_signed(
+        self,
+        x: npt.ArrayLike,
+        rng: RandomSource,
+        *,
+        max_norm: float | None = None,
+        norm_coordinates: int | None = None,
+    ) -> npt.NDArray[np.int64]:
+        """The stochastically rounded integers of one client's vector (before the ring), so a
+        caller can add integer noise to them and map the sum into the ring once.
 
         Args:
             x: the vector (float), every |x_i| within the plan's bound.
@@ -256,10 +274,10 @@ class FixedPointEncoder:
         v = np.asarray(x, dtype=np.float64)
         if v.ndim != 1 or v.shape[0] != self.plan.dim:
             raise EncodingOverflowError(f"expected a vector of length {self.plan.dim}, got shape {v.shape}", knob="dim")
-        if not np.all(np.isfinite(v)):
-            raise EncodingOverflowError("input has NaN or Inf values", knob="input")
         peak = float(np.max(np.abs(v))) if v.size else 0.0
-        if peak > self.plan.bound:
+        if not peak <= self.plan.bound:  # a NaN makes the maximum NaN, so it fails this too
+            if not np.all(np.isfinite(v)):
+                raise EncodingOverflowError("input has NaN or Inf values", knob="input")
             raise EncodingOverflowError(
                 f"input coordinate {peak:.6g} exceeds the encoding bound {self.plan.bound:.6g}; "
                 "clip the update first or plan with a larger clip_norm",
@@ -283,7 +301,7 @@ class FixedPointEncoder:
                 "is below what the plan's scale and the input's norm allow",
                 knob="scale",
             )
-        return self.ring.from_signed(ints.astype(np.int64))
+        return ints.astype(np.int64)
 
     def encode_integers(self, ints: npt.NDArray[np.integer]) -> RingVector:
         """Map signed integers (e.g. integer noise) into the ring."""

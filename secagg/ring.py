@@ -102,11 +102,16 @@ class RingSpec:
         return acc
 
     def from_signed(self, v: npt.NDArray[np.integer]) -> RingVector:
-        """Two's complement: map signed integers (int64) into the ring."""
-        out = np.asarray(v, dtype=np.int64).astype(np.uint64)  # wraps mod 2^64
-        if self.bits < 64:
-            out &= np.uint64(self.mask)
-        return out.astype(self.dtype)
+        """Two's complement: map signed integers (int64) into the ring.
+
+        One cast: int64 to an unsigned type of w bits keeps the value mod 2^w (numpy casts as
+        C does, and C defines signed-to-unsigned conversion modulo 2^w); a ring narrower than
+        its type is then masked.
+        """
+        out = np.asarray(v, dtype=np.int64).astype(self.dtype)
+        if not self.native:
+            out &= self.dtype.type(self.mask)
+        return out
 
     def to_signed(self, v: RingVector) -> npt.NDArray[np.int64]:
         """Inverse of :meth:`from_signed`: elements >= 2^(bits-1) are negative."""

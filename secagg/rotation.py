@@ -119,7 +119,7 @@ class HadamardRotation:
         y = np.array(x, dtype=np.float64)
         self._check(y)
         for (lo, hi), s in zip(self.windows, self._signs, strict=False):
-            y[lo:hi] = _fwht(y[lo:hi] * s) * self._norm
+            np.multiply(_fwht(y[lo:hi] * s), self._norm, out=y[lo:hi])
         return y
 
     def inverse(self, y: npt.ArrayLike) -> FloatArray:

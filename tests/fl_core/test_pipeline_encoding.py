@@ -121,3 +121,39 @@ def test_signs_adversarial_to_the_update_cannot_raise_its_sensitivity(monkeypatc
     ints = plan.ring.to_signed(ring_vec).astype(np.float64)
     charged = distributed_noise(policy.config, scale=plan.scale, dim=dim).l2_sensitivity
     assert math.sqrt(float(ints @ ints)) <= charged
+
+
+def reference_client_pipeline(pipe: ClientPipeline, delta: np.ndarray, rng: SeededRandomSource) -> np.ndarray:
+    """Slow, obviously correct reference: each step on its own, as the pipeline was first written
+    (rotate, re-clip with l2_clip, clamp, encode into the ring, then the integer noise encoded
+    into the ring and added there)."""
+    from fl_core.pipeline import l2_clip
+
+    plan, policy = pipe.encoder.plan, pipe.policy
+    v = policy.local_noise(policy.clip(delta).vector, rng.spawn("local-noise"))
+    if plan.rotation is not None:
+        v = l2_clip(plan.rotation.forward(v), policy.clip_norm).vector
+    v = np.clip(v, -plan.bound, plan.bound)
+    n = v.shape[0]
+    ring_vec = pipe.encoder.encode(
+        v, rng.spawn("rounding"), max_norm=policy.rounding_norm_bound(plan.scale, n), norm_coordinates=n
+    )
+    noise = policy.client_integer_noise(n, plan.scale, pipe.sampler, rng.spawn("integer-noise"))
+    if noise is not None:
+        pipe.encoder.ring.add_into(ring_vec, pipe.encoder.encode_integers(noise))
+    return ring_vec
+
+
+@pytest.mark.parametrize("dim", [3000, 101_770])
+@pytest.mark.parametrize("bits", [None, 32])
+def test_client_pipeline_equals_the_step_by_step_reference(dim: int, bits: int | None) -> None:
+    """The pipeline re-clips the rotated vector in place and adds the integer noise before mapping
+    into the ring once; the output is bit for bit the step-by-step one, on the same randomness."""
+    policy, sampler = _policy(dim)
+    pipe = ClientPipeline(policy, FixedPointEncoder(plan_for(policy, sampler, dim, bits)), sampler)
+    g = np.random.default_rng(dim)
+    for scale in (0.01, 3.0):  # inside the clip, and clipped
+        delta = (g.standard_normal(dim) * scale / math.sqrt(dim)).astype(np.float32)
+        fast, _ = pipe.run(delta, SeededRandomSource(f"pipe/{dim}/{scale}"))
+        slow = reference_client_pipeline(pipe, delta, SeededRandomSource(f"pipe/{dim}/{scale}"))
+        assert fast.dtype == slow.dtype and np.array_equal(fast, slow)

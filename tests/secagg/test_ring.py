@@ -37,6 +37,14 @@ def test_signed_round_trip_mod_2b(bits, values):
         assert y == expected
 
 
+@given(st.integers(1, 64), st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=20))
+def test_from_signed_is_the_value_mod_2b(bits, values):
+    """The one-cast conversion against the definition, over the whole int64 range: x mod 2^b."""
+    v = RingSpec(bits).from_signed(np.asarray(values, dtype=np.int64))
+    assert v.dtype == RingSpec(bits).dtype
+    assert v.tolist() == [x % (1 << bits) for x in values]
+
+
 @given(
     st.integers(1, 64), st.lists(st.lists(st.integers(0, 2**64 - 1), min_size=3, max_size=3), min_size=1, max_size=8)
 )
