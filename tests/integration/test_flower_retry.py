@@ -188,13 +188,16 @@ def test_the_seeded_retry_draws_what_the_in_process_client_draws_in_the_same_att
     assert got != session_rng(cfg, 2, 1, b"", True, 0).random_bytes(32)
 
 
+@pytest.mark.parametrize("rounds", [1, 2], ids=["one-round", "with-key-setup-ahead"])
 def test_the_honest_flower_server_retries_an_aborted_round_with_the_next_attempt(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rounds: int
 ) -> None:
     """Over a scripted grid: round 1's first attempt aborts (every node but one vanishes after its
     masked input, so too few answer the unmasking stage); the server retries the round with the
     next attempt, a fresh cohort draw (here the same five nodes), and commits. Each node charged
-    round 1 twice in its own record; the server's ledger holds the one committed round."""
+    round 1 twice in its own record; the server's ledger holds the committed rounds only. With a
+    second round, round 2's keys were set up ahead during round 1's aborted attempt: the retry
+    sets them up again and round 2 commits as in the in-process run."""
     from test_flower_task import Fleet, UserTask, _configs, _run, write_shards
     from test_flower_task import _cfg as task_cfg
 
@@ -204,7 +207,7 @@ def test_the_honest_flower_server_retries_an_aborted_round_with_the_next_attempt
 
     root = tmp_path / "shards"
     write_shards(root, 5)
-    cfg = task_cfg(tmp_path, rounds=1, min_survivors=4)
+    cfg = task_cfg(tmp_path, rounds=rounds, min_survivors=4)
     openings: list[tuple[int, int, int]] = []
     original = Fleet.__call__
 
@@ -212,23 +215,25 @@ def test_the_honest_flower_server_retries_an_aborted_round_with_the_next_attempt
         packet = decode_packet(content)
         if packet.stage == TRAIN_STAGE:
             openings.append((node, packet.round_id, int(packet.fields[ATTEMPT_FIELD])))
-        attempt = openings[-1][2] if openings else 0
-        if attempt == 0 and packet.stage == "unmasking" and node != min(self.contexts):
+        first = openings[-1][1:] == (1, 0) if openings else False
+        if first and packet.stage == "unmasking" and node != min(self.contexts):
             return None  # vanished after its masked input
         return original(self, node, content)
 
     monkeypatch.setattr(Fleet, "__call__", first_attempt_loses_its_unmaskers)
     strategy, _result, fleet = _run(UserTask().as_task(), cfg, _configs(root, 5))
     summary = strategy.report.to_json()
-    assert summary["rounds_aborted"] == 1 and [r["round"] for r in summary["rounds"]] == [1]
+    assert summary["rounds_aborted"] == 1 and [r["round"] for r in summary["rounds"]] == list(range(1, rounds + 1))
     (aborted,) = summary["aborted_attempts"]
     assert aborted["round"] == 1 and aborted["attempt"] == 0 and "unmasking" in aborted["reason"]
-    assert sorted({(r, a) for _, r, a in openings}) == [(1, 0), (1, 1)]
-    assert strategy.report.results[0].survivors == (1, 2, 3, 4, 5)
+    assert sorted({(r, a) for _, r, a in openings}) == [(1, 0), (1, 1)] + [(2, 0)] * (rounds - 1)
+    assert all(res.survivors == (1, 2, 3, 4, 5) for res in strategy.report.results)
     for node, ctx in fleet.contexts.items():
         record = ClientRecord.from_bytes(bytes(ctx.state.config_records["privagg.client_record"]["record"]))
-        assert [c.round for c in record.charges] == [1, 1], node  # both inputs charged
-    assert verify_ledger(cfg.ledger).rounds == 1
+        assert [c.round for c in record.charges] == [1, 1, 2][: rounds + 1], node  # both inputs charged
+    assert verify_ledger(cfg.ledger).rounds == rounds
+    if rounds == 2:  # round 2's key setup ran ahead (during the retry of round 1) and was used
+        assert any(st["stage"].endswith("(ahead)") for st in strategy.report.traces[1].stages)
     # The seeded retry draws what the in-process simulation draws in the same attempt (its cohort,
     # noise and session keys are keyed by "1~1"): the same model, bit for bit.
     from test_flower_task import _flat
@@ -238,12 +243,16 @@ def test_the_honest_flower_server_retries_an_aborted_round_with_the_next_attempt
 
     ref, _, _ = build_federation(cfg.replace(ledger=str(tmp_path / "ref.jsonl")), UserTask(root=root).as_task())
     stage = int(ref.secure_sum.input_stage)
-    ref.dropouts = lambda members, r: {c: stage + 1 for c in members[1:]} if ref.attempts.get(r, 0) == 0 else {}
+    ref.dropouts = lambda members, r: (
+        {c: stage + 1 for c in members[1:]} if (r, ref.attempts.get(r, 0)) == (1, 0) else {}
+    )
     with pytest.raises(RoundFailedError, match="unmasking"):
         ref.run_round()
     assert ref.run_round().attempt == 1
+    if rounds == 2:
+        ref.run_round()
     assert np.array_equal(_flat(strategy.report.model), _flat(ref.model))
-    assert strategy.report.results[0].epsilon == ref.history[0].epsilon
+    assert [r.epsilon for r in strategy.report.results] == [r.epsilon for r in ref.history]
 
 
 def test_too_many_consecutive_aborts_stop_the_flower_server_with_the_last_reason(tmp_path: Path) -> None:
