@@ -1,4 +1,4 @@
-"""Every test that SECURITY.md, the README and docs/ name as backing a claim exists.
+"""Every test that SECURITY.md, the READMEs, docs/ and the vectors' provenance notes name exists.
 
 A claim names its test as ``tests/<path>.py::<name>`` (``::<Class>::<name>`` for a
 method, ``<name>[<id>]`` for one parametrised case); a bare ``::<name>`` continues
@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = ("SECURITY.md", "README.md", "docs/flower.md")
+_DOCUMENT_GLOBS = ("SECURITY.md", "README.md", "docs/*.md", "examples/*/README.md", "tests/vectors/*/PROVENANCE.md")
+DOCUMENTS = tuple(sorted(str(p.relative_to(ROOT)) for pattern in _DOCUMENT_GLOBS for p in ROOT.glob(pattern)))
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _PARAM = r"(?:\[[^\]\s`]*\])?"
@@ -126,6 +127,7 @@ def _document_references() -> list[Reference]:
 
 
 def test_the_documents_name_tests():
+    assert {"SECURITY.md", "README.md", "docs/flower.md", "tests/vectors/masking/PROVENANCE.md"} <= set(DOCUMENTS)
     refs = _document_references()
     security = [r for r in refs if r.document == "SECURITY.md" and r.parts]
     # SECURITY.md backs its claims with well over a hundred tests; an empty list means the
