@@ -271,3 +271,22 @@ def test_too_many_consecutive_aborts_stop_the_flower_server_with_the_last_reason
     with pytest.raises(TooManyAbortsError, match="2 consecutive attempts of round 1 aborted") as info:
         _run(UserTask().as_task(), cfg, configs)
     assert info.value.aborts == 2
+
+
+def test_a_malformed_attempt_or_a_retry_continuing_a_session_run_ahead_is_refused() -> None:
+    from fl_core.transport.flower.client import ClientStateError
+    from fl_core.transport.flower.codec import FlowerCodecError, StagePacket
+    from fl_core.transport.flower.mod import answer
+    from secagg import Message
+
+    cfg = _cfg(schedule="sync", dp="distributed", noise_multiplier=1.0, clip=1.0, min_survivors=3)
+    fed = _server_fed(cfg)
+    ctx = _Context(1)
+    for bad in (-1, "1", True, 1.0):
+        with pytest.raises(FlowerCodecError, match="'attempt' must be an integer >= 0"):
+            answer(_opening(ctx, cfg, fed, 1, bad), ctx)
+    # Stages run ahead belong to a round's first attempt: a retry that claims to continue them is refused.
+    opening = _opening(ctx, cfg, fed, 2, 1)
+    ahead = StagePacket(2, opening.stage, (Message(0, 1, 2, "share-keys", b"\x00"),), opening.fields)
+    with pytest.raises(ClientStateError, match="only a round's first attempt runs ahead"):
+        answer(_wire(ahead), ctx)
