@@ -72,11 +72,12 @@ def split(secret: bytes, holders: Sequence[int], threshold: int, rng: RandomSour
     coeffs = [int.from_bytes(secret, "little")]
     coeffs += [_random_element(rng) for _ in range(threshold - 1)]
     shares: dict[int, int] = {}
+    top_first = coeffs[::-1]
     for x in xs:
         y = 0
-        for c in reversed(coeffs):  # Horner
-            y = (y * x + c) % PRIME
-        shares[x] = y
+        for c in top_first:  # Horner over the integers (x < 2^32: y stays small), one reduction
+            y = y * x + c
+        shares[x] = y % PRIME
     return shares
 
 
