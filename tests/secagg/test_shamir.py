@@ -146,3 +146,22 @@ def test_element_encoding_round_trip_and_rejects() -> None:
         shamir.element_from_bytes(bytes(32))
     with pytest.raises(ShareError, match="canonical"):
         shamir.element_from_bytes(P.to_bytes(33, "little"))
+
+
+@given(
+    secret=st.binary(min_size=32, max_size=32),
+    xs=st.lists(st.integers(1, 2**32 - 1), min_size=1, max_size=40, unique=True),
+    seed=st.integers(0, 2**32),
+    data=st.data(),
+)
+def test_split_equals_term_by_term_evaluation(secret: bytes, xs: list[int], seed: int, data: st.DataObject) -> None:
+    """Reference for split's Horner-over-the-integers: each share is sum(c_i x^i) mod p, reduced term by term."""
+    import random
+
+    t = data.draw(st.integers(1, len(xs)))
+
+    coeffs = [random.Random(seed).randrange(P) for _ in range(t - 1)]  # test data only, nothing secret
+    shares = shamir.split(secret, xs, t, ScriptedCoefficients(coeffs))
+    full = [int.from_bytes(secret, "little"), *coeffs]
+    for x in xs:
+        assert shares[x] == sum(c * pow(x, i, P) % P for i, c in enumerate(full)) % P
