@@ -62,6 +62,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -580,9 +581,11 @@ _TWO_M53 = 1.0 / 9007199254740992.0  # 2^-53
 
 
 @lru_cache(maxsize=4)
-def _skellam_cells(variance: float) -> tuple[int, npt.NDArray[np.int64]]:
+def _skellam_cells(variance: float) -> tuple[int, npt.NDArray[np.signedinteger[Any]]]:
     """``(shift, cell)``: [0, 1) cut into 2^g equal cells (g = ``64 - shift``); ``cell[j]`` is the
     inverse cdf of every u in [j / 2^g, (j + 1) / 2^g) when they all have the same one, else -1.
+    ``cell`` has the narrowest of int16 / int32 that holds every index of the table (a smaller
+    table for the gather to read, and the sampler's sign steps on narrow integers).
 
     The inverse cdf of u is the first index whose cdf exceeds u: non-decreasing in u, so on a
     cell it is constant exactly when the first index above the cell's left end equals the first
@@ -594,9 +597,14 @@ def _skellam_cells(variance: float) -> tuple[int, npt.NDArray[np.int64]]:
     edges = np.arange((1 << bits) + 1, dtype=np.float64) / (1 << bits)  # exact
     first = np.searchsorted(cdf, edges[:-1], side="right")
     last = np.searchsorted(cdf, edges[1:], side="left")
-    cell = np.where(first == last, first, -1).astype(np.int64)
+    cell = np.where(first == last, first, -1).astype(_index_dtype(cdf.shape[0]))
     cell.setflags(write=False)
     return 64 - bits, cell
+
+
+def _index_dtype(table_len: int) -> type[np.signedinteger[Any]]:
+    """int16 when every index of a table of ``table_len`` and its negation fit, else int32."""
+    return np.int16 if table_len <= np.iinfo(np.int16).max else np.int32
 
 
 def _skellam_by_table(n: int, variance: float, coins: _Coins) -> Int64Array:
@@ -610,16 +618,17 @@ def _skellam_by_table(n: int, variance: float, coins: _Coins) -> Int64Array:
     cdf, _ = _skellam_table(variance)
     shift, cell = _skellam_cells(variance)
     words = coins.uint64(n)
-    out: Int64Array = cell[(words >> np.uint64(shift)).view(np.int64)]
+    out = cell.take((words >> np.uint64(shift)).view(np.int64))  # cell's narrow dtype (its indices fit)
     rest = np.flatnonzero(out < 0)
     if rest.size:
         u = (words[rest] >> np.uint64(11)).astype(np.float64) * _TWO_M53
         out[rest] = np.searchsorted(cdf, u, side="right")
     # Sign bit b in {0, 1}: -m is (m ^ -1) + 1, so (m ^ -b) + b negates exactly where b = 1.
-    neg = np.unpackbits(coins.uint64((n + 63) // 64).view(np.uint8))[:n].astype(np.int64)
+    neg = np.unpackbits(coins.uint64((n + 63) // 64).view(np.uint8))[:n].astype(out.dtype)
     np.bitwise_xor(out, np.negative(neg), out=out)
     out += neg
-    return out
+    result: Int64Array = out.astype(np.int64)
+    return result
 
 
 def skellam(size: int, variance: float, rng: RandomSource) -> Int64Array:

@@ -383,3 +383,42 @@ def test_skellam_cells_hold_the_inverse_cdf_of_every_uniform_in_them(variance: f
     known = cell[j] >= 0
     assert np.array_equal(np.searchsorted(cdf, lo[known], side="right"), cell[j][known])
     assert np.array_equal(np.searchsorted(cdf, hi[known], side="right"), cell[j][known])
+
+
+class _ScriptedWords(noise._Coins):
+    """Coins whose 64-bit words are given (the table sampler reads only ``uint64``)."""
+
+    def __init__(self, words: np.ndarray, signs: np.ndarray) -> None:
+        self._queue = [np.asarray(words, dtype=np.uint64), np.asarray(signs, dtype=np.uint64)]
+
+    def uint64(self, size: int) -> np.ndarray:
+        out = self._queue.pop(0)
+        assert out.shape == (size,)
+        return out
+
+
+@pytest.mark.parametrize("variance", [0.3, 84_000.0, 2.0**24])
+def test_skellam_table_sampler_is_exact_at_the_far_tail(variance: float) -> None:
+    """The sampler keeps its table in a narrow integer type (int16 or int32, see _index_dtype): words
+    at the very top of [0, 2^64) (the largest magnitude any uniform reaches: about 7.6 sigma, 31,093
+    at variance 2^24), at zero and at 2^63 still give np.searchsorted's inverse cdf, with either sign."""
+    cdf, _ = noise._skellam_table(variance)
+    shift, cell = noise._skellam_cells(variance)
+    assert np.iinfo(cell.dtype).max >= cdf.shape[0] - 1
+    top = np.uint64(2**64 - 1)
+    words = np.array([top, top - np.uint64(2**11), top - np.uint64(2**40), 0, 2**63], dtype=np.uint64)
+    n = words.shape[0]
+    sign_word = np.array([0b01010], dtype=np.uint64)  # draws 1 and 3 negative
+    got = noise._skellam_by_table(n, variance, _ScriptedWords(words, sign_word))
+    u = (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    mag = np.searchsorted(cdf, u, side="right").astype(np.int64)
+    want = np.where(np.unpackbits(sign_word.view(np.uint8))[:n].astype(bool), -mag, mag)
+    assert got.dtype == np.int64
+    assert np.array_equal(got, want)
+
+
+def test_index_dtype_holds_every_index_and_its_negation() -> None:
+    for n in (1, 2, 32_767, 32_768, 61_481, 1 << 20):
+        dt = noise._index_dtype(n)
+        assert np.iinfo(dt).min <= -(n - 1) and n - 1 <= np.iinfo(dt).max
+    assert noise._index_dtype(32_767) is np.int16 and noise._index_dtype(40_000) is np.int32
