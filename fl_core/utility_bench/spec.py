@@ -142,14 +142,17 @@ RECORD_DEFAULTS: dict[str, float] = {"record_clip": 1.0}
 # users); the points tried and their validation accuracies are listed in the README section
 # "A CNN on Fashion-MNIST at honest ε". Clipping at 0.3 (about the median update norm)
 # with server lr 2 and momentum 0.9 learned fastest; the non-private baseline has its own
-# knobs (_BASELINE).
+# knobs (_BASELINE). 30 rounds: the distributed (Skellam) rounds are accounted by RDP with the
+# generic Poisson-subsampling bound, whose noise multiplier for epsilon 2 grows faster than
+# sqrt(rounds) at q = 0.1 (2.38 at 30 rounds, 3.77 at 50, 6.88 at 80), so 50 rounds reached
+# the same validation accuracy as 30 (81.9%) at 5/3 of the cost.
 _BASE: dict[tuple[str, str], dict[str, Any]] = {
     ("digits", "logreg"): {"lr": 0.5, "local_epochs": 2, "batch_size": 16, "rounds": 30, "clip": 1.0},
     ("digits", "mlp"): {"lr": 0.5, "local_epochs": 2, "batch_size": 16, "rounds": 30, "clip": 1.0},
     ("digits", "cnn"): {"lr": 0.1, "local_epochs": 2, "batch_size": 16, "rounds": 30, "clip": 1.0},
     ("fashion-mnist", "logreg"): {"lr": 0.5, "local_epochs": 2, "batch_size": 16, "rounds": 40, "clip": 1.0},
     ("fashion-mnist", "mlp"): {"lr": 0.5, "local_epochs": 2, "batch_size": 16, "rounds": 40, "clip": 1.0},
-    ("fashion-mnist", "cnn"): {"lr": 0.1, "local_epochs": 2, "batch_size": 16, "rounds": 50, "clip": 0.3},
+    ("fashion-mnist", "cnn"): {"lr": 0.1, "local_epochs": 2, "batch_size": 16, "rounds": 30, "clip": 0.3},
 }
 
 # Tuned per-epsilon choices: (dataset, model) -> {epsilon: Hyper}. Filled from ``--tune``
@@ -164,8 +167,11 @@ _TUNED: dict[tuple[str, str], dict[float, Hyper]] = {
 # (dataset, model) -> Hyper. Its clip is set above every update norm the run produces (the
 # baseline's clipped fraction is reported per round), so the gap to it measures privacy, not a
 # clip shared with the private runs. A pair not listed takes the choice made for its largest epsilon.
+# fashion-mnist cnn (6,000 x 10, 600 per round, 30 rounds, validation half, seed 0, clip-free):
+# client lr 0.05 with server lr 2 and momentum 0.9: 82.1%; client lr 0.1, server lr 1: 80.7%;
+# client lr 0.1, 5 local epochs, server lr 1: 81.4%.
 _BASELINE: dict[tuple[str, str], Hyper] = {
-    ("fashion-mnist", "cnn"): Hyper(clip=100.0, server_lr=1.0, server_momentum=0.9),
+    ("fashion-mnist", "cnn"): Hyper(clip=100.0, server_lr=2.0, server_momentum=0.9, lr=0.05),
 }
 
 

@@ -159,3 +159,55 @@ def test_tiny_cnn_sweep_end_to_end_through_the_cli(tmp_path: Path) -> None:
     # The same options again: every cell is resumed.
     again = run_sweep(TINY_CNN, tmp_path, workers=1, progress=False, command="test")
     assert again["cells"]["resumed"] == 4 and again["cells"]["ran"] == 0
+
+
+def _load_cnn_script() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "utility_cnn.py"
+    spec = importlib.util.spec_from_file_location("utility_cnn_script", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_fashion_cnn_baseline_has_its_own_clip_free_knobs() -> None:
+    base = default_hyper("fashion-mnist", "cnn", None)
+    dp = default_hyper("fashion-mnist", "cnn", 2.0, Mode.DISTRIBUTED)
+    (cell,) = build_cells(dataclasses.replace(FASHION_CNN, modes=()))
+    # Its own client learning rate reaches the run; the private cells keep the dataset's.
+    assert base.lr is not None and cell.config.lr == base.lr != base_options("fashion-mnist", "cnn")["lr"]
+    assert dp.lr is None and cell.config.rounds == base_options("fashion-mnist", "cnn")["rounds"]
+    assert (cell.config.server_lr, cell.config.server_momentum) == (base.server_lr, base.server_momentum)
+
+
+def test_clipped_noiseless_cells_differ_from_the_private_cells_only_in_the_noise() -> None:
+    script = _load_cnn_script()
+    spec = dataclasses.replace(TINY_CNN, seeds=2)
+    private = [c for c in build_cells(spec) if c.mode is Mode.DISTRIBUTED]
+    clipped = script.clipped_cells(spec, epsilon=8.0)
+    assert [c.seed for c in clipped] == [c.seed for c in private] == [0, 1]
+    # What a run without noise cannot have: noise, the secure sum that hides it, a budget, a client limit.
+    noise_only = {"dp", "noise_multiplier", "secure_sum", "budget_against", "client_max_epsilon"}
+    for a, b in zip(private, clipped, strict=True):
+        assert b.mode is Mode.NONE and b.config.dp == "none" and b.config.noise_multiplier is None
+        da, db = a.config.to_dict(), b.config.to_dict()
+        assert {k for k in da if da[k] != db[k]} <= noise_only
+        assert a.hyper == b.hyper  # clip, server lr, momentum, client lr and epochs
+        assert a.cell_id != b.cell_id
+
+
+def test_curve_is_the_per_round_mean_and_sd_over_the_seeds_that_have_every_round() -> None:
+    script = _load_cnn_script()
+    recs = [
+        {"status": "ok", "rounds": [{"round": 1, "accuracy": 0.5}, {"round": 2, "accuracy": 0.7}]},
+        {"status": "ok", "rounds": [{"round": 1, "accuracy": 0.6}, {"round": 2, "accuracy": None}]},
+        {"status": "ok", "rounds": [{"round": 1, "accuracy": 0.7}]},
+        {"status": "error", "rounds": [{"round": 1, "accuracy": 0.0}, {"round": 2, "accuracy": 0.0}]},
+    ]
+    xs, mean, sd = script.curve(recs)
+    # Slow reference: round 2 is missing from two of the three finished seeds, so it is left out.
+    assert xs == [1]
+    assert mean == pytest.approx([statistics.fmean([50.0, 60.0, 70.0])])
+    assert sd == pytest.approx([statistics.stdev([50.0, 60.0, 70.0])])
