@@ -12,8 +12,12 @@ Every round is accounted twice:
   server when it colludes with them.
 * **against model users** (:data:`Adversary.PUBLIC`): those who only see the released
   models do not know the cohorts, so amplification by sampling applies where the
-  sampling is real (the rules of :mod:`dp.accountants`). Everything they see the
-  server sees too, so this epsilon is also capped by the one against the server.
+  sampling is real (the rules of :mod:`dp.accountants`, including the abort term of
+  :mod:`dp.accountants.aborts`). It is stated for adding or removing one client: it
+  hides whether a client took part, which the server's books take as given. Where
+  the relations agree (nobody's participation hides behind an abort rule,
+  :func:`capped_by_server`) everything model users see the server sees too, and the
+  epsilon is capped by the one against the server.
 
 Which rounds a client is charged for: a round with ``survivor_ids`` is charged to
 those clients; one without them but with ``cohort_ids`` (a planned round, before
@@ -25,9 +29,13 @@ Security:
     client whose update is in the released sum (the ledger writer takes it from the
     secure sum's outcome). Guarantee: :func:`epsilon_vs_server` upper-bounds, for
     every client, the privacy loss of the sequence of sums the server saw, at
-    ``delta``, for that client under the add-or-remove-one-client relation (local
-    mode: the event's substitution sensitivity 2C), with the cohorts fixed by the
-    server. Composition per client is exact for Gaussian rounds (the composed
+    ``delta``, for that client's update being in the sum or not (its update
+    replaced by nothing; local mode: by another, sensitivity 2C), with the cohorts,
+    the survivors and every attempt's outcome fixed by the server. Whether an
+    attempt aborts or releases depends on who took part and who dropped, never on
+    an update, so aborts and redraws change nothing here; the relation that also
+    hides participation is the model users' (:mod:`dp.accountants.aborts`).
+    Composition per client is exact for Gaussian rounds (the composed
     Gaussian is mu-GDP with mu = sqrt(sum z_i^-2), Dong, Roth, Su 2019, Cor. 3.3;
     exact (eps, delta) by Balle & Wang 2018, Thm. 8) and by Renyi DP otherwise
     (Skellam, discrete Gaussian). Both remain valid when the rounds and the point
@@ -52,9 +60,11 @@ from dp.accountants import (
     RoundCharge,
     _rdp_eps_from_total,
     _rdp_matrix,
+    abort_delta,
     analytic_gaussian_epsilon,
     charge_of,
     compute_epsilon,
+    subject_to_abort_term,
 )
 from dp.errors import ConfigurationError
 from dp.events import DPMode, Mechanism, RoundEvent, Sampling
@@ -63,6 +73,7 @@ __all__ = [
     "ANY_CLIENT",
     "CENTRAL_UNBOUNDED_REASON",
     "Adversary",
+    "capped_by_server",
     "charged_clients",
     "epsilon_for",
     "epsilon_vs_public",
@@ -70,6 +81,7 @@ __all__ = [
     "epsilon_vs_server_per_client",
     "ServerAccount",
     "epsilon_vs_server_curve",
+    "public_unbounded_reason",
     "server_view",
     "unbounded_reason",
 ]
@@ -366,15 +378,44 @@ def epsilon_vs_server_curve(events: Sequence[RoundEvent], delta: float) -> list[
     return out
 
 
+def capped_by_server(events: Sequence[RoundEvent]) -> bool:
+    """Whether the epsilon against model users may be capped by the one against the server.
+
+    Yes when no round's participation is hidden behind an abort rule (local mode, full
+    participation, fixed-size cohorts, rounds without an abort rule): the relation then
+    keeps who takes part, as the server's books do, and a model user sees a
+    post-processing of what the server sees. No when some round is Poisson-sampled with an
+    abort rule (:func:`dp.accountants.subject_to_abort_term`): the amplified epsilon is
+    stated for adding or removing a client, whose presence the server's per-client books
+    take as given, so they do not bound it (an abort that hinges on the client makes its
+    presence visible: see :mod:`dp.accountants.aborts`).
+    """
+    return not any(subject_to_abort_term(e) for e in events)
+
+
+def public_unbounded_reason(events: Sequence[RoundEvent], delta: float) -> str | None:
+    """Why epsilon against model users is infinite because of the abort term, or None."""
+    h = abort_delta(events)
+    if h < delta:
+        return None
+    m = max((e.min_survivors for e in events if subject_to_abort_term(e)), default=0)
+    return (
+        f"the abort rule (min-survivors {m}) makes a round's release hinge on one client with probability "
+        f"{h:.3g} over these rounds, not below delta = {delta:g}: no amplified guarantee against model users "
+        "(lower --min-survivors, sample more clients per round, or use fixed-size cohorts --per-round)"
+    )
+
+
 def epsilon_vs_public(events: Sequence[RoundEvent], delta: float, *, accountant: str = "pld") -> float:
     """Epsilon against those who only see the released models.
 
-    Amplified by sampling where it is real (:func:`dp.accountants.compute_epsilon`), and
-    never above :func:`epsilon_vs_server`: a model user sees nothing the server does not.
+    Amplified by sampling where it is real (:func:`dp.accountants.compute_epsilon`, with
+    the abort term of :mod:`dp.accountants.aborts` spending part of delta), and capped by
+    :func:`epsilon_vs_server` where the relations agree (:func:`capped_by_server`).
     """
     public = compute_epsilon(events, delta, accountant=accountant)
-    if public == 0.0:
-        return 0.0
+    if public == 0.0 or not capped_by_server(events):
+        return public
     return min(public, epsilon_vs_server(events, delta))
 
 

@@ -14,6 +14,7 @@ Security:
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
@@ -77,6 +78,16 @@ class RoundEvent:
             empty when not known). Accounting against the server charges each round to
             these clients only; a round without them is charged to its cohort, or to
             every client when that is not known either (see :mod:`dp.adversary`).
+        min_survivors: the fewest survivors with which the round could release (fewer
+            abort and the round is redrawn); 0 for a round without an abort rule (it
+            would release noise alone for an empty sample). Under Poisson sampling the
+            release decision can hinge on one client; :mod:`dp.accountants.aborts`
+            charges that as delta.
+        eligible: how many clients the cohort was drawn from (the population minus
+            those left out by a participation cap or their own limit; the fewest over
+            the round's attempts); 0 means the whole population.
+        dropout: the per-client dropout probability the round was planned for (used
+            with ``min_survivors``).
     """
 
     round: int
@@ -96,6 +107,9 @@ class RoundEvent:
     dim: int = 0
     cohort_ids: tuple[int, ...] = ()
     survivor_ids: tuple[int, ...] = ()
+    min_survivors: int = 0
+    eligible: int = 0
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.round < 1:
@@ -111,6 +125,14 @@ class RoundEvent:
         for name in ("population", "cohort", "survivors", "colluders", "dim"):
             if getattr(self, name) < 0:
                 raise ConfigurationError(f"{name} must be >= 0")
+        for name in ("min_survivors", "eligible"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+                raise ConfigurationError(f"{name} must be an integer >= 0, got {v!r}")
+        if self.eligible > self.population:
+            raise ConfigurationError(f"eligible ({self.eligible}) cannot exceed the population ({self.population})")
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise ConfigurationError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.survivors > self.cohort or self.cohort > self.population:
             raise ConfigurationError("need survivors <= cohort <= population")
         if self.mechanism is not Mechanism.NONE and self.l2_sensitivity <= 0:
@@ -170,6 +192,9 @@ class RoundEvent:
                 dim=int(d.get("dim", 0)),
                 cohort_ids=tuple(int(i) for i in d.get("cohort_ids", ())),
                 survivor_ids=tuple(int(i) for i in d.get("survivor_ids", ())),
+                min_survivors=int(d.get("min_survivors", 0)),
+                eligible=int(d.get("eligible", 0)),
+                dropout=float(d.get("dropout", 0.0)),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ConfigurationError(f"malformed event record: {exc}") from exc

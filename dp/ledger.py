@@ -19,11 +19,14 @@ and every later line is a round record::
      "mechanism": {"name": ..., "mode": ..., "l2_sensitivity": ..., "l1_sensitivity": ...,
                    "noise_variance": ..., "noise_multiplier": ..., "clip_norm": ...,
                    "clip_query_noise_multiplier": ..., "dim": ...},
-     "prev_hash": P, "round": n, "sampling": {"scheme": ..., "rate": q, "population": N},
+     "prev_hash": P, "round": n, "sampling": {"scheme": ..., "rate": q, "population": N,
+                                               "min_survivors": m, "eligible": n_e, "dropout": rho},
      "survivors": S, "time": "2026-01-01T00:00:00.000000Z", "v": 1,
      "cohort_ids": [...], "survivor_ids": [...], "epsilon_vs_server": E_s}
 
-(``epsilon_vs_server`` only when the writer accounted it).
+(``epsilon_vs_server`` only when the writer accounted it; the sampling's ``min_survivors``,
+``eligible`` and ``dropout`` only for a round with an abort rule, see
+:mod:`dp.accountants.aborts`).
 
 ``hash`` is the lowercase hex SHA-256 of the canonical JSON of the record without
 its ``hash`` key; ``prev_hash`` is the previous line's ``hash`` (the header's
@@ -270,11 +273,7 @@ def _round_dict(event: RoundEvent, *, epsilon: float, delta: float, accountant: 
             "clip_query_noise_multiplier": float(event.clip_query_noise_multiplier),
             "dim": int(event.dim),
         },
-        "sampling": {
-            "scheme": event.sampling.value,
-            "rate": float(event.sampling_rate),
-            "population": int(event.population),
-        },
+        "sampling": _sampling_dict(event),
         "cohort": int(event.cohort),
         "survivors": int(event.survivors),
         "colluders": int(event.colluders),
@@ -289,6 +288,21 @@ def _round_dict(event: RoundEvent, *, epsilon: float, delta: float, accountant: 
         rec["epsilon_vs_server"] = _eps_json(epsilon_vs_server)
     rec["hash"] = record_hash(rec)
     return rec
+
+
+def _sampling_dict(event: RoundEvent) -> dict[str, Any]:
+    samp: dict[str, Any] = {
+        "scheme": event.sampling.value,
+        "rate": float(event.sampling_rate),
+        "population": int(event.population),
+    }
+    # The abort rule (dp.accountants.aborts), written only when the round had one, so that
+    # records of rounds without it keep their old form.
+    if event.min_survivors:
+        samp["min_survivors"] = int(event.min_survivors)
+        samp["eligible"] = int(event.eligible)
+        samp["dropout"] = float(event.dropout)
+    return samp
 
 
 def _event_from_record(rec: Mapping[str, Any]) -> RoundEvent:
@@ -312,6 +326,9 @@ def _event_from_record(rec: Mapping[str, Any]) -> RoundEvent:
         dim=_as_int(mech["dim"]),
         cohort_ids=_as_ids(rec.get("cohort_ids", [])),
         survivor_ids=_as_ids(rec.get("survivor_ids", [])),
+        min_survivors=_as_int(samp.get("min_survivors", 0)),
+        eligible=_as_int(samp.get("eligible", 0)),
+        dropout=_as_float(samp.get("dropout", 0.0)),
     )
     nm = _as_float(mech["noise_multiplier"])
     if not math.isclose(nm, event.noise_multiplier, rel_tol=1e-12, abs_tol=1e-300):

@@ -30,8 +30,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dp.accountants import compute_epsilon
-from dp.adversary import Adversary, ServerAccount, unbounded_reason
+from dp.accountants import abort_delta, compute_epsilon
+from dp.adversary import Adversary, ServerAccount, capped_by_server, public_unbounded_reason, unbounded_reason
 from dp.errors import BudgetExceededError
 from dp.events import RoundEvent
 from dp.ledger import Ledger, LedgerRecord
@@ -50,9 +50,9 @@ class RunAccounting:
         target: the budget (None: no budget, epsilon is still reported).
         accountant: ``"pld"`` or ``"rdp"`` for the epsilon against model users.
         cap: the most rounds a client may be admitted to (None: no cap).
-        min_cohort: a drawn cohort (after the cap) smaller than this cannot release (the
-            noise is sized for ``min_survivors``): :meth:`check` aborts the attempt before any
-            client touches its data or is charged, and the round loop redraws.
+        min_cohort: a drawn cohort (after the cap) smaller than this, empty included, cannot
+            release (the noise is sized for ``min_survivors``): :meth:`check` aborts the attempt
+            before any client touches its data or is charged, and the round loop redraws.
         planned: ``planned(round, cohort) -> RoundEvent``, the worst case of a round that
             can still release (``min_survivors`` honest shares). With a target enforced against
             the server, a client is admitted only if that event would keep its own epsilon
@@ -79,6 +79,7 @@ class RunAccounting:
         self._planned = planned
         self.too_small: list[int] = []
         self.admissions: Counter[int] = Counter()
+        self.eligible: dict[int, int] = {}
         self.left_out: dict[int, tuple[int, ...]] = {}
         self._server = ServerAccount(delta)
         self._public_cache: tuple[tuple[int, int], float] | None = None
@@ -104,10 +105,16 @@ class RunAccounting:
         key = (len(events), id(events[-1]) if events else 0)
         if self._public_cache is not None and self._public_cache[0] == key:
             return self._public_cache[1]
-        public = compute_epsilon(events, self.delta, accountant=self.accountant)
-        value = 0.0 if public == 0.0 else min(public, self.epsilon_vs_server(events))
+        value = self._public(events, lambda: self.epsilon_vs_server(events))
         self._public_cache = (key, value)
         return value
+
+    def _public(self, events: Sequence[RoundEvent], server: Callable[[], float]) -> float:
+        # As dp.adversary.epsilon_vs_public, with the server's number from the incremental account.
+        public = compute_epsilon(events, self.delta, accountant=self.accountant)
+        if public == 0.0 or not capped_by_server(events):
+            return public
+        return min(public, server())
 
     def epsilon(self, events: Sequence[RoundEvent]) -> float:
         """The enforced epsilon of ``events`` (the federation's ``epsilon_fn``)."""
@@ -124,7 +131,7 @@ class RunAccounting:
             RoundFailedError: the cohort is smaller than ``min_cohort`` (an abort: nothing ran).
             BudgetExceededError: the round would take the enforced epsilon past the target.
         """
-        if 0 < planned.cohort < self.min_cohort:
+        if planned.cohort < self.min_cohort:
             self.too_small.append(planned.round)
             raise RoundFailedError(
                 f"round {planned.round}: the drawn cohort has {planned.cohort} clients, fewer than the "
@@ -134,8 +141,7 @@ class RunAccounting:
         if self.enforced is Adversary.SERVER:
             eps = self._sync(events).epsilon_if(planned)
         else:
-            public = compute_epsilon([*events, planned], self.delta, accountant=self.accountant)
-            eps = min(public, self._sync(events).epsilon_if(planned))
+            eps = self._public([*events, planned], lambda: self._sync(events).epsilon_if(planned))
         if self.target is not None and eps > self.target:
             raise BudgetExceededError(
                 f"round {planned.round} would take epsilon against the {self.enforced.value} to {eps:.4g} > "
@@ -155,23 +161,40 @@ class RunAccounting:
         charge them too, conservatively).
         """
         kept = cohort.members
+        capped = 0
         if self.cap is not None:
             kept = tuple(c for c in kept if self.admissions[c] < self.cap)
-        if (
-            kept
-            and self.target is not None
-            and self.enforced is Adversary.SERVER
-            and self._planned is not None
-        ):
+            capped = sum(1 for c, n in self.admissions.items() if n >= self.cap and 1 <= c <= cohort.population)
+        eligible = cohort.population - capped
+        if self.target is not None and self.enforced is Adversary.SERVER and self._planned is not None:
             event = self._planned(round_id, cohort)
-            kept = tuple(c for c in kept if self._server.client_epsilon_if(c, event) <= self.target)
-            if not kept:
-                self._stop_if_exhausted(event, cohort.population)
+            if kept:
+                kept = tuple(c for c in kept if self._server.client_epsilon_if(c, event) <= self.target)
+                if not kept:
+                    self._stop_if_exhausted(event, cohort.population)
+            eligible -= self._over_target(event, cohort.population)
+        # The fewest clients any attempt of this round was drawn from (dp.accountants.aborts).
+        self.eligible[round_id] = min(self.eligible.get(round_id, eligible), max(eligible, 0))
         out = tuple(c for c in cohort.members if c not in set(kept))
         if out:
             self.left_out[round_id] = tuple(sorted(set(self.left_out.get(round_id, ())) | set(out)))
         self.admissions.update(kept)
         return cohort if kept == cohort.members else dataclasses.replace(cohort, members=kept)
+
+    def eligible_of(self, round_id: int) -> int:
+        """How many clients round ``round_id``'s cohorts were drawn from (the fewest over its attempts;
+        0 before any draw, read as the whole population)."""
+        return self.eligible.get(round_id, 0)
+
+    def _over_target(self, event: RoundEvent, population: int) -> int:
+        """How many clients below the cap ``event`` would take past the target (left out of every draw)."""
+        target = self.target or 0.0
+        capped = {c for c, n in self.admissions.items() if self.cap is not None and n >= self.cap}
+        charged = {c for c in self._server.per_client() if 1 <= c <= population}
+        over = sum(1 for c in charged - capped if self._server.client_epsilon_if(c, event) > target)
+        if self._server.client_epsilon_if(0, event) > target:  # 0 is no client: one never charged
+            over += population - len(charged | {c for c in capped if 1 <= c <= population})
+        return over
 
     def _stop_if_exhausted(self, event: RoundEvent, population: int) -> None:
         """Raise when no client of the population could join another round within the target."""
@@ -278,7 +301,11 @@ def epsilon_report(fed: Any) -> dict[str, Any]:
         "participation_cap": acc.cap,
         "clients_left_out": sum(len(v) for v in acc.left_out.values()),
         "attempts_too_small": len(acc.too_small),
+        "epsilon_vs_public_abort_delta": abort_delta(events),
     }
+    why_public = public_unbounded_reason(events, acc.delta) if math.isinf(public) else None
+    if why_public is not None:
+        out["epsilon_vs_public_reason"] = why_public
     if math.isinf(server):
         out["epsilon_vs_server_reason"] = unbounded_reason(events) or "no finite guarantee"
     guard = getattr(fed, "client_guard", None)

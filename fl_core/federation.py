@@ -35,7 +35,7 @@ from fl_core.pipeline import (
     ServerPipeline,
     plan_for,
 )
-from fl_core.sampling import Cohort, Sampler
+from fl_core.sampling import Cohort, Sampler, SamplingScheme
 from fl_core.server import ServerOptimizer
 from fl_core.sources import ClientDataView, ClientSource, InMemoryClients
 from fl_core.transport import InProcessTransport, Transport
@@ -387,9 +387,13 @@ class Federation:
         self.timer.take()  # a round's CPU record starts here
         cohort = self.cohort_of(r)
         attempt = self.attempts.get(r, 0)
-        if not cohort.members:
-            return RoundStart(r, cohort, skipped=True, attempt=attempt)
         acc = self.accounting
+        # An empty Poisson draw of a DP run is redrawn like a too-small one (the budget's check
+        # aborts it), never a skipped round: a skip would be a release that the target client's
+        # presence alone turns into a redraw (dp.accountants.aborts).
+        redraw_empty = cohort.scheme is SamplingScheme.POISSON and getattr(acc.budget, "min_cohort", 0) >= 1
+        if not cohort.members and not redraw_empty:
+            return RoundStart(r, cohort, skipped=True, attempt=attempt)
         if acc.budget is not None:
             planned = self.privacy.round_event(
                 round=r,

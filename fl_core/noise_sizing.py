@@ -29,10 +29,13 @@ from typing import Any
 
 from scipy.stats import binom
 
+from dp.accountants import abort_probability
+from dp.events import DPMode, Mechanism, RoundEvent, Sampling
 from fl_core.errors import ConfigError
 from fl_core.sampling import Sampler, SamplingScheme
 
 __all__ = [
+    "ABORT_DELTA_SHARE",
     "ABORT_QUANTILE",
     "CAP_REACHERS",
     "MAX_AVERAGE_NOISE",
@@ -42,6 +45,8 @@ __all__ = [
     "default_min_survivors",
     "noise_share",
     "participation_cap",
+    "planned_abort_delta",
+    "quantile_min_survivors",
 ]
 
 #: Default min-survivors under Poisson sampling: the cohort-size quantile below which a
@@ -49,6 +54,10 @@ __all__ = [
 #: 0.1 % one costs little noise (e.g. 85 instead of 70 of 100 expected) and keeps small
 #: federations sensible (6 instead of 1 of 10 expected).
 ABORT_QUANTILE = 0.05
+
+#: The share of delta the default min-survivors may spend on the abort term (rounds whose
+#: release decision hinged on one client, :mod:`dp.accountants.aborts`) over the planned rounds.
+ABORT_DELTA_SHARE = 0.1
 
 #: Warn when the noise a typical round carries exceeds what it needs by this factor (std).
 WARN_NOISE_OVERHEAD = 1.25
@@ -64,13 +73,10 @@ MAX_AVERAGE_NOISE = 0.2
 CAP_REACHERS = 3.0
 
 
-def default_min_survivors(sampler: Sampler, dropout: float = 0.0) -> int:
-    """The fewest survivors a DP round may release with, by default.
-
-    Poisson: the largest m with P[cohort < m] <= :data:`ABORT_QUANTILE` (the cohort size
-    is Binomial(N, q)); fixed size and full participation: the cohort size. Both
-    scaled by (1 - dropout) for planned dropouts; never below 1.
-    """
+def quantile_min_survivors(sampler: Sampler, dropout: float = 0.0) -> int:
+    """The min-survivors that keeps aborts rare: Poisson: the largest m with P[cohort < m] <=
+    :data:`ABORT_QUANTILE` (the cohort size is Binomial(N, q)); fixed size and full
+    participation: the cohort size. Both scaled by (1 - dropout); never below 1."""
     if sampler.scheme is SamplingScheme.POISSON:
         m = int(binom.ppf(ABORT_QUANTILE, sampler.population, sampler.rate))
         # ppf gives the smallest m with P[X <= m] >= p; P[X < m] <= p then holds for m itself.
@@ -80,6 +86,49 @@ def default_min_survivors(sampler: Sampler, dropout: float = 0.0) -> int:
     else:
         low = sampler.expected_cohort()
     return max(1, int(math.floor(low * (1.0 - dropout))))
+
+
+def planned_abort_delta(sampler: Sampler, min_survivors: int, *, rounds: int, dropout: float = 0.0) -> float:
+    """H over ``rounds`` Poisson rounds with nobody left out (:func:`dp.accountants.aborts.abort_delta`):
+    the delta spent on rounds whose release decision hinged on one client; 0 for other schemes."""
+    if sampler.scheme is not SamplingScheme.POISSON or sampler.rate >= 1.0 or rounds < 1:
+        return 0.0
+    one = abort_probability(
+        RoundEvent(
+            round=1, mode=DPMode.DISTRIBUTED, mechanism=Mechanism.GAUSSIAN, l2_sensitivity=1.0, noise_variance=1.0,
+            clip_norm=1.0, sampling=Sampling.POISSON, sampling_rate=sampler.rate, population=sampler.population,
+            cohort=0, survivors=0, min_survivors=max(1, min_survivors), dropout=dropout,
+        )
+    )
+    return 1.0 if one >= 1.0 else -math.expm1(rounds * math.log1p(-one))
+
+
+def default_min_survivors(
+    sampler: Sampler, dropout: float = 0.0, *, rounds: int | None = None, delta: float | None = None
+) -> int:
+    """The fewest survivors a DP round may release with, by default.
+
+    Without ``rounds`` and ``delta``: :func:`quantile_min_survivors`. With them, under
+    Poisson sampling: the largest m up to that quantile whose abort term over the planned
+    rounds (:func:`planned_abort_delta`) is at most :data:`ABORT_DELTA_SHARE` of delta, so
+    that the amplified epsilon against model users keeps most of delta for the noise;
+    when no m >= 1 achieves it (small federations) the quantile rule, and epsilon against
+    model users is then not amplified (the accountant says why).
+    """
+    m_q = quantile_min_survivors(sampler, dropout)
+    if rounds is None or delta is None or sampler.scheme is not SamplingScheme.POISSON or sampler.rate >= 1.0:
+        return m_q
+    budget = ABORT_DELTA_SHARE * delta
+    if planned_abort_delta(sampler, 1, rounds=rounds, dropout=dropout) > budget:
+        return m_q
+    lo, hi = 1, m_q  # the abort term grows with m: largest m within the budget, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if planned_abort_delta(sampler, mid, rounds=rounds, dropout=dropout) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +175,8 @@ class NoiseShare:
             f"{self.colluders} colluders), so a typical round of {self.expected_cohort:g} clients carries "
             f"{self.noise_overhead:.2f}x the noise std it needs; expect lower accuracy. Fix: more clients "
             "per round (--sampling-rate, --clients), fixed-size cohorts (--per-round K, where min-survivors is "
-            "K), or --min-survivors closer to the expected cohort (rounds with fewer survivors abort)"
+            "K), or --min-survivors closer to the expected cohort (rounds with fewer survivors abort, and under "
+            "Poisson sampling the abort term then spends more of delta against model users)"
         )
 
 

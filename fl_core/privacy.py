@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -57,6 +58,7 @@ from fl_core.noise_sizing import (
     default_min_survivors,
     noise_share,
     participation_cap,
+    quantile_min_survivors,
 )
 from fl_core.pipeline import ClipOutcome, NoPrivacy, plan_for
 from fl_core.sampling import Cohort, Sampler, SamplingScheme
@@ -90,10 +92,24 @@ class DPPolicy:
         sampler: how cohorts are drawn.
         dim: model dimension.
         delta: the run's delta.
+        dropout: the per-client dropout probability the run plans for (recorded in each
+            event with ``min_survivors``: :mod:`dp.accountants.aborts`).
+
+    ``eligible_of(round)``, when set (by :func:`build_privacy`, from the participation cap's
+    books), gives how many clients a round's cohorts were drawn from; each event records it.
     """
 
+    eligible_of: Callable[[int], int] | None = None
+
     def __init__(
-        self, config: DPConfig, *, sampler: Sampler, dim: int, delta: float, max_clip_factor: float = 8.0
+        self,
+        config: DPConfig,
+        *,
+        sampler: Sampler,
+        dim: int,
+        delta: float,
+        max_clip_factor: float = 8.0,
+        dropout: float = 0.0,
     ) -> None:
         if config.mode is DPMode.NONE:
             raise ConfigError("DPPolicy needs a DP mode; use NoPrivacy for none", option="dp")
@@ -101,6 +117,7 @@ class DPPolicy:
         self.sampler = sampler
         self.dim = dim
         self._delta = delta
+        self.dropout = float(dropout)
         self._adaptive: AdaptiveClip | None = None
         self._pending_fraction: float | None = None
         if config.adaptive is not None:
@@ -265,7 +282,18 @@ class DPPolicy:
             clip_norm=self.clip_norm,
         )
         ids = () if planned or survivor_ids is None else tuple(sorted(survivor_ids))
-        return dataclasses.replace(event, cohort_ids=tuple(sorted(cohort.members)), survivor_ids=ids)
+        # The round's abort rule (it releases only with min_survivors survivors) and the pool its
+        # cohort was drawn from: under Poisson sampling the accountant charges the chance that the
+        # release decision hinged on one client (dp.accountants.aborts).
+        eligible = self.eligible_of(round) if self.eligible_of is not None else 0
+        return dataclasses.replace(
+            event,
+            cohort_ids=tuple(sorted(cohort.members)),
+            survivor_ids=ids,
+            min_survivors=self.min_survivors,
+            eligible=min(max(eligible, 0), cohort.population),
+            dropout=self.dropout,
+        )
 
     # -- checkpoints --------------------------------------------------------------
 
@@ -394,7 +422,11 @@ def build_privacy(
     if cfg.noise_multiplier is not None and cfg.noise_multiplier <= 0:
         raise ConfigError("--noise-multiplier must be > 0 with DP on", option="noise_multiplier")
     expected = max(1, int(round(sampler.expected_cohort())))
-    min_surv = cfg.min_survivors if cfg.min_survivors is not None else default_min_survivors(sampler, cfg.dropout)
+    min_surv = (
+        cfg.min_survivors
+        if cfg.min_survivors is not None
+        else default_min_survivors(sampler, cfg.dropout, rounds=cfg.rounds, delta=cfg.delta)
+    )
     if mode is DPMode.DISTRIBUTED and min_surv - cfg.colluders < 1:
         raise ConfigError(
             f"with {min_surv} planned survivors and {cfg.colluders} colluders no honest noise is guaranteed; "
@@ -430,7 +462,7 @@ def build_privacy(
             )
         except Exception as exc:
             raise ConfigError(f"invalid DP configuration: {exc}", option="dp") from exc
-        policy = DPPolicy(config, sampler=sampler, dim=dim, delta=cfg.delta)
+        policy = DPPolicy(config, sampler=sampler, dim=dim, delta=cfg.delta, dropout=cfg.dropout)
         return config, policy, plan_for(policy, sampler, dim, cfg.bits).scale
 
     cap = cfg.max_participation
@@ -478,10 +510,17 @@ def build_privacy(
         else:
 
             def eps_public(zz: float) -> float:
+                # rounds - 1 rounds with the 5 % quantile of the survivors (few rounds carry less noise)
+                # and a last one admitted on its worst case (min_survivors), each with the run's abort
+                # rule, so the abort term's share of delta is paid for (dp.accountants.aborts). Every
+                # round at its worst case would oversize distributed noise once min_survivors sits
+                # well below the quantile, as the abort term's default puts it.
                 _config, policy, scale = build(zz)
                 cohort = Cohort(tuple(range(1, expected + 1)), sampler.scheme, sampler.rate, sampler.population)
+                low = min(expected, max(min_surv, quantile_min_survivors(sampler, cfg.dropout)))
                 events = [
-                    policy.round_event(round=r, cohort=cohort, survivors=expected, scale=scale, dim=dim, planned=True)
+                    policy.round_event(round=r, cohort=cohort, survivors=low, scale=scale, dim=dim,
+                                       planned=r == cfg.rounds)
                     for r in range(1, cfg.rounds + 1)
                 ]
                 return epsilon_vs_public(events, cfg.delta)
@@ -554,6 +593,7 @@ def build_privacy(
             round=r, cohort=cohort, survivors=len(cohort.members), scale=scale, dim=dim, planned=True
         ),
     )
+    policy.eligible_of = accounting.eligible_of
     ledger = None
     books = None
     ledger_path = Path(cfg.ledger) if cfg.ledger is not None else _default_ledger_path()

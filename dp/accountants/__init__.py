@@ -19,6 +19,12 @@ Rules applied to every event (documented in ``SECURITY.md (differential privacy 
   noise variance is charged as non-private (infinite epsilon).
 * ``local`` rounds are charged without amplification by sampling (the server
   sees who took part): q = 1 for each round.
+* A Poisson round that releases only with at least ``min_survivors`` survivors
+  (aborting and redrawing otherwise) may have released *because* the target
+  client was sampled: the probability eta of that is charged as delta
+  (:mod:`dp.accountants.aborts`), and the rounds are accounted at
+  ``(delta - H) / (1 - H)`` with ``H = 1 - prod(1 - eta)``; no finite epsilon
+  once ``H >= delta``.
 * An adaptive clip's quantile query (count noise std ``sigma_b`` on bits
   centred at 1/2) is folded in: Gaussian z_eff = (z^-2 + (2 sigma_b)^-2)^-1/2
   (Andrew et al. 2021, Thm. 1); for Skellam the count is one more Skellam
@@ -49,8 +55,10 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from dp.accountants import aborts as _aborts
 from dp.accountants import pld as _pld
 from dp.accountants import rdp as _rdp
+from dp.accountants.aborts import abort_delta, abort_probability, abort_rule_unrecorded, subject_to_abort_term
 from dp.accountants.analytic import analytic_gaussian_epsilon
 from dp.errors import AccountingError, ConfigurationError
 from dp.events import DPMode, Mechanism, RoundEvent, Sampling
@@ -61,11 +69,15 @@ __all__ = [
     "AccountingResult",
     "ChargeKind",
     "RoundCharge",
+    "abort_delta",
+    "abort_probability",
+    "abort_rule_unrecorded",
     "account",
     "analytic_gaussian_epsilon",
     "charge_of",
     "compute_epsilon",
     "epsilon_curve",
+    "subject_to_abort_term",
 ]
 
 AccountantName = Literal["pld", "rdp"]
@@ -137,12 +149,23 @@ class RoundCharge:
 
 @dataclass(frozen=True, slots=True)
 class AccountingResult:
-    """Epsilon with the engine that produced it."""
+    """Epsilon with the engine that produced it.
+
+    Attributes:
+        epsilon: the composed epsilon at ``delta`` (``math.inf``: no finite guarantee).
+        delta: the delta it is stated at.
+        accountant: the accountant asked for.
+        engine: the engine that produced it (``"abort term"`` when the abort term alone spends delta).
+        abort_delta: the part of ``delta`` spent on rounds whose release decision hinged on one
+            client (:mod:`dp.accountants.aborts`); the noise is accounted at the rest,
+            ``(delta - abort_delta) / (1 - abort_delta)``.
+    """
 
     epsilon: float
     delta: float
     accountant: str
     engine: str
+    abort_delta: float = 0.0
 
 
 def effective_gaussian_z(z: float, count_sigma: float) -> float:
@@ -307,7 +330,9 @@ def _integer_noise_rows(
         out[np.array(sk)] = vals[inv.reshape(-1)]
 
 
-def _rdp_eps_from_total(total: npt.NDArray[np.float64], delta: float) -> npt.NDArray[np.float64]:
+def _rdp_eps_from_total(
+    total: npt.NDArray[np.float64], delta: float | npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
     full = _rdp.interpolate_orders(total)
     return _rdp.eps_from_rdp(_rdp.ORDERS, full, delta)
 
@@ -326,20 +351,26 @@ def account(events: Sequence[RoundEvent], delta: float, *, accountant: str = "pl
     active = [c for c in charges if c.kind is not ChargeKind.FREE]
     if not active:
         return AccountingResult(0.0, delta, accountant, "none")
+    # Rounds whose release decision hinged on one client spend part of delta (H); the
+    # noise is accounted at what is left (dp.accountants.aborts).
+    h = _aborts.abort_delta(events)
+    if h >= delta:
+        return AccountingResult(math.inf, delta, accountant, "abort term", abort_delta=h)
+    d0 = _aborts.delta_for_noise(delta, h)
     if accountant == "rdp" or not all(c.exact_pld for c in active):
         total = _rdp_matrix(active).sum(axis=0)
-        return AccountingResult(float(_rdp_eps_from_total(total, delta)), delta, accountant, "rdp")
+        return AccountingResult(float(_rdp_eps_from_total(total, d0)), delta, accountant, "rdp", h)
     groups = _pld.group_rounds([(c.q, c.z) for c in active])
     # RDP of the (dominating) class representatives: an upper bound, used to size the
     # PLD discretisation and as a fallback when it is the smaller of the two.
     reps = [RoundCharge(ChargeKind.GAUSSIAN_POISSON, q=q, z=z) for (q, z) in groups]
     counts = np.array(list(groups.values()), dtype=np.float64)
-    eps_rdp = float(_rdp_eps_from_total((_rdp_matrix(reps) * counts[:, None]).sum(axis=0), delta))
-    eps = _pld.pld_epsilon_grouped(groups, delta, rough_epsilon=eps_rdp)
+    eps_rdp = float(_rdp_eps_from_total((_rdp_matrix(reps) * counts[:, None]).sum(axis=0), d0))
+    eps = _pld.pld_epsilon_grouped(groups, d0, rough_epsilon=eps_rdp)
     # Both are upper bounds, so their minimum is one too.
     if eps_rdp < eps:
-        return AccountingResult(eps_rdp, delta, accountant, "rdp")
-    return AccountingResult(eps, delta, accountant, "pld")
+        return AccountingResult(eps_rdp, delta, accountant, "rdp", h)
+    return AccountingResult(eps, delta, accountant, "pld", h)
 
 
 def compute_epsilon(events: Sequence[RoundEvent], delta: float, *, accountant: str = "pld") -> float:
@@ -364,7 +395,13 @@ def epsilon_curve(events: Sequence[RoundEvent], delta: float, *, accountant: str
         return []
     rdp = _rdp_matrix(charges)
     cum = np.cumsum(rdp, axis=0)
-    eps_rdp = _rdp_eps_from_total(cum, delta)
+    # The abort term of each prefix (dp.accountants.aborts): no finite epsilon once it reaches delta.
+    etas = np.array([_aborts.abort_probability(e) for e in events], dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        h = -np.expm1(np.cumsum(np.log1p(-np.minimum(etas, 1.0))))
+    d0 = np.where(h < delta, (delta - h) / (1.0 - h), 0.0)
+    eps_rdp = _rdp_eps_from_total(cum, d0)
+    eps_rdp = np.where(h < delta, eps_rdp, np.inf)
     nonpriv = np.cumsum([c.kind is ChargeKind.NON_PRIVATE for c in charges]) > 0
     active_seen = np.cumsum([c.kind is not ChargeKind.FREE for c in charges]) > 0
     eps_rdp = np.where(nonpriv, np.inf, np.where(active_seen, eps_rdp, 0.0))

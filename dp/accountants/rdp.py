@@ -294,15 +294,16 @@ def interpolate_orders(rdp_int: FloatArray) -> FloatArray:
     return out
 
 
-def eps_from_rdp(orders: Sequence[float] | FloatArray, rdp: FloatArray, delta: float) -> FloatArray:
-    """Convert RDP curves (last axis = orders) to epsilon at ``delta``.
+def eps_from_rdp(orders: Sequence[float] | FloatArray, rdp: FloatArray, delta: float | FloatArray) -> FloatArray:
+    """Convert RDP curves (last axis = orders) to epsilon at ``delta`` (a scalar, or one per curve).
 
     Security:
         eps = min_alpha rdp(alpha) + log1p(-1/alpha) - (log delta + log alpha) / (alpha - 1)
         (Canonne, Kamath, Steinke 2020, Prop. 12; Asoodeh et al. 2020), clipped at 0.
     """
     a = np.asarray(orders, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        eps = rdp + np.log1p(-1.0 / a) - (math.log(delta) + np.log(a)) / (a - 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_delta = np.log(np.asarray(delta, dtype=np.float64))[..., None]
+        eps = rdp + np.log1p(-1.0 / a) - (log_delta + np.log(a)) / (a - 1.0)
     eps = np.where(np.isnan(eps), np.inf, eps)
     return np.asarray(np.maximum(np.min(eps, axis=-1), 0.0), dtype=np.float64)

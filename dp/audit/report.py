@@ -15,7 +15,9 @@ Security:
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -293,10 +295,23 @@ def audit_ledger(
                              f"'{vers[name]}'")
             if name not in ("pld", "rdp"):
                 notes.append(f"records name an unknown accountant {name!r}; not compared")
+        from dp.accountants import abort_rule_unrecorded, subject_to_abort_term
+
+        legacy = [e.round for e in events if abort_rule_unrecorded(e)]
+        if legacy:
+            notes.append(
+                f"{len(legacy)} Poisson round(s) (first: round {legacy[0]}) do not record their abort rule "
+                "(min_survivors; ledgers written before it was recorded): their epsilon against model users "
+                "was computed without the abort term and is not a valid bound if the round aborted and "
+                "redrew on too few survivors; rely on epsilon_vs_server for them"
+            )
+        capped = list(itertools.accumulate((not subject_to_abort_term(e) for e in events), operator.and_))
         for i, rec in enumerate(rep.records):
             # Records that carry epsilon_vs_server state epsilon against model users capped by
-            # it (a model user sees nothing the server does not); older records do not.
-            cap = server[i] if (server and rec.epsilon_vs_server is not None) else math.inf
+            # it where the relations agree (a model user sees nothing the server does not; not
+            # once a round's participation hides behind an abort rule, dp.adversary.capped_by_server);
+            # older records do not.
+            cap = server[i] if (server and rec.epsilon_vs_server is not None and capped[i]) else math.inf
             if server and rec.epsilon_vs_server is not None and not _close(rec.epsilon_vs_server, server[i], rtol):
                 s_rel = ((rec.epsilon_vs_server - server[i]) / server[i]
                          if server[i] not in (0.0, math.inf) else math.inf)

@@ -123,7 +123,10 @@ def test_sweep_calibrated_against_the_server(tmp_path: Path) -> None:
     res = run_sweep(spec, tmp_path / "sweep", workers=1, progress=False, command="test")
     (row,) = res["results"]
     assert row["epsilon_enforced_on"] == "server" and row["epsilon"] == row["epsilon_vs_server"]
-    assert 0.8 * 8.0 <= row["epsilon_vs_server"] <= 8.0
+    # 20 clients expected per round, min-survivors 8 (low enough that a release hinges on one
+    # client with probability <= delta / 10, dp.accountants.aborts): each round is admitted on
+    # that worst case, so the run ends well below the target (about 0.6 x here).
+    assert 0.55 * 8.0 <= row["epsilon_vs_server"] <= 8.0
     assert row["epsilon_vs_public"] < row["epsilon_vs_server"]
     table = (tmp_path / "sweep" / "report.md").read_text()
     assert "8 (server)" in table and "ε vs server" in table

@@ -6,6 +6,7 @@ train_fn and data, with privagg's privacy wired by :func:`fl_core.privacy.build_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -113,10 +114,13 @@ def test_finding4_distributed_epsilon_is_enforced_against_the_server(tmp_path: P
     report = epsilon_report(fed)
     events = verify_ledger(tmp_path / "ledger.jsonl").events
     per = _per_client_reference(events)
-    public = compute_epsilon(events, DELTA)
     assert report["epsilon"] == report["epsilon_vs_server"] == pytest.approx(max(per.values()), rel=1e-9)
-    assert report["epsilon_vs_public"] == pytest.approx(public, rel=1e-9)
+    # Six clients expected per round: a round's release hinges on one client too often for an
+    # amplified bound against model users (dp.accountants.aborts), and the report says why.
+    assert compute_epsilon(events, DELTA) == math.inf and report["epsilon_vs_public"] is None
+    assert "abort rule" in report["epsilon_vs_public_reason"]
     # The amplified number (all the ledger used to say) is several times too small against the server.
+    public = compute_epsilon([dataclasses.replace(e, min_survivors=0) for e in events], DELTA)
     assert report["epsilon_vs_server"] > 2 * public
     assert results[-1].epsilon == pytest.approx(report["epsilon"])
     audit = audit_ledger(tmp_path / "ledger.jsonl", checkpoints=2)
@@ -235,7 +239,11 @@ def test_target_epsilon_against_the_server_calibrates_noise_and_cap(tmp_path: Pa
     assert k == participation_cap(200, 0.25, 6) and extra["participation_cap"] == k
     results = fed.fit(6)
     rep = epsilon_report(fed)
-    assert 0.9 * 4.0 <= rep["epsilon"] <= 4.0
+    # Each round is admitted on its worst case (min-survivors 23 of the 50 expected, low enough
+    # that a release hinges on one client with probability <= delta / 10 over the run), so the
+    # run ends a little further below the target than the typical rounds would allow.
+    assert extra["min_survivors"] == 23
+    assert 0.8 * 4.0 <= rep["epsilon"] <= 4.0
     assert rep["epsilon_vs_public"] < rep["epsilon"]
     joined: Counter[int] = Counter(c for r in results for c in r.cohort)
     assert max(joined.values()) <= k
