@@ -155,6 +155,11 @@ def test_sigint_mid_run_then_resume_equals_the_uninterrupted_run(tmp_path, unint
     assert [r.round for r in rep.records] == list(range(1, ROUNDS + 1))
     assert rep.epsilon == pytest.approx(straight["epsilon"], rel=1e-12)
     assert resumed["epsilon"] == pytest.approx(straight["epsilon"], rel=1e-12)
+    # The resumed rounds record the same abort rule and pool as the uninterrupted ones (dp.accountants.aborts).
+    rules = [(e.min_survivors, e.eligible, e.dropout) for e in rep.events]
+    straight_events = verify_ledger(straight_dir / "ledger.jsonl").events
+    assert rules == [(e.min_survivors, e.eligible, e.dropout) for e in straight_events]
+    assert all(m >= 1 for m, _, _ in rules)
     assert [m["round"] for m in _lines(out / "metrics.jsonl")] == list(range(1, ROUNDS + 1))
     # Bit for bit: every draw is keyed by round (not by how many came before) and the
     # checkpoint restores the momentum, the abort counters and torch's global RNG.

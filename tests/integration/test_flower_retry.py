@@ -254,6 +254,14 @@ def test_the_honest_flower_server_retries_an_aborted_round_with_the_next_attempt
     assert np.array_equal(_flat(strategy.report.model), _flat(ref.model))
     assert [r.epsilon for r in strategy.report.results] == [r.epsilon for r in ref.history]
 
+    # The server's ledger records each round's abort rule (min_survivors, the pool its cohort was
+    # drawn from, the planned dropout) as the in-process run does: dp.accountants.aborts charges it.
+    def abort_rules(path: Any) -> list[tuple[int, int, float]]:
+        return [(e.min_survivors, e.eligible, e.dropout) for e in verify_ledger(path).events]
+
+    assert abort_rules(cfg.ledger) == abort_rules(tmp_path / "ref.jsonl")
+    assert [m for m, _, _ in abort_rules(cfg.ledger)] == [4] * rounds
+
 
 def test_too_many_consecutive_aborts_stop_the_flower_server_with_the_last_reason(tmp_path: Path) -> None:
     from test_flower_task import UserTask, _configs, _run, write_shards
