@@ -399,10 +399,11 @@ def public_unbounded_reason(events: Sequence[RoundEvent], delta: float) -> str |
     if h < delta:
         return None
     m = max((e.min_survivors for e in events if subject_to_abort_term(e)), default=0)
+    fix = "lower --min-survivors, sample more clients per round" if m > 1 else "sample more clients per round"
     return (
         f"the abort rule (min-survivors {m}) makes a round's release hinge on one client with probability "
         f"{h:.3g} over these rounds, not below delta = {delta:g}: no amplified guarantee against model users "
-        "(lower --min-survivors, sample more clients per round, or use fixed-size cohorts --per-round)"
+        f"({fix}, or use fixed-size cohorts --per-round)"
     )
 
 

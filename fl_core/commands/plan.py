@@ -7,7 +7,10 @@ the participation cap for ``--clients`` or, without it, every round). A target i
 against ``--against`` (default: the server for ``skellam``, the distributed mode; model
 users for ``gaussian``, the central mode, where epsilon against the server is unbounded).
 With ``--clients`` the plan also shows each client's noise share
-(:mod:`fl_core.noise_sizing`).
+(:mod:`fl_core.noise_sizing`), and epsilon against model users pays for the run's abort
+rule (a Poisson round releases only with ``min_survivors`` survivors and is redrawn
+otherwise: :mod:`dp.accountants.aborts`); without ``--clients`` it is planned for rounds
+without an abort rule and says so (``epsilon_vs_public_assumes``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, Optional
 import typer
 
 from dp.accountants import ACCOUNTANT_VERSIONS, account
-from dp.adversary import epsilon_vs_server
+from dp.adversary import capped_by_server, epsilon_vs_server, public_unbounded_reason
 from dp.errors import PrivacyError
 from dp.events import DPMode, Mechanism, RoundEvent, Sampling
 
@@ -48,7 +51,8 @@ def default_adversary(mechanism: PlanMechanism) -> PlanAdversary:
 
 
 def _events(
-    *, z: float, q: float, rounds: int, mechanism: PlanMechanism, clip: float, scale: float, dim: int
+    *, z: float, q: float, rounds: int, mechanism: PlanMechanism, clip: float, scale: float, dim: int,
+    population: int | None = None, min_survivors: int = 0,
 ) -> list[RoundEvent]:
     sampling = Sampling.FULL if q >= 1.0 else Sampling.POISSON
     if mechanism is PlanMechanism.gaussian:
@@ -67,10 +71,12 @@ def _events(
         clip_norm=clip,
         sampling=sampling,
         sampling_rate=1.0 if q >= 1.0 else q,
-        population=1,
+        population=population or 1,
         cohort=1,
         survivors=1,
         dim=dim,
+        # The run's abort rule (central mode releases with one survivor): dp.accountants.aborts.
+        min_survivors=(1 if mechanism is PlanMechanism.gaussian else min_survivors) if population else 0,
     )
     # Identical rounds: the accountants group equal events, so repeating one object is cheap.
     return [one] * rounds
@@ -89,6 +95,8 @@ def plan_epsilon(
     dim: int = 10_000,
     participation: int | None = None,
     against: PlanAdversary | None = None,
+    population: int | None = None,
+    min_survivors: int = 0,
 ) -> dict[str, Any]:
     """Epsilon of ``rounds`` identical Poisson-sampled rounds, against model users and against the server.
 
@@ -96,10 +104,13 @@ def plan_epsilon(
     (``epsilon_rdp``: the RDP cross-check). ``epsilon_vs_server``: ``participation``
     rounds (default: all) composed without amplification (central mode, gaussian:
     unbounded, ``None``). ``epsilon`` is the one against ``against`` (default:
-    :func:`default_adversary`).
+    :func:`default_adversary`). With ``population`` (the run's clients) and ``min_survivors``
+    the rounds carry privagg's abort rule and ``epsilon_vs_public`` pays for it (``math.inf``
+    with ``epsilon_vs_public_reason`` when the abort term alone spends delta).
     """
     evs = _events(
-        z=noise_multiplier, q=sampling_rate, rounds=rounds, mechanism=mechanism, clip=clip, scale=scale, dim=dim
+        z=noise_multiplier, q=sampling_rate, rounds=rounds, mechanism=mechanism, clip=clip, scale=scale, dim=dim,
+        population=population, min_survivors=min_survivors,
     )
     tight = account(evs, delta, accountant=accountant.value)
     rdp = account(evs, delta, accountant="rdp")
@@ -118,7 +129,8 @@ def plan_epsilon(
             "use --mechanism skellam (distributed) or --against public",
             param_hint="--against",
         )
-    public = min(tight.epsilon, server_as_distributed)
+    # Capped by the server's number only where nobody's participation hides behind an abort rule.
+    public = min(tight.epsilon, server_as_distributed) if capped_by_server(evs) else tight.epsilon
     out: dict[str, Any] = {
         "epsilon": server if adversary is PlanAdversary.server else public,
         "epsilon_enforced_on": adversary.value,
@@ -138,6 +150,14 @@ def plan_epsilon(
     }
     if mechanism is PlanMechanism.skellam:
         out.update(clip=clip, scale=scale, dim=dim)
+    if population is None and sampling_rate < 1.0:
+        out["epsilon_vs_public_assumes"] = (
+            "rounds without an abort rule; privagg's Poisson rounds release only with min-survivors survivors and "
+            "pay for it against model users (give --clients to plan that)"
+        )
+    reason = public_unbounded_reason(evs, delta) if math.isinf(public) else None
+    if reason is not None:
+        out["epsilon_vs_public_reason"] = reason
     return out
 
 
@@ -155,6 +175,8 @@ def plan_noise_multiplier(
     rel_tol: float = 1e-3,
     participation: int | None = None,
     against: PlanAdversary | None = None,
+    population: int | None = None,
+    min_survivors: int = 0,
 ) -> dict[str, Any]:
     """Smallest noise multiplier (to ``rel_tol``) whose epsilon against ``against`` is <= ``target_epsilon``.
 
@@ -176,11 +198,21 @@ def plan_noise_multiplier(
                 dim=dim,
                 participation=participation,
                 against=against,
+                population=population,
+                min_survivors=min_survivors,
             )["epsilon"]
         )
 
     hi = 1.0
     e_hi = eps(hi)
+    if math.isinf(e_hi):
+        why = plan_epsilon(
+            noise_multiplier=hi, sampling_rate=sampling_rate, rounds=rounds, delta=delta, mechanism=mechanism,
+            accountant=accountant, clip=clip, scale=scale, dim=dim, participation=participation, against=against,
+            population=population, min_survivors=min_survivors,
+        ).get("epsilon_vs_public_reason")
+        if why is not None:  # no noise helps: the abort term alone spends delta
+            raise typer.BadParameter(why, param_hint="--target-epsilon")
     while e_hi > target_epsilon:
         hi *= 2.0
         if hi > 1e6:
@@ -209,6 +241,8 @@ def plan_noise_multiplier(
         dim=dim,
         participation=participation,
         against=against,
+        population=population,
+        min_survivors=min_survivors,
     )
     out["target_epsilon"] = target_epsilon
     return out
@@ -283,7 +317,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             sampler = Sampler.poisson(clients, sampling_rate) if sampling_rate < 1.0 else Sampler.full(clients)
             if participation is None:
                 participation = participation_cap(clients, sampling_rate, rounds)
-            m = min_survivors if min_survivors is not None else default_min_survivors(sampler)
+            m = (
+                min_survivors
+                if min_survivors is not None
+                else default_min_survivors(sampler, rounds=rounds, delta=delta)
+            )
             share = {"clients": clients, "min_survivors": m, "colluders": colluders}
         common: dict[str, Any] = dict(
             sampling_rate=sampling_rate,
@@ -296,6 +334,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             dim=dim,
             participation=participation,
             against=against,
+            population=clients,
+            min_survivors=int(share["min_survivors"]) if share is not None else 0,
         )
         try:
             if target_epsilon is not None:
@@ -321,6 +361,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             if warning:
                 result["warnings"] = [warning]
         if as_json:
+            # JSON has no infinity: an unbounded epsilon is null, with its reason beside it.
+            for key in ("epsilon", "epsilon_vs_public", "epsilon_rdp"):
+                if isinstance(result.get(key), float) and math.isinf(result[key]):
+                    result[key] = None
             typer.echo(json.dumps(result, sort_keys=True))
             return
         head = (
@@ -343,6 +387,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             f"  epsilon against model users (RDP cross-check) = {result['epsilon_rdp']:.6g}",
             f"  epsilon = {result['epsilon']:.6g}  (against the {result['epsilon_enforced_on']})",
         ]
+        for key in ("epsilon_vs_public_reason", "epsilon_vs_public_assumes"):
+            if key in result:
+                lines.append(f"  note (against model users): {result[key]}")
         if "noise_share" in result:
             ns = result["noise_share"]
             lines.append(

@@ -201,3 +201,31 @@ def test_a_target_against_model_users_is_met_after_the_abort_term(tmp_path: Path
     assert 0.7 * 3.0 <= rep["epsilon"] == rep["epsilon_vs_public"] <= 3.0
     assert 0.0 < abort_delta(events) < DELTA
     assert compute_epsilon([dataclasses.replace(e, min_survivors=0) for e in events], DELTA) < rep["epsilon"]
+
+
+def test_plan_with_clients_pays_for_the_abort_rule_and_without_says_what_it_assumes() -> None:
+    """``privagg plan --clients N`` plans the run's own rounds: the default min-survivors of a run and
+    epsilon against model users with the abort term (above the same rounds without it, which is what
+    the plan reports without --clients, saying so); a target against model users that the abort term
+    alone makes unreachable is refused, exit 2, naming the fix."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from fl_core.cli import app
+
+    runner = CliRunner()
+    base = ["plan", "--noise-multiplier", "1.5", "--sampling-rate", "0.1", "--rounds", "30", "--delta", "1e-5",
+            "--mechanism", "skellam", "--json"]
+    with_clients = runner.invoke(app, [*base, "--clients", "1000"])
+    assert with_clients.exit_code == 0, with_clients.output
+    planned = json.loads(with_clients.output.strip().splitlines()[-1])
+    without = json.loads(runner.invoke(app, base).output.strip().splitlines()[-1])
+    m = default_min_survivors(Sampler.poisson(1000, 0.1), 0.0, rounds=30, delta=DELTA)
+    assert planned["noise_share"]["min_survivors"] == m == 57
+    assert planned["epsilon_vs_public"] > without["epsilon_vs_public"]
+    assert "epsilon_vs_public_assumes" not in planned and "abort rule" in without["epsilon_vs_public_assumes"]
+    refused = runner.invoke(app, ["plan", "--target-epsilon", "2", "--sampling-rate", "0.2", "--rounds", "30",
+                                  "--delta", "1e-5", "--clients", "50", "--against", "public"])
+    assert refused.exit_code == 2
+    assert "abort rule (min-survivors 1)" in refused.output and "sample more clients per round" in refused.output
