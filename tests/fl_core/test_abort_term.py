@@ -2,7 +2,7 @@
 empty Poisson draws, and the audit of ledgers with and without the rule recorded.
 
 The accountant's side (the abort term against the exact privacy profile) is tested in
-``tests/dp/test_aborts.py``. Federations here are built as a user builds one: their own model,
+``tests/dp/test_abort_accounting.py``. Federations here are built as a user builds one: their own model,
 train_fn and data, with privagg's privacy wired by :func:`fl_core.privacy.build_privacy`.
 """
 
