@@ -84,6 +84,7 @@ __all__ = [
     "public_unbounded_reason",
     "server_view",
     "unbounded_reason",
+    "uncapped_round",
 ]
 
 
@@ -112,8 +113,19 @@ def server_view(event: RoundEvent) -> RoundEvent:
     is charged as a full-participation round (q = 1, add-or-remove relation). In
     central mode the server holds the sum before its own noise: un-noised release.
     """
-    if event.sampling_rate == 0.0 or event.survivors == 0:
-        return event  # nobody's update was released: free under any view
+    if event.sampling_rate == 0.0:
+        return event  # nobody could be sampled: free under any view
+    if event.survivors == 0:
+        # Nobody's update is in the release and the server knows it (it saw the sample): free,
+        # even when the round released the noise alone (``releases_empty``).
+        return dataclasses.replace(
+            event,
+            mechanism=Mechanism.NONE,
+            l2_sensitivity=0.0,
+            l1_sensitivity=0.0,
+            noise_variance=0.0,
+            clip_query_noise_multiplier=0.0,
+        )
     if event.mode is DPMode.CENTRAL and event.mechanism is not Mechanism.NONE:
         return dataclasses.replace(
             event,
@@ -388,9 +400,20 @@ def capped_by_server(events: Sequence[RoundEvent]) -> bool:
     abort rule (:func:`dp.accountants.subject_to_abort_term`): the amplified epsilon is
     stated for adding or removing a client, whose presence the server's per-client books
     take as given, so they do not bound it (an abort that hinges on the client makes its
-    presence visible: see :mod:`dp.accountants.aborts`).
+    presence visible: see :mod:`dp.accountants.aborts`). No either when some round released
+    the noise alone for an empty sample (``releases_empty``, central mode): the server's books
+    charge nobody for a round nobody took part in, while against model users the round is one
+    outcome of a subsampled mechanism that could have sampled the target, and is charged
+    (a run whose every sample was empty would otherwise report 0).
     """
-    return not any(subject_to_abort_term(e) for e in events)
+    return not any(uncapped_round(e) for e in events)
+
+
+def uncapped_round(event: RoundEvent) -> bool:
+    """Whether ``event`` keeps epsilon against model users from being capped by the server's
+    (:func:`capped_by_server`): a Poisson round with an abort rule, or one without (it releases the
+    noise alone for an empty sample)."""
+    return subject_to_abort_term(event) or event.releases_empty
 
 
 def public_unbounded_reason(events: Sequence[RoundEvent], delta: float) -> str | None:

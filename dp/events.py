@@ -80,14 +80,18 @@ class RoundEvent:
             every client when that is not known either (see :mod:`dp.adversary`).
         min_survivors: the fewest survivors with which the round could release (fewer
             abort and the round is redrawn); 0 for a round without an abort rule (it
-            would release noise alone for an empty sample). Under Poisson sampling the
-            release decision can hinge on one client; :mod:`dp.accountants.aborts`
-            charges that as delta.
+            would release noise alone for an empty sample), or one that does not record
+            it (an older ledger). Under Poisson sampling the release decision can hinge
+            on one client; :mod:`dp.accountants.aborts` charges that as delta.
         eligible: how many clients the cohort was drawn from (the population minus
             those left out by a participation cap or their own limit; the fewest over
             the round's attempts); 0 means the whole population.
         dropout: the per-client dropout probability the round was planned for (used
             with ``min_survivors``).
+        releases_empty: the round records that it has no abort rule: an empty sample, or a
+            cohort nobody survived, releases the noise alone (central mode under Poisson
+            sampling) instead of being redrawn. Such a round is charged like any round,
+            ``survivors == 0`` included; ``min_survivors`` is then 0.
     """
 
     round: int
@@ -110,6 +114,7 @@ class RoundEvent:
     min_survivors: int = 0
     eligible: int = 0
     dropout: float = 0.0
+    releases_empty: bool = False
 
     def __post_init__(self) -> None:
         if self.round < 1:
@@ -133,6 +138,13 @@ class RoundEvent:
             raise ConfigurationError(f"eligible ({self.eligible}) cannot exceed the population ({self.population})")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ConfigurationError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.releases_empty, bool):
+            raise ConfigurationError(f"releases_empty must be a bool, got {self.releases_empty!r}")
+        if self.releases_empty and self.min_survivors:
+            raise ConfigurationError(
+                f"a round that releases the noise alone for an empty sample has no abort rule: "
+                f"min_survivors must be 0, got {self.min_survivors}"
+            )
         if self.survivors > self.cohort or self.cohort > self.population:
             raise ConfigurationError("need survivors <= cohort <= population")
         if self.mechanism is not Mechanism.NONE and self.l2_sensitivity <= 0:
@@ -195,6 +207,7 @@ class RoundEvent:
                 min_survivors=int(d.get("min_survivors", 0)),
                 eligible=int(d.get("eligible", 0)),
                 dropout=float(d.get("dropout", 0.0)),
+                releases_empty=bool(d.get("releases_empty", False)),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ConfigurationError(f"malformed event record: {exc}") from exc

@@ -20,13 +20,15 @@ and every later line is a round record::
                    "noise_variance": ..., "noise_multiplier": ..., "clip_norm": ...,
                    "clip_query_noise_multiplier": ..., "dim": ...},
      "prev_hash": P, "round": n, "sampling": {"scheme": ..., "rate": q, "population": N,
-                                               "min_survivors": m, "eligible": n_e, "dropout": rho},
+                                               "min_survivors": m, "eligible": n_e, "dropout": rho,
+                                               "releases_empty": true},
      "survivors": S, "time": "2026-01-01T00:00:00.000000Z", "v": 1,
      "cohort_ids": [...], "survivor_ids": [...], "epsilon_vs_server": E_s}
 
 (``epsilon_vs_server`` only when the writer accounted it; the sampling's ``min_survivors``,
 ``eligible`` and ``dropout`` only for a round with an abort rule, see
-:mod:`dp.accountants.aborts`).
+:mod:`dp.accountants.aborts`; ``releases_empty`` only for a round that records it has none:
+an empty sample releases the noise alone).
 
 ``hash`` is the lowercase hex SHA-256 of the canonical JSON of the record without
 its ``hash`` key; ``prev_hash`` is the previous line's ``hash`` (the header's
@@ -302,6 +304,8 @@ def _sampling_dict(event: RoundEvent) -> dict[str, Any]:
         samp["min_survivors"] = int(event.min_survivors)
         samp["eligible"] = int(event.eligible)
         samp["dropout"] = float(event.dropout)
+    if event.releases_empty:
+        samp["releases_empty"] = True
     return samp
 
 
@@ -329,6 +333,7 @@ def _event_from_record(rec: Mapping[str, Any]) -> RoundEvent:
         min_survivors=_as_int(samp.get("min_survivors", 0)),
         eligible=_as_int(samp.get("eligible", 0)),
         dropout=_as_float(samp.get("dropout", 0.0)),
+        releases_empty=_as_bool(samp.get("releases_empty", False)),
     )
     nm = _as_float(mech["noise_multiplier"])
     if not math.isclose(nm, event.noise_multiplier, rel_tol=1e-12, abs_tol=1e-300):
@@ -340,6 +345,12 @@ def _event_from_record(rec: Mapping[str, Any]) -> RoundEvent:
 def _as_int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise TypeError(f"expected an integer, got {v!r}")
+    return v
+
+
+def _as_bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"expected true or false, got {v!r}")
     return v
 
 

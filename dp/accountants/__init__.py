@@ -9,8 +9,13 @@ Rules applied to every event (documented in ``SECURITY.md (differential privacy 
   neighbouring relation is add-or-remove one client for Poisson sampling and
   full participation, and substitution of one client (population size public)
   for fixed-size cohorts, where the sensitivity of a sum doubles.
-* A round with ``survivors == 0`` or ``sampling_rate == 0`` released nothing
-  about any client and costs nothing.
+* A round with ``sampling_rate == 0``, or with ``survivors == 0`` and no noise
+  (nothing released), costs nothing. A round with ``survivors == 0`` that
+  released noise (central mode under Poisson sampling releases the noise alone
+  for an empty sample instead of redrawing, ``releases_empty``) is charged like
+  any round of its kind: an empty sample is one outcome of the subsampled
+  mechanism, and a charge that depended on the realised sample would depend on
+  whether the target client was sampled.
 * A round with ``Mechanism.NONE`` and ``survivors > 0`` released an un-noised
   aggregate: epsilon is infinite from then on. A run without DP therefore has
   epsilon = inf (there is no finite guarantee), never 0.
@@ -102,7 +107,7 @@ ACCOUNTANT_VERSIONS: dict[str, str] = {
 class ChargeKind(str, Enum):
     """How a round is charged."""
 
-    FREE = "free"  # released nothing about any client
+    FREE = "free"  # released nothing (no update, no noise)
     NON_PRIVATE = "non_private"  # un-noised release: epsilon becomes infinite
     GAUSSIAN_POISSON = "gaussian_poisson"  # Gaussian (or DG) with Poisson rate q (q = 1: full)
     GAUSSIAN_FIXED = "gaussian_fixed"  # Gaussian, fixed-size cohort, substitution relation
@@ -188,8 +193,10 @@ def charge_of(event: RoundEvent) -> RoundCharge:
         AccountingError: a mechanism this accountant cannot bound (an unknown
             mechanism, or a distributed discrete Gaussian without its dimension).
     """
-    if event.survivors == 0 or event.sampling_rate == 0.0:
+    if event.sampling_rate == 0.0:
         return RoundCharge(ChargeKind.FREE)
+    if event.survivors == 0 and (event.mechanism is Mechanism.NONE or event.noise_variance <= 0.0):
+        return RoundCharge(ChargeKind.FREE)  # nobody's update and no noise: nothing was released
     if event.mechanism is Mechanism.NONE:
         return RoundCharge(ChargeKind.NON_PRIVATE)
     if event.noise_variance <= 0.0:

@@ -68,8 +68,13 @@ Security:
     takes part, so the decision cannot hinge on x), local mode (substitution
     relation, no amplification claimed), and epsilon against the server (it fixes
     the participation itself, :mod:`dp.adversary`). An event with ``min_survivors``
-    0 describes a round without an abort rule (it would release noise alone for an
-    empty sample): no abort term.
+    0 describes a round without an abort rule: no abort term. privagg's central mode
+    under Poisson sampling is such a round (``releases_empty``): an empty sample, or
+    a cohort nobody survived, releases the noise alone at the round's sigma (the noised
+    zero sum through the usual fixed denominator and server optimizer), so every
+    attempt releases and the coupling above has no bad attempt (eta = 0); that release
+    is one outcome of the rate-q Poisson subsampled Gaussian mechanism, and the
+    accountants charge it as such (survivors 0 included).
 """
 
 from __future__ import annotations
@@ -132,13 +137,15 @@ def subject_to_abort_term(event: RoundEvent) -> bool:
 def abort_rule_unrecorded(event: RoundEvent) -> bool:
     """Whether the round is Poisson-sampled in central or distributed mode without a recorded abort rule.
 
-    privagg records ``min_survivors`` (>= 1) for every DP round it runs; an event without it
-    comes from a ledger written before the rule was recorded. If that round aborted and
-    redrew on too few survivors, its amplified epsilon against model users (computed here
-    without the abort term) is not a valid bound: the audit says so.
+    privagg records ``min_survivors`` (>= 1) for every DP round with an abort rule, and
+    ``releases_empty`` for every round without one; an event with neither comes from a
+    ledger written before the rule was recorded. If that round aborted and redrew on too
+    few survivors, its amplified epsilon against model users (computed here without the
+    abort term) is not a valid bound: the audit says so.
     """
     return (
         event.min_survivors == 0
+        and not event.releases_empty
         and event.sampling is Sampling.POISSON
         and event.mode in (DPMode.CENTRAL, DPMode.DISTRIBUTED)
         and 0.0 < event.sampling_rate < 1.0

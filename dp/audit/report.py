@@ -295,7 +295,8 @@ def audit_ledger(
                              f"'{vers[name]}'")
             if name not in ("pld", "rdp"):
                 notes.append(f"records name an unknown accountant {name!r}; not compared")
-        from dp.accountants import abort_rule_unrecorded, subject_to_abort_term
+        from dp.accountants import abort_rule_unrecorded
+        from dp.adversary import uncapped_round
 
         legacy = [e.round for e in events if abort_rule_unrecorded(e)]
         if legacy:
@@ -305,7 +306,7 @@ def audit_ledger(
                 "was computed without the abort term and is not a valid bound if the round aborted and "
                 "redrew on too few survivors; rely on epsilon_vs_server for them"
             )
-        capped = list(itertools.accumulate((not subject_to_abort_term(e) for e in events), operator.and_))
+        capped = list(itertools.accumulate((not uncapped_round(e) for e in events), operator.and_))
         for i, rec in enumerate(rep.records):
             # Records that carry epsilon_vs_server state epsilon against model users capped by
             # it where the relations agree (a model user sees nothing the server does not; not

@@ -20,8 +20,10 @@ attempt; and before the abort term existed (min_survivors not charged) it was no
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -215,15 +217,15 @@ _STEP = 1e-3
 
 
 def _loss_distribution(
-    p: Mixture, q: Mixture, sigma: float
+    p: Mixture, q: Mixture, sigma: float, *, cells: int = 50, step: float = _STEP
 ) -> tuple[tuple[int, npt.NDArray[np.float64]], tuple[int, npt.NDArray[np.float64]], float]:
     """The privacy loss log(p/q) of one round with every attempt visible, under P, on a grid of
-    width 1e-3: (offset, pmf) with each loss rounded up and with it rounded down, from cells of width
-    sigma / 50 carrying the largest (resp. smallest) loss at their ends; plus the mass charged as
-    infinite loss (beyond +-40 sigma, and attempts past the 1e-16 tail)."""
+    width ``step`` (1e-3): (offset, pmf) with each loss rounded up and with it rounded down, from cells
+    of width sigma / ``cells`` carrying the largest (resp. smallest) loss at their ends; plus the mass
+    charged as infinite loss (beyond +-40 sigma, and attempts past the 1e-16 tail)."""
     lo = min(p[0].min(), q[0].min()) - 40 * sigma
     hi = max(p[0].max(), q[0].max()) + 40 * sigma
-    y = np.linspace(lo, hi, int((hi - lo) / (sigma / 50)) + 2)
+    y = np.linspace(lo, hi, int((hi - lo) / (sigma / cells)) + 2)
     lr = _logpdf(p, sigma, y) - _logpdf(q, sigma, y)
     means, weights, _ = p
     cdf = np.sum(weights[None, :] * ndtr((y[:, None] - means[None, :]) / sigma), axis=1)
@@ -239,8 +241,8 @@ def _loss_distribution(
             inf_mass += (1 - zp) ** k  # the remaining attempts, charged as infinite loss
             break
         shift = math.log(a / b)
-        ups.append((np.ceil((up + shift) / _STEP).astype(np.int64), cell * a))
-        downs.append((np.floor((down + shift) / _STEP).astype(np.int64), cell * a))
+        ups.append((np.ceil((up + shift) / step).astype(np.int64), cell * a))
+        downs.append((np.floor((down + shift) / step).astype(np.int64), cell * a))
 
     def pmf(parts: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]]) -> tuple[int, npt.NDArray[np.float64]]:
         idx = np.concatenate([i for i, _ in parts])
@@ -253,7 +255,9 @@ def _loss_distribution(
     return pmf(ups), pmf(downs), inf_mass
 
 
-def _composed_delta(dist: tuple[int, npt.NDArray[np.float64]], inf_mass: float, rounds: int, eps: float) -> float:
+def _composed_delta(
+    dist: tuple[int, npt.NDArray[np.float64]], inf_mass: float, rounds: int, eps: float, *, step: float = _STEP
+) -> float:
     """delta(eps) of ``rounds`` independent copies of the loss ``dist`` plus ``inf_mass`` of infinite loss."""
     base, one = dist
     total = one.copy()
@@ -261,7 +265,7 @@ def _composed_delta(dist: tuple[int, npt.NDArray[np.float64]], inf_mass: float, 
         # FFT convolution (exact up to ~1e-16 of the largest mass; negative round-off clipped), far
         # faster than np.convolve on these grids; both checks keep a margin of orders above that.
         total = np.maximum(fftconvolve(total, one), 0.0)
-    values = (np.arange(total.size) + rounds * base) * _STEP
+    values = (np.arange(total.size) + rounds * base) * step
     finite = float(np.sum(total * np.maximum(0.0, 1.0 - np.exp(eps - values))))
     return 1.0 - (1.0 - inf_mass) ** rounds + finite
 
@@ -340,3 +344,103 @@ def test_bad_abort_fields_are_refused() -> None:
     for bad in ({"min_survivors": -1}, {"eligible": 11}, {"dropout": 1.0}, {"eligible": True}):
         with pytest.raises(ConfigurationError):
             RoundEvent(**{**{f: getattr(event, f) for f in event.__dataclass_fields__}, **bad})
+
+
+# -- central mode's noise-alone release (no abort rule) ------------------------------------------
+
+
+def _noise_alone_events(n_others: int, q: float, z: float, *, rounds: int = 1, survivors: int = 0) -> list[RoundEvent]:
+    """What privagg records for a central Poisson round: no abort rule (an empty sample releases the
+    noise alone), here for a round whose realised sample was empty (``survivors`` 0) or not."""
+    one = RoundEvent(
+        round=1, mode=DPMode.CENTRAL, mechanism=Mechanism.GAUSSIAN, l2_sensitivity=C, noise_variance=(z * C) ** 2,
+        clip_norm=C, sampling=Sampling.POISSON, sampling_rate=q, population=n_others + 1, cohort=survivors,
+        survivors=survivors, releases_empty=True,
+    )
+    return [one] * rounds
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(2, 7),
+    q=st.sampled_from([0.1, 0.3, 0.5, 0.9]),
+    z=st.sampled_from([0.7, 1.0, 1.5, 2.5]),
+    delta=st.sampled_from([1e-5, 1e-3, 1e-2]),
+    others=st.lists(st.sampled_from([-1.0, -0.5, 0.0, 0.5, 1.0]), min_size=9, max_size=9),
+    x=st.sampled_from([-1.0, 1.0]),
+    survivors=st.integers(0, 2),
+    accountant=st.sampled_from(["pld", "rdp"]),
+)
+def test_noise_alone_release_is_bounded_by_the_reported_epsilon(
+    n: int, q: float, z: float, delta: float, others: list[float], x: float, survivors: int, accountant: str
+) -> None:
+    """The noise-alone mechanism (every sample releases, the empty one the noise alone; m = 0 in the
+    enumeration, so nothing is ever redrawn): its exact delta at the reported epsilon is at most
+    delta in both directions, whatever the round's realised survivors (the charge ignores them), on
+    tiny populations where privagg's old abort rule (min-survivors 1) reported no finite epsilon."""
+    events = _noise_alone_events(n, q, z, survivors=survivors)
+    res = account(events, delta, accountant=accountant)
+    assert res.abort_delta == 0.0 and math.isfinite(res.epsilon) and res.epsilon > 0
+    assert res.epsilon == account(_noise_alone_events(n, q, z, survivors=0), delta, accountant=accountant).epsilon
+    for data in ([C] * n, [-C] * n, [0.0] * n, others[:n]):
+        d, dx = _released(data, q, 0), _released([*data, x], q, 0)
+        # Every attempt releases (no aborted attempts to see): the releases are the whole output.
+        for a, b in ((dx, d), (d, dx)):
+            assert _exact_delta(a, b, z * C, res.epsilon, visible=False) <= delta * (1 + 1e-6) + 1e-12
+
+
+@pytest.mark.parametrize(("n", "q", "z", "rounds"), [(6, 0.3, 1.0, 4), (8, 0.5, 1.5, 3)])
+def test_noise_alone_rounds_bound_the_composed_exact_profile(n: int, q: float, z: float, rounds: int) -> None:
+    """Composed noise-alone rounds (empty realised samples among them): the exact composed profile at
+    the reported epsilon is at most delta, where the same rounds with the old abort rule of one
+    survivor report none. The reported epsilon is tight for the worst pair (others at 0, the target at
+    C: the subsampled Gaussian's dominating pair), so the reference is refined (cells of sigma / 1000,
+    losses on a 1e-4 grid) and brackets the exact delta: the lower bound must not exceed delta (it
+    would prove the report wrong); the upper bound exceeds it by at most the reference's own
+    discretisation slack (measured 0.44 %)."""
+    delta = 1e-5
+    events = [*_noise_alone_events(n, q, z, rounds=rounds - 1, survivors=1), *_noise_alone_events(n, q, z)]
+    eps = epsilon_vs_public(events, delta)
+    assert math.isfinite(eps)
+    old = [RoundEvent.from_dict({**e.to_dict(), "releases_empty": False, "min_survivors": 1}) for e in events]
+    assert epsilon_vs_public(old, delta) == math.inf
+    for others, x in (([C] * n, -C), ([-C] * n, C), ([0.0] * n, C)):
+        d, dx = _released(others, q, 0), _released([*others, x], q, 0)
+        for a, b in ((dx, d), (d, dx)):
+            up, down, inf_mass = _loss_distribution(a, b, z * C, cells=1000, step=1e-4)
+            assert _composed_delta(down, 0.0, rounds, eps, step=1e-4) <= delta
+            assert _composed_delta(up, inf_mass, rounds, eps, step=1e-4) <= 1.005 * delta
+
+
+def test_an_empty_noise_alone_round_charged_as_free_is_not_an_upper_bound() -> None:
+    """The old rule "a round with survivors == 0 costs nothing" applied to a noise-alone release: a run
+    whose realised samples were all empty would report epsilon 0, but the mechanism that ran (the target
+    sampled with probability q) has exact delta(0) far above delta."""
+    n, q, z, delta = 5, 0.3, 1.0, 1e-5
+    events = _noise_alone_events(n, q, z, rounds=3)
+    assert epsilon_vs_public(events, delta) > 0.0
+    d, dx = _released([0.0] * n, q, 0), _released([0.0] * n + [C], q, 0)
+    # delta(eps) falls as eps grows, so delta(1e-9) is a lower bound on delta(0).
+    assert _exact_delta(dx, d, z * C, 1e-9, visible=False) > 1e3 * delta
+
+
+def test_a_noise_alone_round_is_recorded_as_having_no_abort_rule(tmp_path: Path) -> None:
+    """``releases_empty`` survives the ledger (written only when set, so older records keep their
+    form), the audit does not mistake such a round for an old one that did not record its rule, and
+    an event cannot claim both an abort rule and a noise-alone release."""
+    from dp.accountants import abort_rule_unrecorded
+    from dp.ledger import Ledger, verify_ledger
+
+    (event,) = _noise_alone_events(5, 0.2, 1.0)
+    legacy = RoundEvent.from_dict({**event.to_dict(), "releases_empty": False})
+    assert not abort_rule_unrecorded(event) and abort_rule_unrecorded(legacy)
+    path = tmp_path / "l.jsonl"
+    with Ledger.open(path) as ledger:
+        ledger.append(event, epsilon=1.0, delta=1e-5)
+        ledger.append(dataclasses.replace(legacy, round=2), epsilon=1.0, delta=1e-5)
+    assert [e.releases_empty for e in verify_ledger(path).events] == [True, False]
+    assert path.read_text().count("releases_empty") == 1
+    with pytest.raises(ConfigurationError, match="no abort rule"):
+        dataclasses.replace(event, min_survivors=1)
+    with pytest.raises(ConfigurationError, match="releases_empty must be a bool"):
+        dataclasses.replace(event, releases_empty=1)  # type: ignore[arg-type]

@@ -211,8 +211,10 @@ def test_fixed_size_uses_substitution_bound() -> None:
 
 
 def test_none_and_free_rounds() -> None:
-    free = gauss(1, survivors=0)
+    # Nobody survived and no noise: nothing was released.
+    free = gauss(1, survivors=0, mechanism=Mechanism.NONE, l2_sensitivity=0.0, z=0.0)
     assert compute_epsilon([free], DELTA) == 0.0
+    assert charge_of(free).kind is ChargeKind.FREE
     assert compute_epsilon([], DELTA) == 0.0
     assert compute_epsilon([gauss(1, q=0.0, sampling=Sampling.POISSON)], DELTA) == 0.0
     nodp = RoundEvent(
@@ -246,6 +248,27 @@ def test_none_and_free_rounds() -> None:
         survivors=0,
     )
     assert compute_epsilon([gauss(1), dead], DELTA) == compute_epsilon([gauss(1)], DELTA)
+
+
+def test_noise_alone_release_is_charged_like_any_round() -> None:
+    # A round that released the noise alone for an empty sample (central mode, Poisson) is one
+    # outcome of the subsampled Gaussian mechanism: charged as a round with survivors, never free
+    # (a free charge would depend on whether the target was sampled). Fails under the old rule
+    # "survivors == 0 costs nothing".
+    empty = gauss(1, q=0.1, z=1.0, cohort=0, survivors=0, releases_empty=True)
+    full = gauss(1, q=0.1, z=1.0, releases_empty=True)
+    assert charge_of(empty) == charge_of(full)
+    assert charge_of(empty).kind is ChargeKind.GAUSSIAN_POISSON
+    evs = [gauss(i, q=0.1, z=1.0, releases_empty=True, **({"cohort": 0, "survivors": 0} if i % 3 == 0 else {}))
+           for i in range(1, 10)]
+    eps = compute_epsilon(evs, DELTA)
+    assert eps == compute_epsilon([full] * 9, DELTA) > 0.0
+    assert epsilon_curve(evs, DELTA)[-1] == pytest.approx(eps, rel=1e-12)
+    assert all(b > a for a, b in zip(epsilon_curve(evs, DELTA), epsilon_curve(evs, DELTA)[1:], strict=False))
+    # Reference: dp-accounting's PLD of 9 Poisson-subsampled Gaussian rounds.
+    ref = dpa.pld.PLDAccountant().compose(dpa.PoissonSampledDpEvent(0.1, dpa.GaussianDpEvent(1.0)), 9)
+    assert eps <= ref.get_epsilon(DELTA) * 1.001
+    assert eps == pytest.approx(ref.get_epsilon(DELTA), rel=0.02)
 
 
 def test_zero_noise_is_non_private() -> None:
@@ -501,7 +524,7 @@ def test_more_noise_less_epsilon(z: float, factor: float, q: float) -> None:
 
 def test_pld_curve_equals_prefix_epsilons() -> None:
     evs = [gauss(i + 1, q=0.2, z=1.0 + 0.2 * (i % 2)) for i in range(4)]
-    evs.insert(3, gauss(4, survivors=0))
+    evs.insert(3, gauss(4, survivors=0, mechanism=Mechanism.NONE, l2_sensitivity=0.0, z=0.0))
     curve = epsilon_curve(evs, DELTA)
     for k in range(len(evs)):
         assert curve[k] == pytest.approx(compute_epsilon(evs[: k + 1], DELTA), rel=1e-12)
