@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,7 +40,15 @@ from fl_core.sampling import Cohort, Sampler, SamplingScheme
 from fl_core.server import ServerOptimizer
 from fl_core.sources import ClientDataView, ClientSource, InMemoryClients
 from fl_core.transport import InProcessTransport, Transport
-from secagg import DeferredInput, InputWithdrawnError, RingVector, RoundOutcome, SecAggError, SecureSum
+from secagg import (
+    DeferredInput,
+    InputWithdrawnError,
+    RingVector,
+    RoundOutcome,
+    SecAggError,
+    SecureSum,
+    TooFewSurvivorsError,
+)
 from secagg.masking import TermsBinding
 
 __all__ = ["Federation", "RoundResult", "RoundStart", "round_label"]
@@ -350,8 +359,17 @@ class Federation:
             )
             feed.finish()
         except SecAggError as exc:
-            self._abort(start, f"round {r}: secure sum failed: {exc}", feed.failed, t0)
-            raise RoundFailedError(f"round {r}: secure sum failed: {exc}", round=r) from exc
+            if not (self.privacy.releases_empty and len(admitted) < 2 and not feed.produced):
+                self._abort(start, f"round {r}: secure sum failed: {exc}", feed.failed, t0)
+                raise RoundFailedError(f"round {r}: secure sum failed: {exc}", round=r) from exc
+            # A masked sum needs two clients: with none or one admitted it does not start and no
+            # input is produced (a lone member keeps its update: a dropout). Central mode, Poisson:
+            # the round releases the noise alone, like an empty draw, instead of aborting.
+            outcome = RoundOutcome(
+                total=None,
+                survivors=frozenset(),
+                error=TooFewSurvivorsError(f"no input reached the sum ({exc})", survivors=0, required=2),
+            )
         return self.finish_round(
             start,
             outcome,
@@ -388,11 +406,12 @@ class Federation:
         cohort = self.cohort_of(r)
         attempt = self.attempts.get(r, 0)
         acc = self.accounting
-        # An empty Poisson draw of a DP run is redrawn like a too-small one (the budget's check
-        # aborts it), never a skipped round: a skip would be a release that the target client's
-        # presence alone turns into a redraw (dp.accountants.aborts).
+        # An empty Poisson draw of a DP run is never a skipped round: a skip would be a release
+        # that the target client's presence alone turns into a redraw (dp.accountants.aborts).
+        # Central mode releases the noise alone for it (finish_round); the other modes redraw it
+        # like a too-small one (the budget's check aborts it).
         redraw_empty = cohort.scheme is SamplingScheme.POISSON and getattr(acc.budget, "min_cohort", 0) >= 1
-        if not cohort.members and not redraw_empty:
+        if not cohort.members and not redraw_empty and not self.privacy.releases_empty:
             return RoundStart(r, cohort, skipped=True, attempt=attempt)
         if acc.budget is not None:
             planned = self.privacy.round_event(
@@ -482,6 +501,10 @@ class Federation:
         t0 = time.perf_counter() if t0 is None else t0
         r, cohort, acc = start.round, start.cohort, self.accounting
         failed = dict(failed or {})
+        if start.cohort.scheme is SamplingScheme.POISSON and self._noise_alone(outcome):
+            # Central mode, Poisson: nobody's input reached the sum (an empty draw, or every member
+            # dropped): the round releases the noise alone on a zero sum, as DP-FedAvg does.
+            outcome = dataclasses.replace(outcome, total=self.encoder.ring.zeros(self.plan.dim), error=None)
         if outcome.error is not None or outcome.total is None:
             msg = f"round {r} aborted, model unchanged: {outcome.error}" + _failures(failed)
             self._abort(start, msg, failed, t0)
@@ -531,7 +554,7 @@ class Federation:
             self.round = r
             self.attempts.pop(r, None)
             n = len(cohort.members)
-            fraction = (clipped / n) if clipped is not None else float("nan")
+            fraction = (clipped / n) if (clipped is not None and n) else float("nan")
             self.privacy.after_round(fraction)
             record_eps = self._record_epsilon(cohort.members)
             with self.timer.phase("eval"):
@@ -543,8 +566,8 @@ class Federation:
                 metrics=metrics,
                 epsilon=epsilon if self.privacy.mode != "none" else record_eps,
                 delta=self.privacy.delta if self.privacy.mode != "none" else self._record_delta(),
-                bytes_up_per_client=sum(outcome.bytes_up.values()) / n,
-                bytes_down_per_client=sum(outcome.bytes_down.values()) / n,
+                bytes_up_per_client=sum(outcome.bytes_up.values()) / max(n, 1),
+                bytes_down_per_client=sum(outcome.bytes_down.values()) / max(n, 1),
                 clipped_fraction=fraction,
                 wall_s=time.perf_counter() - t0,
                 event=event,
@@ -560,6 +583,21 @@ class Federation:
             if self.on_commit is not None:
                 self.on_commit(res)
         return res
+
+    def _noise_alone(self, outcome: RoundOutcome) -> bool:
+        """Whether ``outcome`` is a secure sum that no input reached, which this run releases as
+        the noise alone (:attr:`fl_core.pipeline.PrivacyPolicy.releases_empty`) instead of aborting.
+
+        Only a sum that failed for lack of inputs (0 survivors) qualifies; any other failure, and
+        a sum with too few (but some) survivors, still aborts.
+        """
+        return (
+            self.privacy.releases_empty
+            and outcome.total is None
+            and not outcome.survivors
+            and isinstance(outcome.error, TooFewSurvivorsError)
+            and outcome.error.survivors == 0
+        )
 
     def abort_round(self, start: RoundStart, reason: str) -> RoundResult:
         """Server: record that ``start``'s attempt aborted (nothing released); the next
@@ -692,6 +730,11 @@ class _RoundInputs:
         self.saturated = 0
         self.failed: dict[int, str] = {}
         self.refused: list[int] = []
+
+    @property
+    def produced(self) -> bool:
+        """Whether any member's input was produced (trained on its data) so far."""
+        return bool(self._done)
 
     def deferred(self) -> dict[int, RingVector | DeferredInput]:
         """Member -> its deferred input (a :data:`secagg.DeferredInput`)."""

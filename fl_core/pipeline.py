@@ -112,7 +112,14 @@ class PrivacyPolicy(Protocol):
 
     @property
     def min_survivors(self) -> int:
-        """A round with fewer survivors aborts before anything is released."""
+        """A round with fewer survivors aborts before anything is released (0: never, see
+        :attr:`releases_empty`)."""
+        ...
+
+    @property
+    def releases_empty(self) -> bool:
+        """Whether an empty cohort, or one nobody survived, releases the noise alone (the noised
+        zero sum, divided and stepped as any round) instead of aborting (central mode, Poisson)."""
         ...
 
     def clip(self, vec: npt.NDArray[Any]) -> ClipOutcome: ...
@@ -201,6 +208,10 @@ class NoPrivacy:
     @property
     def min_survivors(self) -> int:
         return 1
+
+    @property
+    def releases_empty(self) -> bool:
+        return False
 
     def clip(self, vec: npt.NDArray[Any]) -> ClipOutcome:
         return l2_clip(vec, self.clip_norm)

@@ -171,7 +171,26 @@ class DPPolicy:
 
     @property
     def min_survivors(self) -> int:
-        return self.config.survivors_planned if self.config.mode is DPMode.DISTRIBUTED else 1
+        """Distributed: the survivors the clients' noise is sized for; central under Poisson
+        sampling: 0 (no abort rule, :attr:`releases_empty`); otherwise 1."""
+        if self.config.mode is DPMode.DISTRIBUTED:
+            return self.config.survivors_planned
+        return 0 if self.releases_empty else 1
+
+    @property
+    def releases_empty(self) -> bool:
+        """Central mode under Poisson sampling: an empty sample, or a cohort nobody survived,
+        releases the server's noise alone instead of aborting and being redrawn.
+
+        Security:
+            The released value is the Gaussian noise at the round's sigma on a zero sum, through
+            the same fixed denominator (the expected cohort) and server optimizer as any round:
+            exactly the outcome of the rate-q Poisson subsampled Gaussian mechanism for an empty
+            sample, which the accountant charges for every round; with no abort rule the release
+            decision never hinges on one client (no abort term, :mod:`dp.accountants.aborts`).
+            Distributed and local modes keep their abort rule: the noise is the clients'.
+        """
+        return self.config.mode is DPMode.CENTRAL and self.sampler.scheme is SamplingScheme.POISSON
 
     def clip(self, vec: npt.NDArray[Any]) -> ClipOutcome:
         r = clip_l2(vec, self.clip_norm)
@@ -284,7 +303,12 @@ class DPPolicy:
         ids = () if planned or survivor_ids is None else tuple(sorted(survivor_ids))
         # The round's abort rule (it releases only with min_survivors survivors) and the pool its
         # cohort was drawn from: under Poisson sampling the accountant charges the chance that the
-        # release decision hinged on one client (dp.accountants.aborts).
+        # release decision hinged on one client (dp.accountants.aborts). A central Poisson round
+        # has none: it records that an empty sample releases the noise alone.
+        if self.releases_empty and cohort.scheme is SamplingScheme.POISSON:
+            return dataclasses.replace(
+                event, cohort_ids=tuple(sorted(cohort.members)), survivor_ids=ids, releases_empty=True
+            )
         eligible = self.eligible_of(round) if self.eligible_of is not None else 0
         return dataclasses.replace(
             event,

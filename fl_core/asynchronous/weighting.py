@@ -66,6 +66,10 @@ class StalenessWeighted:
     def min_survivors(self) -> int:
         return self.policy.min_survivors
 
+    @property
+    def releases_empty(self) -> bool:
+        return self.policy.releases_empty
+
     def encoding_bound(self) -> float:
         return self.policy.encoding_bound()
 

@@ -10,7 +10,9 @@ With ``--clients`` the plan also shows each client's noise share
 (:mod:`fl_core.noise_sizing`), and epsilon against model users pays for the run's abort
 rule (a Poisson round releases only with ``min_survivors`` survivors and is redrawn
 otherwise: :mod:`dp.accountants.aborts`); without ``--clients`` it is planned for rounds
-without an abort rule and says so (``epsilon_vs_public_assumes``).
+without an abort rule and says so (``epsilon_vs_public_assumes``). Central mode
+(``gaussian``) has no abort rule under Poisson sampling: an empty sample releases the
+noise alone, so its rounds are planned as plain subsampled Gaussian rounds.
 """
 
 from __future__ import annotations
@@ -75,8 +77,10 @@ def _events(
         cohort=1,
         survivors=1,
         dim=dim,
-        # The run's abort rule (central mode releases with one survivor): dp.accountants.aborts.
-        min_survivors=(1 if mechanism is PlanMechanism.gaussian else min_survivors) if population else 0,
+        # The run's abort rule (dp.accountants.aborts): central mode has none under Poisson sampling
+        # (an empty sample releases the noise alone); distributed releases with min_survivors.
+        min_survivors=min_survivors if (population and mechanism is PlanMechanism.skellam) else 0,
+        releases_empty=mechanism is PlanMechanism.gaussian and sampling is Sampling.POISSON,
     )
     # Identical rounds: the accountants group equal events, so repeating one object is cheap.
     return [one] * rounds
@@ -150,7 +154,7 @@ def plan_epsilon(
     }
     if mechanism is PlanMechanism.skellam:
         out.update(clip=clip, scale=scale, dim=dim)
-    if population is None and sampling_rate < 1.0:
+    if population is None and sampling_rate < 1.0 and mechanism is PlanMechanism.skellam:
         out["epsilon_vs_public_assumes"] = (
             "rounds without an abort rule; privagg's Poisson rounds release only with min-survivors survivors and "
             "pay for it against model users (give --clients to plan that)"

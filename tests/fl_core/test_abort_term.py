@@ -129,23 +129,26 @@ def test_a_run_records_its_abort_rule_and_the_audit_recomputes_the_charged_epsil
     assert not any("abort rule" in n for n in audit.accountant_notes)
 
 
-def test_an_empty_poisson_draw_in_a_dp_run_is_redrawn_not_skipped(tmp_path: Path) -> None:
+def test_an_empty_poisson_draw_in_a_distributed_run_is_redrawn_not_skipped(tmp_path: Path) -> None:
     """At 8 clients and q = 0.15 a quarter of the draws are empty. A skipped round would be an
     outcome (an unchanged model) that the target client's presence alone turns into a release;
-    every empty draw is an aborted attempt instead (central mode releases with one survivor, so
-    its rounds carry min_survivors 1 and the term for it), and the round is released later."""
-    cfg = RunConfig(dp="central", clients=8, sampling_rate=0.15, rounds=6, noise_multiplier=1.0, clip=1.0,
+    in distributed mode (the clients carry the noise: an empty cohort has none to release) every
+    empty draw is an aborted attempt instead, its rounds carry min_survivors and the term for it,
+    and the round is released later. (Central mode releases the noise alone instead:
+    tests/fl_core/test_noise_alone_rounds.py.)"""
+    cfg = RunConfig(dp="distributed", clients=8, sampling_rate=0.15, rounds=6, noise_multiplier=1.0, clip=1.0,
                     client_max_epsilon=math.inf, seed=5, secure_sum="plain", min_survivors=1)
     s = Sampler.poisson(8, 0.15)
     fed, _ = _federation(tmp_path, cfg, s)
     results = fed.fit(6, max_consecutive_aborts=50)
     assert not any(r.skipped for r in results)
     committed = [r for r in results if not r.aborted]
-    assert len(committed) == 6 and all(r.cohort for r in committed)
+    assert len(committed) == 6 and all(r.cohort and r.survivors for r in committed)
     assert any(r.aborted and not r.cohort for r in results)  # the empty draws, each an aborted attempt
     assert epsilon_report(fed)["attempts_too_small"] >= 1
     events = verify_ledger(tmp_path / "ledger.jsonl").events
-    assert len(events) == 6 and all(e.min_survivors == 1 and abort_probability(e) > 0 for e in events)
+    assert len(events) == 6
+    assert all(e.min_survivors == 1 and not e.releases_empty and abort_probability(e) > 0 for e in events)
 
 
 def _legacy_event(r: int) -> RoundEvent:
@@ -225,7 +228,13 @@ def test_plan_with_clients_pays_for_the_abort_rule_and_without_says_what_it_assu
     assert planned["noise_share"]["min_survivors"] == m == 57
     assert planned["epsilon_vs_public"] > without["epsilon_vs_public"]
     assert "epsilon_vs_public_assumes" not in planned and "abort rule" in without["epsilon_vs_public_assumes"]
-    refused = runner.invoke(app, ["plan", "--target-epsilon", "2", "--sampling-rate", "0.2", "--rounds", "30",
-                                  "--delta", "1e-5", "--clients", "50", "--against", "public"])
+    small = ["plan", "--target-epsilon", "2", "--sampling-rate", "0.2", "--rounds", "30", "--delta", "1e-5",
+             "--clients", "50", "--against", "public"]
+    refused = runner.invoke(app, [*small, "--mechanism", "skellam"])
     assert refused.exit_code == 2
-    assert "abort rule (min-survivors 1)" in refused.output and "sample more clients per round" in refused.output
+    assert "abort rule (min-survivors 6)" in refused.output and "sample more clients per round" in refused.output
+    # Central mode (gaussian) has no abort rule (an empty sample releases the noise alone): the same
+    # small federation plans a finite target against model users.
+    central = runner.invoke(app, [*small, "--json"])
+    assert central.exit_code == 0, central.output
+    assert json.loads(central.output.strip().splitlines()[-1])["epsilon_vs_public"] <= 2.0
