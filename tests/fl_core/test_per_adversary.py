@@ -29,7 +29,7 @@ from dp.randomness import SeededRandomSource
 from fl_core.accounting import epsilon_report
 from fl_core.cli import app
 from fl_core.config import RunConfig
-from fl_core.errors import ConfigError
+from fl_core.errors import ConfigError, RoundFailedError
 from fl_core.federation import Federation
 from fl_core.noise_sizing import default_min_survivors, participation_cap
 from fl_core.privacy import NoiseSizingWarning, build_privacy
@@ -79,6 +79,8 @@ def _federation(tmp_path: Path, cfg: RunConfig, sampler: Sampler, trainer: Train
     model = UserModel()
     kwargs, extra = build_privacy(cfg.replace(ledger=str(tmp_path / "ledger.jsonl")), sampler, model)
     kwargs.update(overrides)
+    # The backend the test names (masking runs masking, not the plain sum); an override may name another.
+    backend = kwargs.pop("secure_sum", cfg.secure_sum)
     fed = Federation(
         model,
         trainer or Trainer(),
@@ -86,8 +88,10 @@ def _federation(tmp_path: Path, cfg: RunConfig, sampler: Sampler, trainer: Train
         rng=SeededRandomSource(cfg.seed or 0),
         sampler=sampler,
         bits=cfg.bits,
+        secure_sum=backend,
         **kwargs,
     )
+    assert type(fed.secure_sum).__name__ == {"plain": "PlainSum", "masking": "MaskingSecureSum"}[backend]
     return fed, extra
 
 
@@ -143,7 +147,7 @@ def test_a_client_refuses_past_its_own_limit_even_when_the_server_ignores_it(tmp
     assert all(r.refused == () for r in results)
     # Round 4: every client refuses; nothing derived from its data is computed or sent.
     before = dict(trainer.calls)
-    with pytest.raises(Exception, match="aborted|below|masked inputs"):
+    with pytest.raises(RoundFailedError, match="aborted|below|masked inputs|needs at least 2 clients"):
         fed.run_round()
     assert dict(trainer.calls) == before
     for c, rec in guard.records.items():
