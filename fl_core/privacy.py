@@ -645,7 +645,8 @@ def build_privacy(
         "noise_calibration": calibration,
         "noise_share": share.to_dict(),
         "clip": config.clip_norm,
-        "min_survivors": min_surv,
+        # Central mode releases with any number of survivors (0 under Poisson: the noise alone).
+        "min_survivors": policy.min_survivors if mode is DPMode.CENTRAL else min_surv,
         "accountant": accountant,
         "epsilon_enforced_on": enforced.value,
         "participation_cap": cap,

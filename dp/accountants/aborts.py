@@ -169,7 +169,7 @@ def abort_delta(events: Sequence[RoundEvent]) -> float:
         if eta >= 1.0:
             return 1.0
         total += math.log1p(-eta)
-    return -math.expm1(total)
+    return max(0.0, -math.expm1(total))  # never -0.0 (a report would print it)
 
 
 def delta_for_noise(delta: float, abort: float) -> float:

@@ -321,11 +321,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             sampler = Sampler.poisson(clients, sampling_rate) if sampling_rate < 1.0 else Sampler.full(clients)
             if participation is None:
                 participation = participation_cap(clients, sampling_rate, rounds)
-            m = (
-                min_survivors
-                if min_survivors is not None
-                else default_min_survivors(sampler, rounds=rounds, delta=delta)
-            )
+            if mechanism is PlanMechanism.gaussian and sampling_rate < 1.0:
+                m = 0  # central mode under Poisson sampling: no minimum (an empty sample releases the noise alone)
+            else:
+                m = (
+                    min_survivors
+                    if min_survivors is not None
+                    else default_min_survivors(sampler, rounds=rounds, delta=delta)
+                )
             share = {"clients": clients, "min_survivors": m, "colluders": colluders}
         common: dict[str, Any] = dict(
             sampling_rate=sampling_rate,

@@ -237,4 +237,5 @@ def test_plan_with_clients_pays_for_the_abort_rule_and_without_says_what_it_assu
     # small federation plans a finite target against model users.
     central = runner.invoke(app, [*small, "--json"])
     assert central.exit_code == 0, central.output
-    assert json.loads(central.output.strip().splitlines()[-1])["epsilon_vs_public"] <= 2.0
+    central_plan = json.loads(central.output.strip().splitlines()[-1])
+    assert central_plan["epsilon_vs_public"] <= 2.0 and central_plan["noise_share"]["min_survivors"] == 0

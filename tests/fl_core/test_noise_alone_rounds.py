@@ -71,7 +71,8 @@ def _federation(tmp_path: Path, cfg: RunConfig) -> Federation:
     sampler = Sampler.poisson(cfg.clients, cfg.sampling_rate)
     torch.manual_seed(0)
     model = UserModel()
-    kwargs, _extra = build_privacy(cfg.replace(ledger=str(tmp_path / "ledger.jsonl")), sampler, model)
+    kwargs, extra = build_privacy(cfg.replace(ledger=str(tmp_path / "ledger.jsonl")), sampler, model)
+    assert extra["min_survivors"] == kwargs["privacy"].min_survivors == (0 if cfg.dp == "central" else 1)
     return Federation(model, user_train, _data(cfg.clients), rng=SeededRandomSource(cfg.seed or 0), sampler=sampler,
                       bits=cfg.bits, dropout=cfg.dropout, server_lr=cfg.server_lr, secure_sum=cfg.secure_sum, **kwargs)
 
@@ -185,6 +186,7 @@ def test_a_small_central_federation_now_has_a_finite_epsilon_against_model_users
     rep = epsilon_report(fed)
     assert rep["epsilon_vs_public"] is not None and math.isfinite(rep["epsilon_vs_public"])
     assert rep["epsilon_vs_public_abort_delta"] == 0.0 and "epsilon_vs_public_reason" not in rep
+    assert math.copysign(1.0, rep["epsilon_vs_public_abort_delta"]) == 1.0  # 0.0, never printed as -0.0
     events = fed.events
     # The same rounds under the old rule (release with one survivor, redraw otherwise): unbounded.
     old = [dataclasses.replace(e, releases_empty=False, min_survivors=1) for e in events]
