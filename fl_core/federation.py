@@ -236,6 +236,14 @@ class Federation:
             )
         else:
             self.secure_sum = secure_sum
+        if self.privacy.releases_empty and getattr(self.secure_sum, "name", "plain") == "masking":
+            raise ConfigError(
+                "central mode under Poisson sampling releases the noise alone for an empty cohort, but a masked "
+                "sum needs two clients, so a cohort of one would abort: a release rule the accountant would not "
+                "charge. Build the policy with DPPolicy(..., secure_floor=2) (build_privacy does), or use the "
+                "plain sum",
+                option="secure_sum",
+            )
         self.timer = CpuTimer()
         self.client_pipeline = ClientPipeline(self.privacy, self.encoder, self.sampler, self.timer)
         self.server_pipeline = ServerPipeline(self.privacy, self.encoder, self.sampler, self.timer)
@@ -359,17 +367,8 @@ class Federation:
             )
             feed.finish()
         except SecAggError as exc:
-            if not (self.privacy.releases_empty and len(admitted) < 2 and not feed.produced):
-                self._abort(start, f"round {r}: secure sum failed: {exc}", feed.failed, t0)
-                raise RoundFailedError(f"round {r}: secure sum failed: {exc}", round=r) from exc
-            # A masked sum needs two clients: with none or one admitted it does not start and no
-            # input is produced (a lone member keeps its update: a dropout). Central mode, Poisson:
-            # the round releases the noise alone, like an empty draw, instead of aborting.
-            outcome = RoundOutcome(
-                total=None,
-                survivors=frozenset(),
-                error=TooFewSurvivorsError(f"no input reached the sum ({exc})", survivors=0, required=2),
-            )
+            self._abort(start, f"round {r}: secure sum failed: {exc}", feed.failed, t0)
+            raise RoundFailedError(f"round {r}: secure sum failed: {exc}", round=r) from exc
         return self.finish_round(
             start,
             outcome,
@@ -730,11 +729,6 @@ class _RoundInputs:
         self.saturated = 0
         self.failed: dict[int, str] = {}
         self.refused: list[int] = []
-
-    @property
-    def produced(self) -> bool:
-        """Whether any member's input was produced (trained on its data) so far."""
-        return bool(self._done)
 
     def deferred(self) -> dict[int, RingVector | DeferredInput]:
         """Member -> its deferred input (a :data:`secagg.DeferredInput`)."""

@@ -94,6 +94,9 @@ class DPPolicy:
         delta: the run's delta.
         dropout: the per-client dropout probability the run plans for (recorded in each
             event with ``min_survivors``: :mod:`dp.accountants.aborts`).
+        secure_floor: the fewest inputs the secure sum adds (2 for masking: its clients never
+            help unmask one update alone). Central mode releases the noise alone for an empty
+            sample only when this is 1; otherwise it is the round's abort rule.
 
     ``eligible_of(round)``, when set (by :func:`build_privacy`, from the participation cap's
     books), gives how many clients a round's cohorts were drawn from; each event records it.
@@ -110,6 +113,7 @@ class DPPolicy:
         delta: float,
         max_clip_factor: float = 8.0,
         dropout: float = 0.0,
+        secure_floor: int = 1,
     ) -> None:
         if config.mode is DPMode.NONE:
             raise ConfigError("DPPolicy needs a DP mode; use NoPrivacy for none", option="dp")
@@ -118,6 +122,7 @@ class DPPolicy:
         self.dim = dim
         self._delta = delta
         self.dropout = float(dropout)
+        self.secure_floor = max(1, int(secure_floor))
         self._adaptive: AdaptiveClip | None = None
         self._pending_fraction: float | None = None
         if config.adaptive is not None:
@@ -172,10 +177,11 @@ class DPPolicy:
     @property
     def min_survivors(self) -> int:
         """Distributed: the survivors the clients' noise is sized for; central under Poisson
-        sampling: 0 (no abort rule, :attr:`releases_empty`); otherwise 1."""
+        sampling with a secure sum that adds one input: 0 (no abort rule, :attr:`releases_empty`);
+        otherwise the secure sum's floor (1, or 2 for masking)."""
         if self.config.mode is DPMode.DISTRIBUTED:
             return self.config.survivors_planned
-        return 0 if self.releases_empty else 1
+        return 0 if self.releases_empty else self.secure_floor
 
     @property
     def releases_empty(self) -> bool:
@@ -188,9 +194,17 @@ class DPPolicy:
             exactly the outcome of the rate-q Poisson subsampled Gaussian mechanism for an empty
             sample, which the accountant charges for every round; with no abort rule the release
             decision never hinges on one client (no abort term, :mod:`dp.accountants.aborts`).
-            Distributed and local modes keep their abort rule: the noise is the clients'.
+            Distributed and local modes keep their abort rule: the noise is the clients'. So does
+            central mode over a secure sum that needs two inputs (masking): releasing the noise
+            alone for a cohort of one would let the target, joining another client's singleton
+            cohort, turn a noise-alone release into a two-update sum (sensitivity 2C, not the C
+            charged); the cohort of one aborts instead and the abort term (m = 2) is charged.
         """
-        return self.config.mode is DPMode.CENTRAL and self.sampler.scheme is SamplingScheme.POISSON
+        return (
+            self.config.mode is DPMode.CENTRAL
+            and self.sampler.scheme is SamplingScheme.POISSON
+            and self.secure_floor <= 1
+        )
 
     def clip(self, vec: npt.NDArray[Any]) -> ClipOutcome:
         r = clip_l2(vec, self.clip_norm)
@@ -486,7 +500,8 @@ def build_privacy(
             )
         except Exception as exc:
             raise ConfigError(f"invalid DP configuration: {exc}", option="dp") from exc
-        policy = DPPolicy(config, sampler=sampler, dim=dim, delta=cfg.delta, dropout=cfg.dropout)
+        policy = DPPolicy(config, sampler=sampler, dim=dim, delta=cfg.delta, dropout=cfg.dropout,
+                          secure_floor=2 if cfg.secure_sum == "masking" else 1)
         return config, policy, plan_for(policy, sampler, dim, cfg.bits).scale
 
     cap = cfg.max_participation

@@ -35,6 +35,7 @@ from dp.noise import add_gaussian_noise
 from dp.randomness import SeededRandomSource
 from fl_core.accounting import epsilon_report
 from fl_core.config import RunConfig
+from fl_core.errors import ConfigError
 from fl_core.federation import Federation, RoundResult
 from fl_core.interrupt import InterruptGuard
 from fl_core.privacy import build_privacy
@@ -156,23 +157,30 @@ def test_a_tiny_central_federation_releases_noise_alone_and_is_charged_as_plain_
     assert not any("abort rule" in n for n in audit.accountant_notes)
 
 
-def test_central_masking_releases_noise_alone_for_empty_and_singleton_cohorts(tmp_path: Path) -> None:
-    """With the masking backend a masked sum needs two clients: an empty draw and a cohort of one (its
-    member keeps its update: the client's own floor) release the noise alone too, so no round aborts
-    (an abort of the singleton cohort would hinge on the target, the abort rule this removes)."""
-    cfg = _central(20, 0.1, 12, secure_sum="masking")
-    fed = _federation(tmp_path, cfg)
-    results, models = _run(fed, 12)
-    assert type(fed.secure_sum).__name__ == "MaskingSecureSum"
-    assert len(results) == 12 and not any(r.aborted for r in results)
-    lone = [i for i, r in enumerate(results) if len(r.cohort) == 1]
-    empty = [i for i, r in enumerate(results) if not r.cohort]
-    assert lone and empty, "the seed must give an empty draw and a cohort of one"
-    for i in lone + empty:
-        assert not results[i].survivors
-        assert np.array_equal(models[i + 1], _noise_only_step(fed, models[i], results[i].round, 3, cfg.server_lr))
-    assert all(len(r.survivors) == len(r.cohort) for r in results if len(r.cohort) >= 2)
-    assert all(e.releases_empty for e in fed.events)
+def test_central_masking_keeps_the_abort_rule_of_its_two_client_floor(tmp_path: Path) -> None:
+    """A masked sum needs two clients (they never help unmask one update alone). Releasing the noise
+    alone for a cohort of one would be unsound: the target joining another client's singleton cohort
+    turns a noise-alone release into a two-update sum (sensitivity 2C, not the C charged). So central
+    mode over masking keeps an abort rule, min_survivors 2: empty and singleton draws abort before
+    anyone trains, are redrawn, and the abort term for m = 2 is charged. A policy that would release
+    an empty cohort is refused with the masking backend."""
+    cfg = _central(20, 0.1, 8, secure_sum="masking")
+    sampler = Sampler.poisson(20, 0.1)
+    model = UserModel()
+    kwargs, extra = build_privacy(cfg.replace(ledger=str(tmp_path / "ledger.jsonl")), sampler, model)
+    assert extra["min_survivors"] == kwargs["privacy"].min_survivors == 2 and not kwargs["privacy"].releases_empty
+    fed = Federation(model, user_train, _data(20), rng=SeededRandomSource(3), sampler=sampler, secure_sum="masking",
+                     **kwargs)
+    results = fed.fit(8, max_consecutive_aborts=50)
+    assert any(r.aborted and len(r.cohort) < 2 for r in results)
+    assert all(len(r.survivors) >= 2 for r in results if not r.aborted)
+    assert all(e.min_survivors == 2 and not e.releases_empty and abort_probability(e) > 0 for e in fed.events)
+    unsafe = dataclasses.replace(cfg, secure_sum="plain")
+    kw2, _ = build_privacy(unsafe.replace(ledger=str(tmp_path / "l2.jsonl")), sampler, UserModel())
+    assert kw2["privacy"].releases_empty
+    with pytest.raises(ConfigError, match="masked sum needs two clients"):
+        Federation(UserModel(), user_train, _data(20), rng=SeededRandomSource(3), sampler=sampler,
+                   secure_sum="masking", **kw2)
 
 
 def test_a_small_central_federation_now_has_a_finite_epsilon_against_model_users(tmp_path: Path) -> None:
