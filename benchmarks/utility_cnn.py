@@ -137,6 +137,7 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, *, title: s
             alpha=0.2,
             linewidth=0,
         )
+    ax.axhline(85.0, color="grey", linestyle="--", linewidth=0.8, label="85% (issue target)")
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%), mean ± sd over seeds")
     ax.set_ylim(60, 90)
