@@ -51,6 +51,7 @@ import math
 from collections.abc import Sequence
 from enum import Enum
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -105,6 +106,19 @@ CENTRAL_UNBOUNDED_REASON = (
 ANY_CLIENT = -1
 
 
+def _unnoised(event: RoundEvent, **changes: Any) -> RoundEvent:
+    """``event`` as a release without noise (Mechanism.NONE, zero sensitivity and noise)."""
+    return dataclasses.replace(
+        event,
+        mechanism=Mechanism.NONE,
+        l2_sensitivity=0.0,
+        l1_sensitivity=0.0,
+        noise_variance=0.0,
+        clip_query_noise_multiplier=0.0,
+        **changes,
+    )
+
+
 @lru_cache(maxsize=4096)  # a pure function of a frozen event: every client's view of a round is built once
 def server_view(event: RoundEvent) -> RoundEvent:
     """The round as the server sees it: no amplification by sampling.
@@ -118,25 +132,9 @@ def server_view(event: RoundEvent) -> RoundEvent:
     if event.survivors == 0:
         # Nobody's update is in the release and the server knows it (it saw the sample): free,
         # even when the round released the noise alone (``releases_empty``).
-        return dataclasses.replace(
-            event,
-            mechanism=Mechanism.NONE,
-            l2_sensitivity=0.0,
-            l1_sensitivity=0.0,
-            noise_variance=0.0,
-            clip_query_noise_multiplier=0.0,
-        )
+        return _unnoised(event)
     if event.mode is DPMode.CENTRAL and event.mechanism is not Mechanism.NONE:
-        return dataclasses.replace(
-            event,
-            mechanism=Mechanism.NONE,
-            l2_sensitivity=0.0,
-            l1_sensitivity=0.0,
-            noise_variance=0.0,
-            clip_query_noise_multiplier=0.0,
-            sampling=Sampling.FULL,
-            sampling_rate=1.0,
-        )
+        return _unnoised(event, sampling=Sampling.FULL, sampling_rate=1.0)
     return dataclasses.replace(event, sampling=Sampling.FULL, sampling_rate=1.0)
 
 
